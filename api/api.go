@@ -1,0 +1,305 @@
+// Package api defines the JSON of the daemon's local API, version 1: the
+// bodies of requests and responses under /v1/ and the events of
+// /v1/events. The daemon (package localapi) produces them and the typed
+// client (package localclient) consumes them; field names are stable and
+// shared with the CLI's --json output.
+package api
+
+import "time"
+
+// Error is the body of every failed request.
+type Error struct {
+	Code    string `json:"code"`    // Telepathy error name, e.g. im.telepathy1.Error.InvalidHandle
+	Message string `json:"message"` // one sentence for people
+}
+
+// Account is one account of the daemon: a Telepathy Connection.
+type Account struct {
+	Name         string   `json:"name"`
+	Server       string   `json:"server"`
+	ConnectionID string   `json:"connection_id"` // opaque; do not parse
+	Protocol     string   `json:"protocol"`
+	Status       string   `json:"status"`      // Connected, Connecting, Disconnected
+	StatusCode   uint32   `json:"status_code"` // 0, 1, 2
+	Reason       string   `json:"reason"`      // Connection_Status_Reason name of the last change
+	ReasonCode   uint32   `json:"reason_code"`
+	Error        string   `json:"error,omitempty"`   // last ConnectionError name, while disconnected
+	Message      string   `json:"message,omitempty"` // why it is not connected, for people
+	SelfHandle   uint32   `json:"self_handle"`
+	Interfaces   []string `json:"interfaces"`
+	Key          string   `json:"key"`         // public key (U…)
+	Fingerprint  string   `json:"fingerprint"` // SHA256:…
+	AutoConnect  bool     `json:"auto_connect"`
+	NextRetry    string   `json:"next_retry,omitempty"` // RFC 3339, while waiting to reconnect
+}
+
+// Tube is one stream tube. The id is the same on both sides.
+type Tube struct {
+	ID         string           `json:"id"`
+	Account    string           `json:"account"`
+	Service    string           `json:"service"`
+	State      string           `json:"state"`          // Local_Pending, Remote_Pending, Open, Not_Offered
+	StateCode  uint32           `json:"state_code"`     // 0, 1, 2, 3
+	Peer       string           `json:"peer,omitempty"` // the contact (p2p) or, for incoming room tubes, the offerer
+	Room       string           `json:"room,omitempty"`
+	Direction  string           `json:"direction"`      // outgoing or incoming
+	Path       string           `json:"path,omitempty"` // direct or relay, once a link carries it
+	Address    string           `json:"address,omitempty"`
+	Access     string           `json:"access,omitempty"`
+	Parameters map[string]Value `json:"parameters,omitempty"` // incoming tubes only
+}
+
+// Connection is one connection carried by a tube. On the offering side
+// Source is the address of the daemon's own connection to the exported
+// service, so the service can map it to Contact; on the accepting side it
+// is the local application's address.
+type Connection struct {
+	Tube    string `json:"tube"`
+	ID      uint32 `json:"id"`
+	Source  string `json:"source,omitempty"`
+	Contact string `json:"contact"`
+	Account string `json:"account"`
+	Room    string `json:"room,omitempty"`
+}
+
+// Export is a local service made available for tubes (the StreamTubeServer
+// side).
+type Export struct {
+	Account       string           `json:"account"`
+	Service       string           `json:"service"`
+	TCP           string           `json:"tcp,omitempty"`  // HOST:PORT
+	Unix          string           `json:"unix,omitempty"` // socket path
+	Parameters    map[string]Value `json:"parameters,omitempty"`
+	ParamsExec    string           `json:"params_exec,omitempty"` // command printing parameters as JSON, run per offer
+	ProxyProtocol bool             `json:"proxy_protocol,omitempty"`
+	// ParamsGenerator: the calling client generates each offer's
+	// parameters (it answers ParametersRequested events); the export
+	// belongs to that client and ends with it.
+	ParamsGenerator bool     `json:"params_generator,omitempty"`
+	Allow           []string `json:"allow,omitempty"`       // contacts who may ask for a tube (tube open)
+	AllowRooms      []string `json:"allow_rooms,omitempty"` // rooms whose members may ask
+}
+
+// OfferRequest is the body of POST /v1/accounts/{name}/tubes.
+type OfferRequest struct {
+	Service string `json:"service"`
+	To      string `json:"to,omitempty"`
+	Room    string `json:"room,omitempty"`
+	Path    string `json:"path,omitempty"` // auto (default), direct or relay
+}
+
+// AcceptRequest is the body of POST /v1/tubes/{id}/accept (and the local
+// side of handlers and tube open).
+type AcceptRequest struct {
+	Listen string   `json:"listen,omitempty"` // TCP HOST:PORT (default 127.0.0.1:0)
+	Unix   string   `json:"unix,omitempty"`   // Unix socket path; "auto" for a private one
+	Access string   `json:"access,omitempty"` // localhost, port, credentials, credentials-byte
+	Source string   `json:"source,omitempty"` // for access port: the only source HOST:PORT let in
+	UIDs   []uint32 `json:"uids,omitempty"`   // for access credentials: uids let in (default: the daemon's)
+}
+
+// HandleRequest is the body of POST /v1/accounts/{name}/handlers: accept
+// matching offers automatically while the calling client is connected.
+type HandleRequest struct {
+	Service string `json:"service"`
+	From    string `json:"from,omitempty"`
+	Room    string `json:"room,omitempty"`
+	AcceptRequest
+}
+
+// OpenRequest is the body of POST /v1/accounts/{name}/open: ask a contact
+// for a tube to a service it exported for us (a reverse tube), and accept it.
+type OpenRequest struct {
+	Contact string `json:"contact"`
+	Service string `json:"service"`
+	AcceptRequest
+}
+
+// Whois answers GET /v1/whois?source=HOST:PORT.
+type Whois struct {
+	Connection
+	Tube Tube `json:"tube_info"`
+}
+
+// Status is the answer of GET /v1/status and `tube status --json`.
+type Status struct {
+	Accounts    []Account    `json:"accounts"`
+	Tubes       []Tube       `json:"tubes"`
+	Connections []Connection `json:"connections"`
+}
+
+// AddAccountRequest is the body of POST /v1/accounts.
+type AddAccountRequest struct {
+	Name     string `json:"name"`
+	Server   string `json:"server"`
+	Register bool   `json:"register,omitempty"`
+	Invite   string `json:"invite,omitempty"` // invitation code for closed registration
+	CA       string `json:"ca,omitempty"`     // PEM of a CA (or self-signed certificate) to trust for a TLS relay
+}
+
+// HandlesRequest is the body of POST /v1/accounts/{name}/handles/request.
+type HandlesRequest struct {
+	Type        uint32   `json:"type"`
+	Identifiers []string `json:"identifiers"`
+}
+
+// HandlesResponse answers it.
+type HandlesResponse struct {
+	Handles []uint32 `json:"handles"`
+}
+
+// InspectRequest is the body of POST /v1/accounts/{name}/handles/inspect.
+type InspectRequest struct {
+	Type    uint32   `json:"type"`
+	Handles []uint32 `json:"handles"`
+}
+
+// InspectResponse answers it.
+type InspectResponse struct {
+	Identifiers []string `json:"identifiers"`
+}
+
+// InterestRequest is the body of POST /v1/accounts/{name}/interest/add and
+// …/remove. The calling client is named by the Tube-Client header, the
+// id its /v1/events stream announced.
+type InterestRequest struct {
+	Tokens []string `json:"tokens"`
+}
+
+// ClientHeader names the local-API client whose interests a request
+// changes: the client_id of its event stream.
+const ClientHeader = "Tube-Client"
+
+// Client interest tokens the daemon understands.
+const (
+	InterestPresence    = "im.telepathy1.Connection.Interface.Presence"
+	InterestContactList = "im.telepathy1.Connection.Interface.ContactList"
+	InterestRooms       = "im.tubes1.Connection.Interface.Rooms"
+)
+
+// Contact is one entry of the contact list.
+type Contact struct {
+	Name   string `json:"name"`
+	State  string `json:"state"` // contact, requested, pending
+	Online bool   `json:"online"`
+	Handle uint32 `json:"handle"`
+}
+
+// NameRequest names a contact.
+type NameRequest struct {
+	Name string `json:"name"`
+}
+
+// RoomRequest names a room.
+type RoomRequest struct {
+	Room string `json:"room"`
+}
+
+// Room is a room the account belongs to.
+type Room struct {
+	Name    string `json:"name"`
+	Owner   string `json:"owner"`
+	Members int    `json:"members"`
+	Handle  uint32 `json:"handle"`
+}
+
+// Member is a room member.
+type Member struct {
+	Name   string `json:"name"`
+	Owner  bool   `json:"owner"`
+	Online bool   `json:"online"`
+}
+
+// Presence is a contact's or room member's presence.
+type Presence struct {
+	Name   string `json:"name"`
+	Online bool   `json:"online"`
+}
+
+// SendRequest is the body of POST /v1/accounts/{name}/messages: the
+// rendezvous delivery primitive, to a contact or a room.
+type SendRequest struct {
+	To   string `json:"to,omitempty"`
+	Room string `json:"room,omitempty"`
+	Kind string `json:"kind"`
+	Body []byte `json:"body,omitempty"`
+}
+
+// SendResponse says who received the message.
+type SendResponse struct {
+	Delivered []string `json:"delivered"`
+}
+
+// Event types of /v1/events. The first event of every stream is Hello.
+const (
+	EventHello             = "Hello"
+	EventStatusChanged     = "StatusChanged"
+	EventConnectionError   = "ConnectionError"
+	EventSelfHandleChanged = "SelfHandleChanged"
+	EventAccountAdded      = "AccountAdded"
+	EventAccountRemoved    = "AccountRemoved"
+	EventPresenceChanged   = "PresenceChanged"
+	EventContactsChanged   = "ContactsChanged"
+	EventRoomsChanged      = "RoomsChanged"
+	EventMessageReceived   = "MessageReceived"
+
+	EventNewTube             = "NewTube"                 // a tube was offered to us, or we offered one
+	EventTubeStateChanged    = "TubeChannelStateChanged" // state, state_code
+	EventTubeClosed          = "TubeClosed"              // error, message
+	EventNewRemoteConnection = "NewRemoteConnection"     // offering side: contact, source, connection_id
+	EventNewLocalConnection  = "NewLocalConnection"      // accepting side: connection_id
+	EventConnectionClosed    = "ConnectionClosed"        // connection_id, error, message
+	EventParametersRequested = "ParametersRequested"     // request, tube, service, contact, room; handler = the generator's client
+)
+
+// ParamsAnswer is the body of POST /v1/params/{request}: a generator's
+// parameters for one offer, or why it refuses.
+type ParamsAnswer struct {
+	Parameters map[string]Value `json:"parameters,omitempty"`
+	Error      string           `json:"error,omitempty"`
+}
+
+// Event is one event of the stream. Which fields are set depends on Type.
+type Event struct {
+	Seq     uint64    `json:"seq"`
+	Type    string    `json:"type"`
+	Time    time.Time `json:"time"`
+	Account string    `json:"account,omitempty"`
+
+	ClientID string `json:"client_id,omitempty"` // Hello
+
+	Status     string  `json:"status,omitempty"` // StatusChanged
+	StatusCode *uint32 `json:"status_code,omitempty"`
+	Reason     string  `json:"reason,omitempty"`
+	ReasonCode *uint32 `json:"reason_code,omitempty"`
+
+	Error   string         `json:"error,omitempty"` // ConnectionError
+	Details map[string]any `json:"details,omitempty"`
+
+	SelfHandle uint32 `json:"self_handle,omitempty"` // SelfHandleChanged
+
+	Contact string `json:"contact,omitempty"` // PresenceChanged, ContactsChanged
+	Online  *bool  `json:"online,omitempty"`
+	State   string `json:"state,omitempty"`
+
+	Room    string `json:"room,omitempty"` // RoomsChanged, MessageReceived
+	Member  string `json:"member,omitempty"`
+	Joined  *bool  `json:"joined,omitempty"`
+	Deleted bool   `json:"deleted,omitempty"`
+
+	From string `json:"from,omitempty"` // MessageReceived
+	Kind string `json:"kind,omitempty"`
+	Body []byte `json:"body,omitempty"`
+
+	TubeID       string  `json:"tube,omitempty"` // tube events
+	Service      string  `json:"service,omitempty"`
+	Direction    string  `json:"direction,omitempty"`
+	StateCode    *uint32 `json:"state_code,omitempty"` // with State
+	Address      string  `json:"address,omitempty"`
+	Path         string  `json:"path,omitempty"`
+	ConnectionID *uint32 `json:"connection_id,omitempty"`
+	Source       string  `json:"source,omitempty"`
+	Message      string  `json:"message,omitempty"` // with Error
+	Handler      string  `json:"handler,omitempty"` // the client whose handler accepted the tube, or who must generate parameters
+	Request      string  `json:"request,omitempty"` // ParametersRequested
+}

@@ -1,0 +1,435 @@
+// Package daemon is the connection manager: one per user, like a Telepathy
+// connection manager. It owns the accounts and their connections to the
+// rendezvous (status, reasons, handles, client interests, reconnection),
+// persists them under the state directory, and publishes what happens on
+// an event bus. The local API (package localapi) exposes it.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/connection"
+	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// Config configures a daemon.
+type Config struct {
+	StateDir       string
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer // may be nil
+	ConnectTimeout time.Duration         // one connection attempt; default 5s
+	MinBackoff     time.Duration         // first reconnect delay; default 500ms
+	MaxBackoff     time.Duration         // longest reconnect delay; default 30s
+	PeerListen     string                // where peer links are accepted (default ":0")
+	SocketDir      string                // where automatic tube sockets go (default <state>/sockets)
+}
+
+// Daemon is the connection manager.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *store
+	bus     Bus
+	metrics *metrics
+
+	mu        sync.Mutex // guards the fields below; lock order: Daemon.mu before account.mu
+	accounts  map[string]*account
+	order     []string
+	ctx       context.Context // set by Run; account loops run under it
+	loops     sync.WaitGroup
+	paramReqs map[string]paramReq // pending parameters-generator requests
+}
+
+// New loads the state directory.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	st, err := openStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger.With("component", "daemon"), store: st, accounts: map[string]*account{}, paramReqs: map[string]paramReq{}}
+	d.metrics = newMetrics(cfg.Registerer, d)
+	saved, err := st.load()
+	if err != nil {
+		return nil, err
+	}
+	for _, as := range saved.Accounts {
+		key, _, err := st.key(as.Name)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: key of %s: %w", as.Name, err)
+		}
+		a, err := newAccount(d, as, key)
+		if err != nil {
+			return nil, err
+		}
+		d.accounts[as.Name] = a
+		d.order = append(d.order, as.Name)
+	}
+	return d, nil
+}
+
+// Start starts the accounts' connection loops, which run until ctx ends;
+// Wait waits for them.
+func (d *Daemon) Start(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ctx = ctx
+	for _, name := range d.order {
+		d.startLoop(d.accounts[name])
+	}
+}
+
+// Wait waits until every account loop has stopped (after Start's ctx ends).
+func (d *Daemon) Wait() { d.loops.Wait() }
+
+// Run is Start, then Wait once ctx ends.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.Start(ctx)
+	<-ctx.Done()
+	d.Wait()
+	return nil
+}
+
+// startLoop starts an account's loop and its tubes. d.mu must be held.
+func (d *Daemon) startLoop(a *account) {
+	if err := a.tubes.Start(d.ctx); err != nil {
+		a.log.Error("tubes not available", "err", err)
+	}
+	d.loops.Add(1)
+	go func() {
+		defer d.loops.Done()
+		a.run(d.ctx)
+		a.tubes.Close()
+	}()
+}
+
+// Events subscribes to the event bus.
+func (d *Daemon) Events() *Subscription { return d.bus.Subscribe() }
+
+func (d *Daemon) account(name string) (*account, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if name == "" {
+		switch len(d.order) {
+		case 0:
+			return nil, tperr.New(tperr.NotAvailable, "there are no accounts yet; add one with tube account add NAME --server HOST:PORT")
+		case 1:
+			return d.accounts[d.order[0]], nil
+		}
+		return nil, tperr.New(tperr.InvalidArgument, "there are several accounts (%s); say which one with --account", strings.Join(d.order, ", "))
+	}
+	a, ok := d.accounts[name]
+	if !ok {
+		return nil, tperr.New(tperr.NotFound, "there is no account named %q in this daemon", name)
+	}
+	if a == nil {
+		return nil, tperr.New(tperr.NotAvailable, "the account %s is being added", name)
+	}
+	return a, nil
+}
+
+// Accounts lists the accounts.
+func (d *Daemon) Accounts() []api.Account {
+	d.mu.Lock()
+	list := make([]*account, 0, len(d.order))
+	for _, n := range d.order {
+		list = append(list, d.accounts[n])
+	}
+	d.mu.Unlock()
+	out := make([]api.Account, 0, len(list))
+	for _, a := range list {
+		out = append(out, a.snapshot())
+	}
+	return out
+}
+
+// Account returns one account ("" means the only one).
+func (d *Daemon) Account(name string) (api.Account, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return api.Account{}, err
+	}
+	return a.snapshot(), nil
+}
+
+// Status is the daemon's state as `tube status` shows it.
+func (d *Daemon) Status() api.Status {
+	return api.Status{Accounts: d.Accounts(), Tubes: d.Tubes(), Connections: d.Connections()}
+}
+
+func (d *Daemon) saveLocked() error {
+	var st stateFile
+	for _, n := range d.order {
+		st.Accounts = append(st.Accounts, d.accounts[n].state())
+	}
+	return d.store.save(st)
+}
+
+func (d *Daemon) save() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.saveLocked()
+}
+
+// AddAccount creates an account's key (or reuses one left by an earlier
+// attempt), registers the account on its relay when asked, saves it and
+// connects. It returns after the first connection attempt. A failed
+// registration leaves nothing behind: the spec's "a connection that was
+// attempted and failed is removed", and no key or entry on disk.
+func (d *Daemon) AddAccount(ctx context.Context, req api.AddAccountRequest) (api.Account, error) {
+	name, err := rendezvous.NormalizeName("account", req.Name)
+	if err != nil {
+		return api.Account{}, err
+	}
+	if strings.TrimSpace(req.Server) == "" {
+		return api.Account{}, tperr.New(tperr.InvalidArgument, "field \"server\" is required: the relay's HOST:PORT")
+	}
+	d.mu.Lock()
+	if d.ctx == nil {
+		d.mu.Unlock()
+		return api.Account{}, tperr.New(tperr.NotAvailable, "the daemon is not running")
+	}
+	if _, ok := d.accounts[name]; ok {
+		d.mu.Unlock()
+		return api.Account{}, tperr.New(tperr.NotAvailable, "the account %s already exists in this daemon", name)
+	}
+	// Reserve the name while registering.
+	d.accounts[name] = nil
+	d.mu.Unlock()
+	release := func() {
+		d.mu.Lock()
+		delete(d.accounts, name)
+		d.mu.Unlock()
+	}
+
+	key, created, err := d.store.key(name)
+	if err != nil {
+		release()
+		return api.Account{}, fmt.Errorf("daemon: account key: %w", err)
+	}
+	st := accountState{Name: name, Server: strings.TrimSpace(req.Server), CA: req.CA, AutoConnect: true}
+	a, err := newAccount(d, st, key)
+	if err != nil {
+		release()
+		if created {
+			d.store.removeKey(name)
+		}
+		return api.Account{}, err
+	}
+	d.bus.Publish(api.Event{Type: api.EventAccountAdded, Account: name})
+	if req.Register {
+		a.setStatus(connection.Connecting, connection.Requested, nil)
+		if err := rendezvous.Register(ctx, a.dialConfig(), req.Invite); err != nil {
+			ce := asConnError(err)
+			a.setStatus(connection.Disconnected, ce.Reason, ce)
+			d.bus.Publish(api.Event{Type: api.EventAccountRemoved, Account: name})
+			release()
+			if created {
+				d.store.removeKey(name)
+			}
+			return api.Account{}, &tperr.Error{Name: ce.Name, Message: "could not register " + name + ": " + ce.Message, Err: ce}
+		}
+	}
+	d.mu.Lock()
+	d.accounts[name] = a
+	d.order = append(d.order, name)
+	if err := d.saveLocked(); err != nil {
+		delete(d.accounts, name)
+		d.order = slices.DeleteFunc(d.order, func(n string) bool { return n == name })
+		d.mu.Unlock()
+		return api.Account{}, fmt.Errorf("daemon: save state: %w", err)
+	}
+	d.startLoop(a)
+	d.mu.Unlock()
+	a.nudge()
+	wctx, cancel := context.WithTimeout(ctx, d.cfg.ConnectTimeout+10*time.Second)
+	defer cancel()
+	a.waitAttempt(wctx)
+	return a.snapshot(), nil
+}
+
+// RemoveAccount disconnects an account and deletes it and its key.
+func (d *Daemon) RemoveAccount(name string) error {
+	a, err := d.account(name)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	delete(d.accounts, a.name)
+	d.order = slices.DeleteFunc(d.order, func(n string) bool { return n == a.name })
+	err = d.saveLocked()
+	d.mu.Unlock()
+	a.mu.Lock()
+	a.removed = true
+	a.wanted = false
+	a.mu.Unlock()
+	a.nudge()
+	d.bus.Publish(api.Event{Type: api.EventAccountRemoved, Account: a.name})
+	return errors.Join(err, d.store.removeKey(a.name))
+}
+
+// Connect asks an account to connect. Connecting or connected accounts are
+// left alone, as the spec says.
+func (d *Daemon) Connect(name string) error {
+	a, err := d.account(name)
+	if err != nil {
+		return err
+	}
+	a.setWanted(true)
+	a.nudge()
+	return d.save()
+}
+
+// Disconnect disconnects an account and stops its retries.
+func (d *Daemon) Disconnect(name string) error {
+	a, err := d.account(name)
+	if err != nil {
+		return err
+	}
+	if a.setWanted(false) {
+		a.nudge()
+	}
+	return d.save()
+}
+
+// WaitSettled waits for the account's next connection attempt to end, or
+// returns at once if it is connected or not trying.
+func (d *Daemon) WaitSettled(ctx context.Context, name string) (api.Account, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return api.Account{}, err
+	}
+	a.mu.Lock()
+	busy := a.wanted && a.status != connection.Connected
+	a.mu.Unlock()
+	if busy {
+		a.waitAttempt(ctx)
+	}
+	return a.snapshot(), nil
+}
+
+// RequestHandles returns handles for contacts or rooms of a connected
+// account. Identifiers must name existing accounts or rooms.
+func (d *Daemon) RequestHandles(ctx context.Context, name string, t connection.HandleType, ids []string) ([]connection.Handle, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return nil, err
+	}
+	c, err := a.conn()
+	if err != nil {
+		return nil, err
+	}
+	if t != connection.HandleContact && t != connection.HandleRoom {
+		return a.handles.Request(t, ids) // the spec's error for the type
+	}
+	norm := make([]string, len(ids))
+	for i, id := range ids {
+		n, err := a.handles.Normalize(t, id)
+		if err != nil {
+			return nil, tperr.Wrap(err, tperr.InvalidHandle, "%q is not a valid %s identifier: %v", id, strings.ToLower(t.String()), err)
+		}
+		norm[i] = n
+	}
+	var found map[string]bool
+	if t == connection.HandleContact {
+		found, _, err = c.Exists(ctx, norm, nil)
+	} else {
+		_, found, err = c.Exists(ctx, nil, norm)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range norm {
+		if !found[n] {
+			return nil, tperr.New(tperr.InvalidHandle, "%q names no %s on the relay", ids[i], strings.ToLower(t.String()))
+		}
+	}
+	return a.handles.Request(t, norm)
+}
+
+// InspectHandles returns the identifiers of handles.
+func (d *Daemon) InspectHandles(name string, t connection.HandleType, hs []connection.Handle) ([]string, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.conn(); err != nil {
+		return nil, err
+	}
+	return a.handles.Inspect(t, hs)
+}
+
+// AddClientInterest and RemoveClientInterest count a local-API client's
+// interest in tokens for an account.
+func (d *Daemon) AddClientInterest(name, client string, tokens []string) error {
+	a, err := d.account(name)
+	if err != nil {
+		return err
+	}
+	a.addInterest(client, tokens)
+	return nil
+}
+
+// RemoveClientInterest is AddClientInterest's counterpart.
+func (d *Daemon) RemoveClientInterest(name, client string, tokens []string) error {
+	a, err := d.account(name)
+	if err != nil {
+		return err
+	}
+	a.removeInterest(client, tokens)
+	return nil
+}
+
+// ClientGone drops every interest of a local-API client that went away.
+func (d *Daemon) ClientGone(client string) {
+	d.mu.Lock()
+	list := make([]*account, 0, len(d.accounts))
+	for _, a := range d.accounts {
+		if a != nil {
+			list = append(list, a)
+		}
+	}
+	d.mu.Unlock()
+	for _, a := range list {
+		a.dropClient(client)
+		a.tubes.DropClient(client)
+	}
+}
+
+// Watching reports whether an account currently subscribes to the network
+// notifications behind an interest token.
+func (d *Daemon) Watching(name, token string) (bool, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return false, err
+	}
+	c, err := a.conn()
+	if err != nil {
+		return false, nil
+	}
+	return c.Watching(interestKinds[token]), nil
+}
+
+var discard = slog.New(slog.DiscardHandler)

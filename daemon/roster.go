@@ -1,0 +1,173 @@
+package daemon
+
+import (
+	"context"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/connection"
+	"github.com/tubes-dev/tubes/rendezvous"
+)
+
+// Contacts, rooms, presence and messages: thin calls to the rendezvous on
+// behalf of a connected account, with handles attached.
+
+func (d *Daemon) live(name string) (*account, *rendezvous.Client, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := a.conn()
+	return a, c, err
+}
+
+func (a *account) handle(t connection.HandleType, id string) uint32 {
+	return uint32(a.handles.Lookup(t, id))
+}
+
+func (a *account) contact(c rendezvous.Contact) api.Contact {
+	return api.Contact{Name: c.Name, State: string(c.State), Online: c.Online, Handle: a.handle(connection.HandleContact, c.Name)}
+}
+
+// Contacts lists an account's contacts.
+func (d *Daemon) Contacts(ctx context.Context, name string) ([]api.Contact, error) {
+	a, c, err := d.live(name)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := c.Contacts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Contact, 0, len(cs))
+	for _, x := range cs {
+		out = append(out, a.contact(x))
+	}
+	return out, nil
+}
+
+// AddContact asks another account to be a contact (approving theirs if
+// they asked first).
+func (d *Daemon) AddContact(ctx context.Context, name, contact string) (api.Contact, error) {
+	a, c, err := d.live(name)
+	if err != nil {
+		return api.Contact{}, err
+	}
+	x, err := c.ContactRequest(ctx, contact)
+	return a.contact(x), err
+}
+
+// ApproveContact approves a pending request.
+func (d *Daemon) ApproveContact(ctx context.Context, name, contact string) (api.Contact, error) {
+	a, c, err := d.live(name)
+	if err != nil {
+		return api.Contact{}, err
+	}
+	x, err := c.ContactApprove(ctx, contact)
+	return a.contact(x), err
+}
+
+// RemoveContact removes a contact, or cancels or refuses a request.
+func (d *Daemon) RemoveContact(ctx context.Context, name, contact string) error {
+	_, c, err := d.live(name)
+	if err != nil {
+		return err
+	}
+	return c.ContactRemove(ctx, contact)
+}
+
+func (a *account) room(r rendezvous.Room) api.Room {
+	return api.Room{Name: r.Name, Owner: r.Owner, Members: r.Members, Handle: a.handle(connection.HandleRoom, r.Name)}
+}
+
+// Rooms lists the rooms an account belongs to.
+func (d *Daemon) Rooms(ctx context.Context, name string) ([]api.Room, error) {
+	a, c, err := d.live(name)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := c.Rooms(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Room, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, a.room(r))
+	}
+	return out, nil
+}
+
+// CreateRoom creates a room the account owns.
+func (d *Daemon) CreateRoom(ctx context.Context, name, room string) (api.Room, error) {
+	a, c, err := d.live(name)
+	if err != nil {
+		return api.Room{}, err
+	}
+	r, err := c.RoomCreate(ctx, room)
+	return a.room(r), err
+}
+
+// JoinRoom joins an existing room.
+func (d *Daemon) JoinRoom(ctx context.Context, name, room string) (api.Room, error) {
+	a, c, err := d.live(name)
+	if err != nil {
+		return api.Room{}, err
+	}
+	r, err := c.RoomJoin(ctx, room)
+	return a.room(r), err
+}
+
+// LeaveRoom leaves a room (its owner leaving deletes it).
+func (d *Daemon) LeaveRoom(ctx context.Context, name, room string) error {
+	_, c, err := d.live(name)
+	if err != nil {
+		return err
+	}
+	return c.RoomLeave(ctx, room)
+}
+
+// RoomMembers lists a room's members.
+func (d *Daemon) RoomMembers(ctx context.Context, name, room string) ([]api.Member, error) {
+	_, c, err := d.live(name)
+	if err != nil {
+		return nil, err
+	}
+	ms, err := c.RoomMembers(ctx, room)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, api.Member{Name: m.Name, Owner: m.Owner, Online: m.Online})
+	}
+	return out, nil
+}
+
+// Presence lists the presence of contacts and room co-members.
+func (d *Daemon) Presence(ctx context.Context, name string) ([]api.Presence, error) {
+	_, c, err := d.live(name)
+	if err != nil {
+		return nil, err
+	}
+	ps, err := c.Presence(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Presence, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, api.Presence{Name: p.Name, Online: p.Online})
+	}
+	return out, nil
+}
+
+// Send delivers a message through the rendezvous.
+func (d *Daemon) Send(ctx context.Context, name string, req api.SendRequest) (api.SendResponse, error) {
+	_, c, err := d.live(name)
+	if err != nil {
+		return api.SendResponse{}, err
+	}
+	got, err := c.Send(ctx, req.To, req.Room, req.Kind, req.Body)
+	if got == nil {
+		got = []string{}
+	}
+	return api.SendResponse{Delivered: got}, err
+}

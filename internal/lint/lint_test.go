@@ -1,0 +1,91 @@
+// Package lint holds repository-wide checks that run with the tests:
+// gofmt, and a package comment on every package.
+package lint
+
+import (
+	"bytes"
+	"go/format"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func repoRoot(t *testing.T) string {
+	dir, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+		t.Fatalf("no go.mod at %s", dir)
+	}
+	return dir
+}
+
+func goFiles(t *testing.T) []string {
+	root := repoRoot(t)
+	var files []string
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") && path != root {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(path, ".go") {
+			files = append(files, path)
+		}
+		return nil
+	})
+	return files
+}
+
+// TestGofmt fails on any file gofmt would change.
+func TestGofmt(t *testing.T) {
+	for _, f := range goFiles(t) {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := format.Source(src)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if !bytes.Equal(src, out) {
+			t.Errorf("%s is not gofmt'd (run gofmt -w %s)", f, f)
+		}
+	}
+}
+
+// TestPackageDocs requires a package comment in every package, so a
+// reader knows which part of the system a folder belongs to.
+func TestPackageDocs(t *testing.T) {
+	documented := map[string]bool{}
+	seen := map[string]bool{}
+	fset := token.NewFileSet()
+	for _, f := range goFiles(t) {
+		dir := filepath.Dir(f)
+		af, err := parser.ParseFile(fset, f, nil, parser.PackageClauseOnly|parser.ParseComments)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := af.Name.Name
+		if strings.HasSuffix(name, "_test") {
+			continue
+		}
+		key := dir + ":" + name
+		seen[key] = true
+		if af.Doc != nil && strings.HasPrefix(af.Doc.Text(), "Package "+name+" ") || af.Doc != nil && name == "main" && strings.HasPrefix(af.Doc.Text(), "Command ") {
+			documented[key] = true
+		}
+	}
+	for key := range seen {
+		if !documented[key] {
+			t.Errorf("package %s has no package comment (\"// Package …\")", key)
+		}
+	}
+}

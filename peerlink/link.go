@@ -1,0 +1,174 @@
+// Package peerlink carries tube connections between two daemons: one
+// link per pair of accounts, TLS 1.3 with both sides' ed25519 account
+// keys pinned from the rendezvous, and many streams multiplexed over it.
+//
+// # Flow
+//
+//	accepter daemon                                  offerer daemon
+//	  dial candidates (direct first, relay after a delay; first TLS
+//	  handshake to complete wins) ------------------> listener
+//	  TLS 1.3, client cert = bob's key   <========>   server cert = alice's key
+//	  each side checks the other's key against the rendezvous
+//	  OPEN(stream, {tube, …}) DATA… --------------->  checks bob may use the tube,
+//	                                                   connects the service, splices
+//	  <----------------------------------------- DATA / WINDOW / FIN / RST
+//
+// A new connection costs no round trip: OPEN is followed at once by DATA,
+// which the offerer queues (within the stream's window) while it connects
+// to its service. Flow control is per stream (credit granted as the
+// receiver writes to its local socket), so one slow application never
+// stalls the others, and buffers are bounded. FIN is carried through as a
+// half-close; RST, or the link dying, reaches the local socket as a reset.
+// The frame layout is in frame.go.
+package peerlink
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/tubes-dev/tubes/identity"
+)
+
+// ALPN protocol of Tubes links.
+const alpn = "tube/1"
+
+// Identity is the local account a link speaks for.
+type Identity struct {
+	Name string
+	Key  *identity.Key
+
+	once sync.Once
+	cert tls.Certificate
+	err  error
+}
+
+// certificate is a self-signed certificate for the account key; peers pin
+// the key, not the certificate, so it is made fresh at start.
+func (id *Identity) certificate() (tls.Certificate, error) {
+	id.once.Do(func() {
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1),
+			Subject:      pkix.Name{CommonName: id.Name},
+			NotBefore:    time.Now().Add(-time.Hour),
+			NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, id.Key.Private().Public(), id.Key.Private())
+		if err != nil {
+			id.err = fmt.Errorf("peerlink: certificate: %w", err)
+			return
+		}
+		id.cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: id.Key.Private()}
+	})
+	return id.cert, id.err
+}
+
+// peerOf returns the account name and key a peer's certificate claims.
+func peerOf(cs tls.ConnectionState) (string, identity.PublicKey, error) {
+	if len(cs.PeerCertificates) == 0 {
+		return "", nil, errors.New("peerlink: the peer sent no certificate")
+	}
+	c := cs.PeerCertificates[0]
+	pub, ok := c.PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return "", nil, fmt.Errorf("peerlink: the peer's key is %T, not ed25519", c.PublicKey)
+	}
+	return c.Subject.CommonName, identity.PublicKey(pub), nil
+}
+
+// ErrKeyMismatch means the peer's key is not the one the rendezvous
+// knows for it (Cert_Fingerprint_Mismatch in Telepathy's terms).
+var ErrKeyMismatch = errors.New("peerlink: the peer's key does not match its account")
+
+// Client runs the TLS client handshake on raw, as self, expecting the
+// account peer with key peerKey, and starts a session.
+func Client(ctx context.Context, raw net.Conn, self *Identity, peer string, peerKey identity.PublicKey, h Handler, log *slog.Logger) (*Session, error) {
+	cert, err := self.certificate()
+	if err != nil {
+		return nil, err
+	}
+	bc := &batchConn{Conn: raw}
+	conn := tls.Client(bc, &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		Certificates:           []tls.Certificate{cert},
+		InsecureSkipVerify:     true, // the key is pinned in VerifyConnection instead
+		NextProtos:             []string{alpn},
+		SessionTicketsDisabled: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			name, key, err := peerOf(cs)
+			if err != nil {
+				return err
+			}
+			if name != peer || !key.Equal(peerKey) {
+				return fmt.Errorf("%w: expected %s (%s), got %q (%s)", ErrKeyMismatch, peer, peerKey.Fingerprint(), name, key.Fingerprint())
+			}
+			return nil
+		},
+	})
+	if err := handshake(ctx, conn); err != nil {
+		return nil, err
+	}
+	return newSession(conn, bc, true, h, log), nil
+}
+
+// Verifier decides whether an account with a key may open a link to us.
+type Verifier func(ctx context.Context, name string, key identity.PublicKey) error
+
+// Server runs the TLS server handshake on raw, as self; verify checks the
+// client's account and key, and handlerFor gives the handler of a link
+// with that peer (installed before any frame is read). It returns the
+// session and the peer's name.
+func Server(ctx context.Context, raw net.Conn, self *Identity, verify Verifier, handlerFor func(peer string) Handler, log *slog.Logger) (*Session, string, error) {
+	cert, err := self.certificate()
+	if err != nil {
+		return nil, "", err
+	}
+	bc := &batchConn{Conn: raw}
+	var peer string
+	conn := tls.Server(bc, &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		Certificates:           []tls.Certificate{cert},
+		ClientAuth:             tls.RequireAnyClientCert,
+		NextProtos:             []string{alpn},
+		SessionTicketsDisabled: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			name, key, err := peerOf(cs)
+			if err != nil {
+				return err
+			}
+			if err := verify(ctx, name, key); err != nil {
+				return err
+			}
+			peer = name
+			return nil
+		},
+	})
+	if err := handshake(ctx, conn); err != nil {
+		return nil, "", err
+	}
+	return newSession(conn, bc, false, handlerFor(peer), log), peer, nil
+}
+
+func handshake(ctx context.Context, conn *tls.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := conn.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return fmt.Errorf("peerlink: TLS handshake: %w", err)
+	}
+	if conn.ConnectionState().NegotiatedProtocol != alpn {
+		conn.Close()
+		return errors.New("peerlink: the peer does not speak " + alpn)
+	}
+	return nil
+}

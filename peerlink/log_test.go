@@ -1,0 +1,5 @@
+package peerlink
+
+import "log/slog"
+
+var discardLog = slog.New(slog.DiscardHandler)

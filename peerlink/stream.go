@@ -1,0 +1,443 @@
+package peerlink
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Code says why a stream was reset.
+type Code byte
+
+// Reset codes, carried in RST frames.
+const (
+	CodeCancelled Code = 1 // closed on purpose (tube closed, local socket aborted)
+	CodeLost      Code = 2 // the link broke
+	CodeRefused   Code = 3 // the offerer could not reach its service
+	CodeDenied    Code = 4 // the peer may not open this stream
+)
+
+func (c Code) String() string {
+	switch c {
+	case CodeCancelled:
+		return "cancelled"
+	case CodeLost:
+		return "lost"
+	case CodeRefused:
+		return "refused"
+	case CodeDenied:
+		return "denied"
+	}
+	return fmt.Sprintf("code %d", byte(c))
+}
+
+// ResetError is why a stream ended abnormally.
+type ResetError struct {
+	Code    Code
+	Message string
+	Remote  bool // the peer reset the stream
+}
+
+func (e *ResetError) Error() string {
+	if e.Message == "" {
+		return "stream " + e.Code.String()
+	}
+	return e.Message
+}
+
+// Stream is one connection carried by a link. The layer above attaches a
+// local socket with Splice; from then on the stream moves bytes both ways
+// itself:
+//
+//   - local → peer: one goroutine waits until the local socket is
+//     readable (holding no buffer while idle), reads at most the credit the
+//     peer granted, and sends DATA; end of file becomes FIN, a read error
+//     RST.
+//   - peer → local: DATA is queued as it arrives; a goroutine that exists
+//     only while there is queued data writes it to the local socket and
+//     grants the credit back. FIN becomes CloseWrite on the local socket
+//     once everything queued is written (drain before teardown).
+//
+// An RST, or the link ending, aborts the local socket: TCP sockets are
+// closed with SO_LINGER 0, so the application sees a reset, never a clean
+// end of file.
+type Stream struct {
+	s  *Session
+	id uint32
+
+	mu       sync.Mutex // guards the fields below
+	credit   int        // bytes we may still send
+	creditCh chan struct{}
+	queue    [][]byte // received, not yet written locally
+	queued   int      // bytes in queue
+	owed     int      // bytes written locally, not yet credited back
+	finRecv  bool
+	sendDone bool // FIN or RST sent
+	recvDone bool // FIN received and written through, or reset
+	draining bool
+	local    net.Conn
+	onClose  func(error)
+	err      error // set when reset
+	finished bool
+}
+
+func newStream(s *Session, id uint32) *Stream {
+	return &Stream{s: s, id: id, credit: initialWindow, creditCh: make(chan struct{}, 1)}
+}
+
+// ID is the stream's id within its link.
+func (st *Stream) ID() uint32 { return st.id }
+
+// Splice attaches the local socket and starts moving bytes. onClose is
+// called once when the stream has ended: with nil after a clean close in
+// both directions, or a *ResetError.
+func (st *Stream) Splice(local net.Conn, onClose func(error)) {
+	st.mu.Lock()
+	if st.err != nil {
+		err := st.err
+		st.mu.Unlock()
+		abortConn(local)
+		if onClose != nil {
+			onClose(err)
+		}
+		return
+	}
+	st.local = local
+	st.onClose = onClose
+	start := len(st.queue) > 0 || st.finRecv
+	if start {
+		st.draining = true
+	}
+	st.mu.Unlock()
+	if start {
+		go st.drain()
+	}
+	go st.pump()
+}
+
+// Reset aborts the stream: the peer gets RST with code and message, and
+// the local socket (if attached) is aborted.
+func (st *Stream) Reset(code Code, msg string) {
+	st.abort(&ResetError{Code: code, Message: msg}, true)
+}
+
+// abort ends the stream with e, optionally telling the peer.
+func (st *Stream) abort(e *ResetError, tell bool) {
+	st.mu.Lock()
+	if st.err != nil || st.finished {
+		st.mu.Unlock()
+		return
+	}
+	st.err = e
+	st.sendDone, st.recvDone = true, true
+	queue := st.queue
+	st.queue, st.queued = nil, 0
+	local := st.local
+	st.mu.Unlock()
+	for _, b := range queue {
+		putBuf(b)
+	}
+	select {
+	case st.creditCh <- struct{}{}:
+	default:
+	}
+	if tell {
+		p := append([]byte{byte(e.Code)}, e.Message...)
+		st.s.writeSmall(frameRst, st.id, p)
+	}
+	if local != nil {
+		abortConn(local)
+	}
+	st.finish()
+}
+
+// finish runs once both directions are done.
+func (st *Stream) finish() {
+	st.mu.Lock()
+	if st.finished || !st.sendDone || !st.recvDone {
+		st.mu.Unlock()
+		return
+	}
+	st.finished = true
+	local, onClose, err := st.local, st.onClose, st.err
+	st.mu.Unlock()
+	st.s.remove(st)
+	if err == nil && local != nil {
+		local.Close()
+	}
+	if onClose != nil {
+		if err != nil {
+			onClose(err)
+		} else {
+			onClose(nil)
+		}
+	}
+}
+
+// deliver queues received data (on the session's reader goroutine).
+func (st *Stream) deliver(b []byte) error {
+	st.mu.Lock()
+	if st.err != nil || st.finRecv {
+		st.mu.Unlock()
+		putBuf(b)
+		return nil
+	}
+	if st.queued+st.owed+len(b) > initialWindow {
+		st.mu.Unlock()
+		putBuf(b)
+		return fmt.Errorf("peerlink: peer overran the window of stream %d", st.id)
+	}
+	st.queue = append(st.queue, b)
+	st.queued += len(b)
+	start := st.local != nil && !st.draining
+	if start {
+		st.draining = true
+	}
+	st.mu.Unlock()
+	if start {
+		go st.drain()
+	}
+	return nil
+}
+
+func (st *Stream) recvFin() {
+	st.mu.Lock()
+	if st.err != nil {
+		st.mu.Unlock()
+		return
+	}
+	st.finRecv = true
+	start := st.local != nil && !st.draining
+	if start {
+		st.draining = true
+	}
+	st.mu.Unlock()
+	if start {
+		go st.drain()
+	}
+}
+
+func (st *Stream) addCredit(n int) {
+	st.mu.Lock()
+	st.credit += n
+	st.mu.Unlock()
+	select {
+	case st.creditCh <- struct{}{}:
+	default:
+	}
+}
+
+// drain writes queued data to the local socket; it exits when the queue
+// is empty, so an idle stream has no writer goroutine.
+func (st *Stream) drain() {
+	for {
+		st.mu.Lock()
+		if st.err != nil {
+			st.draining = false
+			st.mu.Unlock()
+			return
+		}
+		if len(st.queue) == 0 {
+			st.draining = false
+			fin := st.finRecv && !st.recvDone
+			if fin {
+				st.recvDone = true
+			}
+			local := st.local
+			owed := st.owed
+			st.owed = 0
+			st.mu.Unlock()
+			if owed > 0 && !fin {
+				st.grant(owed)
+			}
+			if fin {
+				closeWrite(local)
+				st.finish()
+			}
+			return
+		}
+		// Write everything queued at once (writev): one system call for
+		// several frames when the application reads slower than we receive.
+		bufs := net.Buffers(st.queue)
+		st.queue = nil
+		n := st.queued
+		st.queued = 0
+		local := st.local
+		st.mu.Unlock()
+		toFree := append([][]byte(nil), bufs...)
+		_, err := bufs.WriteTo(local)
+		for _, b := range toFree {
+			putBuf(b)
+		}
+		if err != nil {
+			st.abort(&ResetError{Code: CodeCancelled, Message: "the local connection closed before all data was delivered"}, true)
+			return
+		}
+		st.mu.Lock()
+		st.owed += n
+		owed := 0
+		if st.owed >= initialWindow/4 {
+			owed, st.owed = st.owed, 0
+		}
+		st.mu.Unlock()
+		if owed > 0 {
+			st.grant(owed)
+		}
+	}
+}
+
+func (st *Stream) grant(n int) {
+	var p [4]byte
+	binary.BigEndian.PutUint32(p[:], uint32(n))
+	st.s.writeSmall(frameWindow, st.id, p[:])
+}
+
+// pump moves bytes from the local socket to the peer.
+func (st *Stream) pump() {
+	st.mu.Lock()
+	local := st.local
+	st.mu.Unlock()
+	var rc syscall.RawConn
+	if sc, ok := local.(syscall.Conn); ok {
+		rc, _ = sc.SyscallConn()
+	}
+	for {
+		credit := st.waitCredit()
+		if credit <= 0 {
+			return
+		}
+		limit := min(credit, maxData)
+		var buf []byte
+		var n int
+		var err error
+		if rc != nil {
+			buf, n, err = readLocal(rc, limit)
+		} else {
+			buf = getBuf(headerLen + maxData)
+			n, err = local.Read(buf[headerLen : headerLen+limit])
+		}
+		if n > 0 {
+			st.mu.Lock()
+			dead := st.err != nil
+			st.credit -= n
+			st.mu.Unlock()
+			if dead {
+				putBuf(buf)
+				return
+			}
+			putHeader(buf, frameData, st.id, n)
+			if st.s.writeFrame(buf[:headerLen+n]) != nil {
+				putBuf(buf)
+				return
+			}
+		}
+		if buf != nil {
+			putBuf(buf)
+		}
+		if err == nil {
+			continue
+		}
+		st.mu.Lock()
+		dead := st.err != nil
+		st.mu.Unlock()
+		if dead {
+			return
+		}
+		if errors.Is(err, io.EOF) {
+			st.mu.Lock()
+			st.sendDone = true
+			st.mu.Unlock()
+			st.s.writeSmall(frameFin, st.id, nil)
+			st.finish()
+			return
+		}
+		st.abort(&ResetError{Code: CodeCancelled, Message: "the local connection was reset: " + err.Error()}, true)
+		return
+	}
+}
+
+// waitCredit blocks until the peer has granted credit or the stream is
+// reset, returning the credit (0 when reset).
+func (st *Stream) waitCredit() int {
+	for {
+		st.mu.Lock()
+		if st.err != nil || st.sendDone {
+			st.mu.Unlock()
+			return 0
+		}
+		if st.credit > 0 {
+			c := st.credit
+			st.mu.Unlock()
+			return c
+		}
+		st.mu.Unlock()
+		<-st.creditCh
+	}
+}
+
+// readLocal reads up to limit bytes from the local socket into a pooled
+// frame buffer (after headerLen bytes of room). It takes the buffer only
+// when the socket is readable and gives it back before waiting, so an idle
+// connection holds no buffer, and a busy one costs one system call per
+// read. A nil buffer comes back only with an error.
+func readLocal(rc syscall.RawConn, limit int) ([]byte, int, error) {
+	var buf []byte
+	var n int
+	var rerr error
+	err := rc.Read(func(fd uintptr) bool {
+		if buf == nil {
+			buf = getBuf(headerLen + maxData)
+		}
+		for {
+			m, e := unix.Read(int(fd), buf[headerLen:headerLen+limit])
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				putBuf(buf)
+				buf = nil
+				return false // wait for readability, holding nothing
+			case e != nil:
+				rerr = &net.OpError{Op: "read", Net: "local", Err: os.NewSyscallError("read", e)}
+			case m == 0:
+				rerr = io.EOF
+			default:
+				n = m
+			}
+			return true
+		}
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil && n == 0 && buf != nil {
+		putBuf(buf)
+		buf = nil
+	}
+	return buf, n, err
+}
+
+// abortConn closes a local socket so that its peer sees a reset: for TCP,
+// SO_LINGER 0 makes close send RST. Unix sockets have no reset; their peer
+// sees ECONNRESET only if unread data remains.
+func abortConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	c.Close()
+}

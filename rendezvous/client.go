@@ -1,0 +1,613 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tubes-dev/tubes/connection"
+	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// DialConfig says how an account connects to its relay.
+type DialConfig struct {
+	Server  string // HOST:PORT, nats://HOST:PORT or tls://HOST:PORT
+	Account string
+	Key     *identity.Key
+	RootCAs *x509.CertPool // trusted for TLS relays; nil uses the system's
+	Timeout time.Duration  // connect timeout; default 5s
+	Logger  *slog.Logger
+	// OnMessage receives inbox deliveries: kind is one of the Kind…
+	// constants. Calls for one kind are sequential.
+	OnMessage func(kind string, data []byte)
+}
+
+// Client is one account's live connection to the rendezvous. It does not
+// reconnect: when the connection ends, Done is closed and Err says why;
+// the daemon decides whether and when to dial again.
+type Client struct {
+	cfg  DialConfig
+	nc   *nats.Conn
+	log  *slog.Logger
+	done chan struct{}
+	once sync.Once // closes done
+
+	mu       sync.Mutex // guards the fields below
+	err      *ConnError
+	closing  bool
+	watching map[string]*nats.Subscription
+}
+
+// ConnError is why a connection attempt failed or a connection ended, in
+// Telepathy's terms: the reason for StatusChanged and the error name and
+// details for ConnectionError.
+type ConnError struct {
+	Reason  connection.Reason
+	Name    string         // im.telepathy1.Error.…
+	Message string         // one sentence for users
+	Details map[string]any // debug-message, server-message, TLS details
+	Err     error
+}
+
+func (e *ConnError) Error() string { return e.Message }
+func (e *ConnError) Unwrap() error { return e.Err }
+
+func serverURL(s string) string {
+	if strings.Contains(s, "://") {
+		return s
+	}
+	return "nats://" + s
+}
+
+// recordingDialer keeps the last dial error, which nats.Connect replaces
+// with a bare ErrNoServers, so the user learns "connection refused" rather
+// than "no servers".
+type recordingDialer struct {
+	net.Dialer
+	mu  sync.Mutex
+	err error
+}
+
+func (d *recordingDialer) Dial(network, address string) (net.Conn, error) {
+	c, err := d.Dialer.Dial(network, address)
+	if err != nil {
+		d.mu.Lock()
+		d.err = err
+		d.mu.Unlock()
+	}
+	return c, err
+}
+
+// cause returns the dial error behind err, if any.
+func (d *recordingDialer) cause(err error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if errors.Is(err, nats.ErrNoServers) && d.err != nil {
+		return d.err
+	}
+	return err
+}
+
+func (cfg *DialConfig) options(user, inbox string, dialer *recordingDialer) ([]nats.Option, error) {
+	kp, err := cfg.Key.NKey()
+	if err != nil {
+		return nil, err
+	}
+	pub, _ := kp.PublicKey()
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	dialer.Timeout = timeout
+	opts := []nats.Option{
+		nats.SetCustomDialer(dialer),
+		nats.Nkey(pub, kp.Sign),
+		nats.CustomInboxPrefix(inbox),
+		nats.NoReconnect(),
+		nats.Timeout(timeout),
+		nats.PingInterval(15 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.Name("tube-daemon"),
+	}
+	if user != "" {
+		opts = append(opts, nats.UserInfo(user, ""))
+	}
+	if cfg.RootCAs != nil {
+		opts = append(opts, nats.Secure(&tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}))
+	}
+	return opts, nil
+}
+
+// Dial connects an existing account.
+func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), watching: map[string]*nats.Subscription{}}
+	dialer := &recordingDialer{}
+	opts, err := cfg.options(cfg.Account, replyInbox(cfg.Account), dialer)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { c.lost(err) }),
+		nats.ClosedHandler(func(*nats.Conn) { c.finish() }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			c.log.Warn("relay reported an error", "err", err)
+		}),
+	)
+	nc, err := connectCtx(ctx, serverURL(cfg.Server), opts)
+	if err != nil {
+		ce := classify(dialer.cause(err), cfg.Server)
+		if ce.Reason == connection.AuthenticationFailed {
+			ce = diagnoseAuth(ctx, cfg, ce)
+		}
+		return nil, ce
+	}
+	c.nc = nc
+	for _, kind := range []string{KindControl, KindMessage} {
+		if _, err := c.subscribe(kind); err != nil {
+			nc.Close()
+			return nil, classify(err, cfg.Server)
+		}
+	}
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		nc.Close()
+		return nil, classify(err, cfg.Server)
+	}
+	return c, nil
+}
+
+// connectCtx runs nats.Connect, giving up when ctx ends.
+func connectCtx(ctx context.Context, url string, opts []nats.Option) (*nats.Conn, error) {
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		nc, err := nats.Connect(url, opts...)
+		ch <- result{nc, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.nc, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Client) subscribe(kind string) (*nats.Subscription, error) {
+	sub, err := c.nc.Subscribe(inboxSubject(c.cfg.Account, kind), func(m *nats.Msg) {
+		if kind == KindControl {
+			c.control(m.Data)
+			return
+		}
+		if c.cfg.OnMessage != nil {
+			c.cfg.OnMessage(kind, m.Data)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	sub.SetPendingLimits(65536, 64<<20)
+	return sub, nil
+}
+
+func (c *Client) control(data []byte) {
+	var msg controlMsg
+	if err := json.Unmarshal(data, &msg); err != nil {
+		c.log.Warn("malformed control message from relay", "err", err)
+		return
+	}
+	if msg.Type != "replaced" || msg.Server != c.nc.ConnectedServerId() {
+		return
+	}
+	if id, err := c.nc.GetClientID(); err != nil || id != msg.CID {
+		return
+	}
+	c.end(&ConnError{
+		Reason:  connection.NameInUse,
+		Name:    tperr.ConnectionReplaced,
+		Message: fmt.Sprintf("another connection to %s took over (the newest connection to an account wins)", c.cfg.Account),
+		Details: map[string]any{"server-message": "replaced by a newer connection to the same account"},
+	})
+	go c.nc.Close()
+}
+
+// lost records why the connection ended, unless a reason is known already.
+func (c *Client) lost(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return
+	}
+	if c.closing {
+		c.err = &ConnError{Reason: connection.Requested, Name: tperr.Cancelled, Message: "disconnected as requested"}
+		return
+	}
+	msg := "the connection to the relay was lost"
+	debug := "connection closed by the relay"
+	if err != nil {
+		debug = err.Error()
+	}
+	c.err = &ConnError{Reason: connection.NetworkError, Name: tperr.ConnectionLost, Message: msg,
+		Details: map[string]any{"debug-message": debug}, Err: err}
+}
+
+// finish marks the connection ended.
+func (c *Client) finish() {
+	c.lost(nil)
+	c.once.Do(func() { close(c.done) })
+}
+
+func (c *Client) end(e *ConnError) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = e
+	}
+}
+
+// Done is closed when the connection has ended.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err says why the connection ended; nil while it is up.
+func (c *Client) Err() *ConnError {
+	select {
+	case <-c.done:
+	default:
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close ends the connection at the user's request.
+func (c *Client) Close() {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	c.nc.Close()
+	c.finish()
+}
+
+// Watch turns delivery of an inbox kind (presence, contacts, rooms) on or
+// off. Off means the NATS server stops sending it to us at all.
+func (c *Client) Watch(kind string, on bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sub := c.watching[kind]
+	switch {
+	case on && sub == nil:
+		sub, err := c.subscribe(kind)
+		if err != nil {
+			return err
+		}
+		c.watching[kind] = sub
+		return c.nc.Flush()
+	case !on && sub != nil:
+		delete(c.watching, kind)
+		return sub.Unsubscribe()
+	}
+	return nil
+}
+
+// Watching reports whether kind is delivered (for tests and status).
+func (c *Client) Watching(kind string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watching[kind] != nil
+}
+
+// ServerAddr is the address of the relay server we are connected to.
+func (c *Client) ServerAddr() string { return c.nc.ConnectedAddr() }
+
+// call sends a request to the account service and decodes its answer.
+func (c *Client) call(ctx context.Context, op string, req, resp any) error {
+	return request(ctx, c.nc, svcSubject(c.cfg.Account, op), req, resp)
+}
+
+func request(ctx context.Context, nc *nats.Conn, subject string, req, resp any) error {
+	var body []byte
+	if req != nil {
+		var err error
+		if body, err = json.Marshal(req); err != nil {
+			return err
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout+2*time.Second)
+		defer cancel()
+	}
+	m, err := nc.RequestWithContext(ctx, subject, body)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return tperr.Wrap(err, tperr.ServiceBusy, "the relay's account service is not running")
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+		return tperr.Wrap(err, tperr.Timeout, "the relay did not answer in time")
+	case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionDraining):
+		return tperr.Wrap(err, tperr.Disconnected, "not connected to the relay")
+	case err != nil:
+		return tperr.Wrap(err, tperr.NetworkError, "request to the relay failed: %v", err)
+	}
+	return decodeReply(m.Data, resp)
+}
+
+// Hello asks the relay who we are. It returns once the relay has seen
+// this connection, so contacts see us online from then on.
+func (c *Client) Hello(ctx context.Context) (Hello, error) {
+	var h Hello
+	cid, _ := c.nc.GetClientID()
+	err := c.call(ctx, opHello, helloReq{Server: c.nc.ConnectedServerId(), CID: cid}, &h)
+	return h, err
+}
+
+// Exists reports which of the names are registered accounts and which are
+// existing rooms.
+func (c *Client) Exists(ctx context.Context, contacts, rooms []string) (accounts, roomsFound map[string]bool, err error) {
+	var r lookupResp
+	err = c.call(ctx, opLookup, lookupReq{Contacts: contacts, Rooms: rooms}, &r)
+	return r.Contacts, r.Rooms, err
+}
+
+// Contacts lists the contact list with each relation's state.
+func (c *Client) Contacts(ctx context.Context) ([]Contact, error) {
+	var out []Contact
+	return out, c.call(ctx, opContacts, nil, &out)
+}
+
+// ContactRequest asks name to be a contact (or approves their request).
+func (c *Client) ContactRequest(ctx context.Context, name string) (Contact, error) {
+	var out Contact
+	return out, c.call(ctx, opContactRequest, nameReq{Name: name}, &out)
+}
+
+// ContactApprove approves name's request.
+func (c *Client) ContactApprove(ctx context.Context, name string) (Contact, error) {
+	var out Contact
+	return out, c.call(ctx, opContactApprove, nameReq{Name: name}, &out)
+}
+
+// ContactRemove removes a contact, cancels a request or refuses one.
+func (c *Client) ContactRemove(ctx context.Context, name string) error {
+	return c.call(ctx, opContactRemove, nameReq{Name: name}, nil)
+}
+
+// Rooms lists the rooms we belong to.
+func (c *Client) Rooms(ctx context.Context) ([]Room, error) {
+	var out []Room
+	return out, c.call(ctx, opRooms, nil, &out)
+}
+
+// RoomCreate creates a room we own.
+func (c *Client) RoomCreate(ctx context.Context, room string) (Room, error) {
+	var out Room
+	return out, c.call(ctx, opRoomCreate, roomReq{Room: room}, &out)
+}
+
+// RoomJoin joins an existing room.
+func (c *Client) RoomJoin(ctx context.Context, room string) (Room, error) {
+	var out Room
+	return out, c.call(ctx, opRoomJoin, roomReq{Room: room}, &out)
+}
+
+// RoomLeave leaves a room; the owner leaving deletes it.
+func (c *Client) RoomLeave(ctx context.Context, room string) error {
+	return c.call(ctx, opRoomLeave, roomReq{Room: room}, nil)
+}
+
+// RoomMembers lists a room's members (members only).
+func (c *Client) RoomMembers(ctx context.Context, room string) ([]Member, error) {
+	var out []Member
+	return out, c.call(ctx, opRoomMembers, roomReq{Room: room}, &out)
+}
+
+// Presence returns the presence of every contact and room co-member.
+func (c *Client) Presence(ctx context.Context) ([]PresenceEvent, error) {
+	var out []PresenceEvent
+	return out, c.call(ctx, opPresence, nil, &out)
+}
+
+// Send delivers a message to a mutual contact (to), to the online members
+// of a room (room), or to one member of a room both belong to (both), and
+// returns who it reached.
+func (c *Client) Send(ctx context.Context, to, room, kind string, body []byte) ([]string, error) {
+	var out sendResp
+	err := c.call(ctx, opSend, sendReq{To: to, Room: room, Kind: kind, Body: body}, &out)
+	return out.Delivered, err
+}
+
+// Keys returns the public keys (U…) of those names that are mutual
+// contacts or room co-members; others are left out.
+func (c *Client) Keys(ctx context.Context, names []string) (map[string]string, error) {
+	out := map[string]string{}
+	return out, c.call(ctx, opKeys, keysReq{Names: names}, &out)
+}
+
+// ---- registration ----
+
+// Register creates the account cfg.Account with cfg.Key on the relay.
+// Registering a name that is already ours succeeds. invite is needed on
+// relays with closed registration.
+func Register(ctx context.Context, cfg DialConfig, invite string) error {
+	return asGuest(ctx, cfg, func(nc *nats.Conn, nkey string) error {
+		err := request(ctx, nc, guestSubject(nkey, opRegister), registerReq{Name: cfg.Account, Invite: invite}, nil)
+		if err == nil {
+			return nil
+		}
+		ce := &ConnError{Reason: connection.AuthenticationFailed, Name: tperr.Name(err), Message: err.Error(),
+			Details: map[string]any{"server-message": err.Error()}, Err: err}
+		switch ce.Name {
+		case tperr.RegistrationExists:
+			ce.Reason = connection.NameInUse
+		case tperr.InvalidArgument, tperr.PermissionDenied, tperr.AuthenticationFailed:
+		default:
+			ce.Reason, ce.Name = connection.NetworkError, tperr.NetworkError
+		}
+		return ce
+	})
+}
+
+func asGuest(ctx context.Context, cfg DialConfig, f func(nc *nats.Conn, nkey string) error) error {
+	kp, err := cfg.Key.NKey()
+	if err != nil {
+		return err
+	}
+	nkey, _ := kp.PublicKey()
+	dialer := &recordingDialer{}
+	opts, err := cfg.options("", guestReplyInbox(nkey), dialer)
+	if err != nil {
+		return err
+	}
+	nc, err := connectCtx(ctx, serverURL(cfg.Server), opts)
+	if err != nil {
+		return classify(dialer.cause(err), cfg.Server)
+	}
+	defer nc.Close()
+	return f(nc, nkey)
+}
+
+// diagnoseAuth asks the relay, as a guest, why our login was refused, so
+// the user reads "no account named alice" rather than a bare refusal.
+func diagnoseAuth(ctx context.Context, cfg DialConfig, ce *ConnError) *ConnError {
+	_ = asGuest(ctx, cfg, func(nc *nats.Conn, nkey string) error {
+		var w whoisResp
+		if err := request(ctx, nc, guestSubject(nkey, opWhois), nameReq{Name: cfg.Account}, &w); err != nil {
+			return err
+		}
+		switch {
+		case !w.Exists:
+			ce.Message = fmt.Sprintf("there is no account named %s on the relay %s; register it with --register", cfg.Account, cfg.Server)
+		case !w.KeyMatches:
+			ce.Message = fmt.Sprintf("the relay %s refused the key of %s: the account is registered with another key", cfg.Server, cfg.Account)
+		}
+		ce.Details["server-message"] = ce.Message
+		return nil
+	})
+	return ce
+}
+
+// classify turns a connection failure into a Telepathy reason, error name
+// and details.
+func classify(err error, server string) *ConnError {
+	ce := &ConnError{Err: err, Details: map[string]any{"debug-message": err.Error()}}
+	var (
+		hostErr x509.HostnameError
+		authErr x509.UnknownAuthorityError
+		certErr x509.CertificateInvalidError
+		recErr  tls.RecordHeaderError
+		opErr   *net.OpError
+	)
+	msg := err.Error()
+	switch {
+	case errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(msg), "authorization violation"):
+		ce.Reason, ce.Name = connection.AuthenticationFailed, tperr.AuthenticationFailed
+		ce.Message = fmt.Sprintf("the relay %s refused the login", server)
+		ce.Details["server-message"] = "Authorization Violation"
+	case errors.As(err, &hostErr):
+		ce.Reason, ce.Name = connection.CertHostnameMismatch, tperr.CertHostnameMismatch
+		ce.Message = fmt.Sprintf("the relay's certificate is not valid for %s", hostErr.Host)
+		ce.Details["expected-hostname"] = hostErr.Host
+		if hostErr.Certificate != nil {
+			names := hostErr.Certificate.DNSNames
+			if len(names) == 0 {
+				names = []string{hostErr.Certificate.Subject.CommonName}
+			}
+			ce.Details["certificate-hostname"] = names[0]
+		}
+	case errors.As(err, &authErr):
+		ce.Reason, ce.Name = connection.CertUntrusted, tperr.CertUntrusted
+		ce.Message = "the relay's certificate is signed by an authority this account does not trust (pass its CA with --ca)"
+		if c := authErr.Cert; c != nil && c.Issuer.String() == c.Subject.String() {
+			ce.Reason, ce.Name = connection.CertSelfSigned, tperr.CertSelfSigned
+			ce.Message = "the relay's certificate is self-signed and not trusted (pass it with --ca)"
+		}
+	case errors.As(err, &certErr):
+		ce.Reason, ce.Name = connection.CertOtherError, tperr.CertInvalid
+		ce.Message = "the relay's certificate is not valid: " + certErr.Error()
+		if certErr.Reason == x509.Expired {
+			ce.Reason, ce.Name = connection.CertExpired, tperr.CertExpired
+			ce.Message = "the relay's certificate has expired or is not valid yet"
+			if certErr.Cert != nil && time.Now().Before(certErr.Cert.NotBefore) {
+				ce.Reason, ce.Name = connection.CertNotActivated, tperr.CertNotActivated
+			}
+		}
+	case errors.As(err, &recErr) || strings.Contains(msg, "tls:"):
+		ce.Reason, ce.Name = connection.EncryptionError, tperr.EncryptionError
+		ce.Message = "the TLS handshake with the relay failed"
+	case strings.Contains(msg, "secure connection not available") || strings.Contains(msg, "secure connection required"):
+		ce.Reason, ce.Name = connection.EncryptionError, tperr.EncryptionNotAvailable
+		ce.Message = "the relay and this account disagree about TLS"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		ce.Reason, ce.Name = connection.NetworkError, tperr.ConnectionRefused
+		ce.Message = fmt.Sprintf("the relay %s refused the connection (is it running?)", server)
+	case errors.As(err, &opErr) || errors.Is(err, nats.ErrNoServers) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+		ce.Reason, ce.Name = connection.NetworkError, tperr.ConnectionFailed
+		ce.Message = fmt.Sprintf("could not reach the relay %s", server)
+	default:
+		ce.Reason, ce.Name = connection.NetworkError, tperr.NetworkError
+		ce.Message = fmt.Sprintf("could not connect to the relay %s: %v", server, err)
+	}
+	return ce
+}
+
+// ---- operators ----
+
+// Admin is an operator's connection to a running relay.
+type Admin struct{ nc *nats.Conn }
+
+// DialAdmin connects with the service credentials in info.
+func DialAdmin(ctx context.Context, info AdminInfo) (*Admin, error) {
+	opts := []nats.Option{nats.NoReconnect(), nats.Timeout(5 * time.Second), nats.CustomInboxPrefix(adminPrefix + "reply"), nats.Name("tube-relay-admin")}
+	if info.CA != "" {
+		opts = append(opts, nats.RootCAs(info.CA))
+	}
+	nc, err := connectCtx(ctx, info.URL, opts)
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: cannot reach the relay at %s: %w", redact(info.URL), err)
+	}
+	return &Admin{nc: nc}, nil
+}
+
+// Close closes the connection.
+func (a *Admin) Close() { a.nc.Close() }
+
+// UserAdd adds an account bound to key, or, without a key, an invitation
+// and returns its code.
+func (a *Admin) UserAdd(ctx context.Context, name, key string) (invite string, err error) {
+	var r userAddResp
+	err = request(ctx, a.nc, adminPrefix+opUserAdd, userAddReq{Name: name, Key: key}, &r)
+	return r.Invite, err
+}
+
+// UserList lists accounts and outstanding invitations.
+func (a *Admin) UserList(ctx context.Context) ([]User, error) {
+	var out []User
+	return out, request(ctx, a.nc, adminPrefix+opUserList, nil, &out)
+}
+
+// UserRemove removes an account (its contacts, rooms it owns, live
+// connections) or an invitation.
+func (a *Admin) UserRemove(ctx context.Context, name string) error {
+	return request(ctx, a.nc, adminPrefix+opUserRemove, nameReq{Name: name}, nil)
+}

@@ -1,0 +1,81 @@
+package rendezvous
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// Metrics are the account service's Prometheus metrics. A nil *Metrics
+// records nothing.
+type Metrics struct {
+	reg      prometheus.Registerer
+	auths    *prometheus.CounterVec
+	requests *prometheus.CounterVec
+	delivers prometheus.Counter
+}
+
+// NewMetrics registers the service's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		reg: reg,
+		auths: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tube_rendezvous_authorizations_total",
+			Help: "Connection authorizations by result (ok, refused).",
+		}, []string{"result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tube_rendezvous_requests_total",
+			Help: "Account service requests by operation and result (ok or the Telepathy error name).",
+		}, []string{"op", "result"}),
+		delivers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tube_rendezvous_messages_delivered_total",
+			Help: "Messages delivered into inboxes by send.",
+		}),
+	}
+	reg.MustRegister(m.auths, m.requests, m.delivers)
+	return m
+}
+
+// bind adds gauges read from a running service.
+func (m *Metrics) bind(s *Service) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tube_rendezvous_accounts",
+			Help: "Registered accounts.",
+		}, func() float64 { return float64(len(s.store.view.accountNames())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tube_rendezvous_online_accounts",
+			Help: "Accounts with at least one live connection.",
+		}, func() float64 { return float64(s.pres.onlineCount()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tube_rendezvous_relays",
+			Help: "Relay instances serving the cluster.",
+		}, func() float64 { return float64(s.pres.relayCount()) }),
+	)
+}
+
+func (m *Metrics) auth(result string) {
+	if m != nil {
+		m.auths.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) request(op string, err error) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = tperr.Short(tperr.Name(err))
+		if result == "" {
+			result = "internal"
+		}
+	}
+	m.requests.WithLabelValues(op, result).Inc()
+}
+
+func (m *Metrics) delivered(n int) {
+	if m != nil {
+		m.delivers.Add(float64(n))
+	}
+}

@@ -1,0 +1,229 @@
+package tube
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// Rendezvous message kinds of tubes. Every kind that starts with "tube."
+// belongs to this package (IsTubeKind); the daemon hands such deliveries
+// to the account's Manager instead of the event stream.
+const (
+	kindOffer   = "tube.offer"   // offerer → recipient: a new tube
+	kindClose   = "tube.close"   // either side: the tube (or this member's part of it) ends
+	kindRequest = "tube.request" // requester → owner: offer me a tube to SERVICE (reverse tube)
+	kindRefuse  = "tube.refuse"  // owner → requester: no
+)
+
+// IsTubeKind reports whether a rendezvous message kind belongs to tubes.
+func IsTubeKind(kind string) bool { return strings.HasPrefix(kind, "tube.") }
+
+// Limits of the wire messages.
+const (
+	maxIDLen      = 64
+	maxServiceLen = 255
+	maxAddrs      = 32
+	maxMessageLen = 255
+	maxSealedLen  = 48 << 10
+)
+
+// offerMsg is the body of tube.offer. Params is the tube's parameters
+// sealed (HPKE) to the recipient's account key; the relay, and any other
+// room member, sees only ciphertext.
+type offerMsg struct {
+	ID      string   `json:"id"`
+	Service string   `json:"service"`
+	Addrs   []string `json:"addrs,omitempty"`   // the offerer's direct peer-link addresses
+	Path    string   `json:"path,omitempty"`    // the offerer's path choice: "", direct or relay
+	Params  []byte   `json:"params,omitempty"`  // sealed JSON object of api.Value
+	Request string   `json:"request,omitempty"` // the reverse-tube request this answers
+}
+
+// closeMsg is the body of tube.close.
+type closeMsg struct {
+	ID      string `json:"id"`
+	Error   string `json:"error,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// requestMsg is the body of tube.request.
+type requestMsg struct {
+	Request string `json:"request"`
+	Service string `json:"service"`
+}
+
+// refuseMsg is the body of tube.refuse.
+type refuseMsg struct {
+	Request string `json:"request"`
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+// streamMeta opens a stream: which tube the connection belongs to.
+type streamMeta struct {
+	Tube string `json:"tube"`
+}
+
+// ctrlMsg is a link-level message: the accepter tells the offerer it
+// accepted a tube (which opens an outgoing p2p tube).
+type ctrlMsg struct {
+	Op   string `json:"op"` // "accepted"
+	Tube string `json:"tube"`
+}
+
+const ctrlAccepted = "accepted"
+
+// decodeStrict decodes JSON that must be exactly one object of v's shape.
+func decodeStrict(data []byte, v any, what string) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return tperr.New(tperr.InvalidArgument, "malformed %s: %v", what, err)
+	}
+	return nil
+}
+
+func checkID(field, id string) error {
+	if id == "" || len(id) > maxIDLen {
+		return tperr.New(tperr.InvalidArgument, "%s must be 1 to %d characters", field, maxIDLen)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return tperr.New(tperr.InvalidArgument, "%s %q has a character other than letters, digits, - and _", field, id)
+		}
+	}
+	return nil
+}
+
+// checkService validates a service name: a short protocol name (vnc,
+// x-myapp) or an interface name (com.example.Editor).
+func checkService(s string) error {
+	if s == "" || len(s) > maxServiceLen {
+		return tperr.New(tperr.InvalidArgument, "a service name must be 1 to %d characters", maxServiceLen)
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == '+') {
+			return tperr.New(tperr.InvalidArgument, "service name %q may only have letters, digits and - _ . +", s)
+		}
+	}
+	return nil
+}
+
+func checkPath(p string) error {
+	switch p {
+	case "", "auto", "direct", "relay":
+		return nil
+	}
+	return tperr.New(tperr.InvalidArgument, "path %q is not one of auto, direct, relay", p)
+}
+
+func decodeOffer(data []byte) (offerMsg, error) {
+	var m offerMsg
+	if err := decodeStrict(data, &m, "tube offer"); err != nil {
+		return m, err
+	}
+	if err := checkID("tube id", m.ID); err != nil {
+		return m, err
+	}
+	if err := checkService(m.Service); err != nil {
+		return m, err
+	}
+	if err := checkPath(m.Path); err != nil {
+		return m, err
+	}
+	if len(m.Addrs) > maxAddrs {
+		return m, tperr.New(tperr.InvalidArgument, "a tube offer has at most %d addresses", maxAddrs)
+	}
+	for _, a := range m.Addrs {
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			return m, tperr.New(tperr.InvalidArgument, "offer address %q is not a numeric HOST:PORT", a)
+		}
+	}
+	if len(m.Params) > maxSealedLen {
+		return m, tperr.New(tperr.InvalidArgument, "tube parameters are larger than %d bytes", maxSealedLen)
+	}
+	if m.Request != "" {
+		if err := checkID("request id", m.Request); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+func decodeClose(data []byte) (closeMsg, error) {
+	var m closeMsg
+	if err := decodeStrict(data, &m, "tube close"); err != nil {
+		return m, err
+	}
+	if err := checkID("tube id", m.ID); err != nil {
+		return m, err
+	}
+	m.Error, m.Message = clip(m.Error), clip(m.Message)
+	return m, nil
+}
+
+func decodeRequest(data []byte) (requestMsg, error) {
+	var m requestMsg
+	if err := decodeStrict(data, &m, "tube request"); err != nil {
+		return m, err
+	}
+	if err := checkID("request id", m.Request); err != nil {
+		return m, err
+	}
+	return m, checkService(m.Service)
+}
+
+func decodeRefuse(data []byte) (refuseMsg, error) {
+	var m refuseMsg
+	if err := decodeStrict(data, &m, "tube refusal"); err != nil {
+		return m, err
+	}
+	if err := checkID("request id", m.Request); err != nil {
+		return m, err
+	}
+	m.Error, m.Message = clip(m.Error), clip(m.Message)
+	return m, nil
+}
+
+func decodeMeta(data []byte) (streamMeta, error) {
+	var m streamMeta
+	if err := decodeStrict(data, &m, "stream header"); err != nil {
+		return m, err
+	}
+	return m, checkID("tube id", m.Tube)
+}
+
+func decodeCtrl(data []byte) (ctrlMsg, error) {
+	var m ctrlMsg
+	if err := decodeStrict(data, &m, "link message"); err != nil {
+		return m, err
+	}
+	if m.Op != ctrlAccepted {
+		return m, tperr.New(tperr.InvalidArgument, "unknown link message %q", clip(m.Op))
+	}
+	return m, checkID("tube id", m.Tube)
+}
+
+// clip bounds a peer-supplied string before it reaches events and logs,
+// and drops control characters.
+func clip(s string) string {
+	if len(s) > maxMessageLen {
+		s = s[:maxMessageLen]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(s, ""))
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("tube: encoding %T: %v", v, err)) // only plain structs are encoded
+	}
+	return b
+}
