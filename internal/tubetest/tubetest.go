@@ -54,19 +54,33 @@ type Daemon struct {
 }
 
 // StartDaemon starts a daemon with its state in dir (a new temporary
-// directory when empty), reconnecting quickly.
+// directory when empty), reconnecting quickly, accepting peer links on
+// loopback.
 func StartDaemon(t testing.TB, dir string) *Daemon {
 	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
+	return StartDaemonConfig(t, node.DaemonConfig{StateDir: dir})
+}
+
+// StartDaemonConfig is StartDaemon with more settings; empty fields get
+// the test defaults.
+func StartDaemonConfig(t testing.TB, cfg node.DaemonConfig) *Daemon {
+	t.Helper()
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
 	}
-	n, err := node.StartDaemon(context.Background(), node.DaemonConfig{
-		StateDir:   dir,
-		Socket:     filepath.Join(dir, "daemon.sock"),
-		Logger:     Logger(),
-		MinBackoff: 50 * time.Millisecond,
-		MaxBackoff: 300 * time.Millisecond,
-	})
+	if cfg.Socket == "" {
+		cfg.Socket = filepath.Join(cfg.StateDir, "daemon.sock")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = Logger()
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff, cfg.MaxBackoff = 50*time.Millisecond, 300*time.Millisecond
+	}
+	if cfg.PeerListen == "" {
+		cfg.PeerListen = "127.0.0.1:0"
+	}
+	n, err := node.StartDaemon(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start daemon: %v", err)
 	}
@@ -76,6 +90,35 @@ func StartDaemon(t testing.TB, dir string) *Daemon {
 		n.Close()
 	})
 	return d
+}
+
+// LogBuffer collects log lines for assertions (and copies them to
+// stderr when TUBE_TEST_LOG is set).
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+// Write implements io.Writer.
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if os.Getenv("TUBE_TEST_LOG") != "" {
+		os.Stderr.Write(p)
+	}
+	return b.buf.Write(p)
+}
+
+// String returns everything logged so far.
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Logger returns a debug-level text logger writing to b.
+func (b *LogBuffer) Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // Register adds and registers an account on relay, and checks it connects.
