@@ -1,0 +1,288 @@
+package tube_test
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/testenv"
+	"github.com/tubes-dev/tubes/internal/tubetest"
+	"github.com/tubes-dev/tubes/localclient"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// A room tube: every member may accept; each member's connections map
+// to that member on the offering side; a member who joins later is
+// offered it too; and the tube ends for everyone when its offerer leaves
+// the room.
+func TestRoomTube(t *testing.T) {
+	w := newWorld(t)
+	carol := newPeer(t, w.relay, "carol")
+	dave := newPeer(t, w.relay, "dave")
+	if _, err := w.alice.d.C.CreateRoom(bg, "alice", "lab"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*peer{w.bob, carol} {
+		if _, err := p.d.C.JoinRoom(bg, p.name, "lab"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: "whiteboard", TCP: serve(t, echo),
+		Parameters: map[string]api.Value{"token": {Type: api.TypeString, Value: "room-secret"}}}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := w.alice.d.C.Offer(bg, "alice", api.OfferRequest{Service: "whiteboard", Room: "lab"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tb.State != "Open" || tb.Room != "lab" {
+		t.Errorf("an offered room tube is %s in %q, want Open in lab", tb.State, tb.Room)
+	}
+	id := tb.ID
+	sources := map[string]string{}
+	for _, p := range []*peer{w.bob, carol} {
+		p.ev.MustWait(p.name+" is offered", isEvent(api.EventNewTube, id))
+		in, _ := p.d.C.Tube(bg, id)
+		if in.Room != "lab" || in.Peer != "alice" || in.Parameters["token"].Value != "room-secret" {
+			t.Errorf("%s's room tube = %+v", p.name, in)
+		}
+		acc, err := p.d.C.Accept(bg, id, api.AcceptRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip(t, "tcp", acc.Address, "hello from "+p.name)
+		nr := w.alice.ev.MustWait("connection from "+p.name, func(e api.Event) bool {
+			return isEvent(api.EventNewRemoteConnection, id)(e) && e.Contact == p.name
+		})
+		if nr.Room != "lab" {
+			t.Errorf("NewRemoteConnection room %q", nr.Room)
+		}
+		sources[p.name] = nr.Source
+	}
+	if sources["bob"] == sources["carol"] {
+		t.Error("two members' connections have one source address")
+	}
+
+	// dave joins later and is offered the tube.
+	if _, err := dave.d.C.JoinRoom(bg, "dave", "lab"); err != nil {
+		t.Fatal(err)
+	}
+	dave.ev.MustWait("dave, joining later, is offered", isEvent(api.EventNewTube, id))
+
+	// alice leaves: the tube ends for every member.
+	if err := w.alice.d.C.LeaveRoom(bg, "alice", "lab"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*peer{w.alice, w.bob, carol, dave} {
+		p.ev.MustWait(p.name+"'s tube closes", isEvent(api.EventTubeClosed, id))
+	}
+}
+
+// Reverse tubes: bob asks alice for a service she exported for him and
+// gets a local address; carol, not allowed, is refused; a room named by
+// --allow-room lets its members in.
+func TestReverseTube(t *testing.T) {
+	w := newWorld(t)
+	carol := newPeer(t, w.relay, "carol")
+	tubetest.Befriend(t, w.alice.d, "alice", carol.d, "carol")
+	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: "desktop", TCP: serve(t, echo), Allow: []string{"bob"}}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := w.bob.d.C.Open(bg, "bob", api.OpenRequest{Contact: "alice", Service: "desktop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tb.State != "Open" || tb.Peer != "alice" || tb.Address == "" {
+		t.Fatalf("opened tube = %+v", tb)
+	}
+	roundTrip(t, "tcp", tb.Address, "connect to my desktop")
+
+	_, err = carol.d.C.Open(bg, "carol", api.OpenRequest{Contact: "alice", Service: "desktop"})
+	if !tperr.Has(err, tperr.PermissionDenied) || !strings.Contains(err.Error(), "has not exported desktop for carol") {
+		t.Errorf("carol's request: %v", err)
+	}
+	_, err = w.bob.d.C.Open(bg, "bob", api.OpenRequest{Contact: "alice", Service: "nothing-here"})
+	if !tperr.Has(err, tperr.PermissionDenied) {
+		t.Errorf("a request for a service never exported: %v", err)
+	}
+
+	// --allow-room: members of lab may ask.
+	if _, err := w.alice.d.C.CreateRoom(bg, "alice", "lab"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.d.C.JoinRoom(bg, "carol", "lab"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: "printer", TCP: serve(t, echo), AllowRooms: []string{"lab"}}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err = carol.d.C.Open(bg, "carol", api.OpenRequest{Contact: "alice", Service: "printer"})
+	if err != nil {
+		t.Fatalf("carol, a lab member, asking for printer: %v", err)
+	}
+	roundTrip(t, "tcp", tb.Address, "print this")
+	if _, err := w.bob.d.C.Open(bg, "bob", api.OpenRequest{Contact: "alice", Service: "printer"}); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Errorf("bob, not in lab, asking for printer: %v", err)
+	}
+}
+
+// The library: a StreamTubeServer whose generator gives each offer its
+// own parameters and which learns each connection's contact, and a
+// StreamTubeClient that accepts matching offers without approval; the
+// handler and the generator end with their client.
+func TestStreamTubeServerAndClient(t *testing.T) {
+	w := newWorld(t)
+	srv, err := w.alice.d.C.NewStreamTubeServer(bg, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var calls atomic.Int32
+	err = srv.ExportTCPGenerator(bg, "x-game", serve(t, echo), func(r localclient.ParamsRequest) (map[string]api.Value, error) {
+		calls.Add(1)
+		return map[string]api.Value{"seat": {Type: api.TypeString, Value: "for-" + r.Contact}}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobLib := localclient.New(w.bob.d.Socket)
+	defer bobLib.Close()
+	cl, err := bobLib.NewStreamTubeClient(bg, "bob", localclient.StreamTubeClientOptions{Services: []string{"x-game"}, From: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := srv.Offer(bg, "x-game", "bob", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr string
+	deadline := time.After(10 * time.Second)
+	for addr == "" {
+		select {
+		case ev := <-cl.Events():
+			if ev.Type == api.EventTubeStateChanged && ev.TubeID == tb.ID && ev.Address != "" {
+				addr = ev.Address
+			}
+		case <-deadline:
+			t.Fatal("the StreamTubeClient did not accept the tube")
+		}
+	}
+	in, _ := w.bob.d.C.Tube(bg, tb.ID)
+	if in.Parameters["seat"].Value != "for-bob" || calls.Load() != 1 {
+		t.Errorf("generated parameters at bob: %+v (generator called %d times)", in.Parameters, calls.Load())
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "move e4")
+	io.ReadFull(c, make([]byte, 7))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		m := srv.TCPConnections()
+		if len(m) == 1 {
+			for _, rc := range m {
+				if rc.Contact != "bob" || rc.Tube != tb.ID || rc.Account != "alice" {
+					t.Errorf("TCPConnections: %+v", m)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("TCPConnections = %+v", m)
+		}
+	}
+	if got := cl.Connections(tb.ID); len(got) != 1 {
+		t.Errorf("client connections of the tube: %v", got)
+	}
+
+	// The client goes away: new offers wait for approval again.
+	cl.Close()
+	bobLib.Close()
+	time.Sleep(200 * time.Millisecond)
+	tb2, err := srv.Offer(bg, "x-game", "bob", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.bob.ev.MustWait("second offer", isEvent(api.EventNewTube, tb2.ID))
+	time.Sleep(300 * time.Millisecond)
+	if in, _ := w.bob.d.C.Tube(bg, tb2.ID); in.State != "Local_Pending" {
+		t.Errorf("after the handler's client left, a new offer is %s", in.State)
+	}
+	// The server goes away: its generator export goes with it.
+	srv.Close()
+	time.Sleep(200 * time.Millisecond)
+	if ex, _ := w.alice.d.C.Exports(bg); len(ex) != 0 {
+		t.Errorf("exports after the server closed: %+v", ex)
+	}
+}
+
+// The credentials control refuses a process of another uid (the client
+// runs as nobody), while the daemon's own uid gets through.
+func TestCredentialsOtherUID(t *testing.T) {
+	testenv.MustHaveRoot(t)
+	w := newWorld(t)
+	base, err := os.MkdirTemp("", "tube-cred-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+	os.Chmod(base, 0o755)
+	sock := filepath.Join(base, "tube.sock")
+	_, addr := w.offerAccept(t, "x-editor", api.Export{TCP: serve(t, echo)}, api.AcceptRequest{Unix: sock, Access: "credentials"})
+	os.Chmod(addr, 0o777) // let nobody reach the socket, so only the control stands in the way
+	self, _ := os.Executable()
+	bin := filepath.Join(base, "helper.test")
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestHelperDial$")
+	cmd.Env = []string{"TUBE_HELPER_DIAL=" + addr}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "refused:") {
+		t.Fatalf("a client of uid 65534: %v\n%s", err, out)
+	}
+	if !strings.Contains(w.bob.log.String(), "uid 65534") {
+		t.Error("the refusal of uid 65534 is not logged")
+	}
+	roundTrip(t, "unix", addr, "same uid")
+}
+
+// TestHelperDial is run by TestCredentialsOtherUID as another user: it
+// connects, sends, and says whether it got an echo or was refused.
+func TestHelperDial(t *testing.T) {
+	addr := os.Getenv("TUBE_HELPER_DIAL")
+	if addr == "" {
+		return
+	}
+	c, err := net.Dial("unix", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "hi")
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) {
+			os.Stdout.WriteString("refused: " + err.Error() + "\n")
+			return
+		}
+		t.Fatalf("read: %v", err)
+	}
+	os.Stdout.WriteString("echoed: " + string(buf) + "\n")
+}
