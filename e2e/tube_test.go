@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/tubetest"
+	"github.com/tubes-dev/tubes/localclient"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// The offerer's daemon is killed (SIGKILL) in the middle of a transfer:
+// the accepting application sees a reset, never a clean end of file, and
+// the accepting daemon reports ConnectionLost.
+func TestOffererKilledMidTransfer(t *testing.T) {
+	relay := start(t, nil, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
+	aliceProc, alice := daemon(t)
+	_, bob := daemon(t)
+	mustRun(t, alice, "account", "add", "alice", "--server", url, "--register")
+	mustRun(t, bob, "account", "add", "bob", "--server", url, "--register")
+	mustRun(t, alice, "contact", "add", "bob")
+	mustRun(t, bob, "contact", "approve", "alice")
+
+	// A service that streams without end.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	bc := localclient.New(strings.TrimPrefix(bob[0], "TUBE_SOCKET="))
+	defer bc.Close()
+	ev := tubetest.Record(t, bc, "bob")
+
+	mustRun(t, alice, "export", "firehose", "--tcp", l.Addr().String())
+	id := strings.TrimSpace(mustRun(t, alice, "offer", "firehose", "--to", "bob"))
+	ev.MustWait("the offer", func(e api.Event) bool { return e.Type == api.EventNewTube && e.TubeID == id })
+	addr := strings.TrimSpace(mustRun(t, bob, "accept", id))
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.CopyN(io.Discard, c, 4<<20); err != nil {
+		t.Fatalf("before the kill: %v", err)
+	}
+	aliceProc.kill()
+	_, err = io.Copy(io.Discard, c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("after the offerer died the app's read ended with %v, want a reset", err)
+	}
+	cc := ev.MustWait("ConnectionClosed", func(e api.Event) bool { return e.Type == api.EventConnectionClosed && e.TubeID == id })
+	if cc.Error != tperr.ConnectionLost {
+		t.Errorf("ConnectionClosed %s (%s), want ConnectionLost", cc.Error, cc.Message)
+	}
+}
+
+// The CLI end to end: export, offer (prints the id), accept (prints the
+// address), tubes and connections listings, whois and close.
+func TestTubeCLI(t *testing.T) {
+	relay := start(t, nil, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
+	_, alice := daemon(t)
+	_, bob := daemon(t)
+	mustRun(t, alice, "account", "add", "alice", "--server", url, "--register")
+	mustRun(t, bob, "account", "add", "bob", "--server", url, "--register")
+	mustRun(t, alice, "contact", "add", "bob")
+	mustRun(t, bob, "contact", "approve", "alice")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	mustRun(t, alice, "export", "echo", "--tcp", l.Addr().String(), "--param", "pw=hunter2", "--param", "port:uint=5900")
+	if code, out := run(t, alice, "offer", "echo", "--to", "mallory"); code != 1 || !strings.Contains(out, "not your contact") {
+		t.Errorf("offer to a non-contact: exit %d %s", code, out)
+	}
+	if code, _ := run(t, alice, "offer", "echo"); code != 2 {
+		t.Errorf("offer without --to or --room: exit %d, want 2", code)
+	}
+	id := strings.TrimSpace(mustRun(t, alice, "offer", "echo", "--to", "bob"))
+	var addr string
+	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(50 * time.Millisecond) {
+		if code, out := run(t, bob, "accept", id); code == 0 {
+			addr = strings.TrimSpace(out)
+		} else if time.Now().After(deadline) {
+			t.Fatalf("accept: %s", out)
+		}
+	}
+	var tubes []api.Tube
+	json.Unmarshal([]byte(mustRun(t, bob, "tubes", "--json")), &tubes)
+	if len(tubes) != 1 || tubes[0].ID != id || tubes[0].State != "Open" || tubes[0].Path != "direct" {
+		t.Errorf("bob's tubes: %+v", tubes)
+	}
+	if p := tubes[0].Parameters; p["port"].Type != "uint" || p["port"].Value != uint64(5900) || p["pw"].Value != "hunter2" {
+		t.Errorf("parameters at bob: %+v", p)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "ping")
+	io.ReadFull(c, make([]byte, 4))
+	var conns []api.Connection
+	for deadline := time.Now().Add(5 * time.Second); len(conns) == 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		json.Unmarshal([]byte(mustRun(t, alice, "connections", "--json")), &conns)
+	}
+	if len(conns) != 1 || conns[0].Contact != "bob" {
+		t.Fatalf("alice's connections: %+v", conns)
+	}
+	if out := mustRun(t, alice, "whois", conns[0].Source); !strings.HasPrefix(out, "bob (tube "+id) {
+		t.Errorf("whois: %q", out)
+	}
+	mustRun(t, alice, "close", id)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("after close: %v", err)
+	}
+}
