@@ -248,3 +248,13 @@ func waitFor(t *testing.T, b *syncBuffer, s string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The demo runs every step, the tube included, and says its checks held.
+func TestDemo(t *testing.T) {
+	out := mustTube(t, "", "demo")
+	for _, want := range []string{"contacts on both sides", "path direct", "hashed exactly what bob sent", "is bob's", "All checks held."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
