@@ -26,6 +26,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
@@ -86,7 +88,9 @@ func (b *bench) cleanup() {
 // start runs a helper process; ready, if set, waits for a line with it.
 func (b *bench) start(ready string, name string, args ...string) (*exec.Cmd, string, error) {
 	cmd := exec.Command(name, args...)
-	cmd.Stdin = nil
+	if len(args) > 0 && args[0] == "-serve-echo" {
+		cmd.Stderr = os.Stderr
+	}
 	var pr io.ReadCloser
 	if ready != "" {
 		var err error
@@ -120,7 +124,10 @@ func (b *bench) start(ready string, name string, args ...string) (*exec.Cmd, str
 			}
 			if rest, ok := strings.CutPrefix(l, ready); ok {
 				go func() {
-					for range lines {
+					for l := range lines { // surface the helpers' warnings
+						if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+							log.Printf("%s: %s", filepath.Base(name), l)
+						}
 					}
 				}()
 				return cmd, strings.TrimSpace(rest), nil
@@ -433,7 +440,19 @@ func (b *bench) startSSH(sshd string, port int, forwards ...string) (int, int, e
 }
 
 // iperf runs iperf3 against addr and returns the received bits per second.
-func iperf(addr string, secs int) (float64, error) {
+// iperf3's server reopens its socket between tests, so a run can find
+// it briefly closed: up to three tries.
+func iperf(addr string, secs int) (bps float64, err error) {
+	for try := 0; try < 3; try++ {
+		if bps, err = iperfOnce(addr, secs); err == nil {
+			return bps, nil
+		}
+		time.Sleep(time.Second)
+	}
+	return 0, err
+}
+
+func iperfOnce(addr string, secs int) (float64, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	out, err := exec.Command("iperf3", "-c", host, "-p", port, "-t", strconv.Itoa(secs), "-J").Output()
 	if err != nil {
@@ -617,6 +636,14 @@ func concurrency(addr string, n int) (int, int, time.Duration, error) {
 }
 
 func serveEcho(addr string) {
+	// As root, make room for more than the default descriptor limit.
+	r := syscall.Rlimit{Cur: 1 << 17, Max: 1 << 17}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r) != nil {
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r)
+		r.Cur = r.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	}
+	var live atomic.Int64
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		log.Fatal(err)
@@ -624,11 +651,17 @@ func serveEcho(addr string) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			log.Fatal(err)
+			log.Printf("echo server (%d connections open): %v", live.Load(), err)
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
+		live.Add(1)
 		go func() {
+			defer live.Add(-1)
 			defer c.Close()
-			io.Copy(c, c)
+			// A plain copy: io.Copy between TCP sockets would splice(2)
+			// through a pipe, two more descriptors per connection.
+			io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 2048))
 		}()
 	}
 }
