@@ -79,3 +79,58 @@ func ExampleClient_RequestHandles() {
 	ids, _ := c.InspectHandles(ctx, "alice", contact, hs...)
 	fmt.Println(hs, ids)
 }
+
+// Export a local VNC server and offer it to bob with a fresh password per
+// offer, then print which contact each connection to the VNC server comes
+// from (the source address the server sees → the contact).
+func ExampleStreamTubeServer() {
+	ctx := context.Background()
+	c := localclient.New("")
+	defer c.Close()
+	srv, err := c.NewStreamTubeServer(ctx, "alice")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	err = srv.ExportTCPGenerator(ctx, "vnc", "127.0.0.1:5900", func(r localclient.ParamsRequest) (map[string]api.Value, error) {
+		return map[string]api.Value{"password": {Type: api.TypeString, Value: "one-time-for-" + r.Contact}}, nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	t, err := srv.Offer(ctx, "vnc", "bob", "")
+	if err != nil {
+		log.Fatal(err) // e.g. PermissionDenied: bob is not your contact
+	}
+	fmt.Println("offered tube", t.ID)
+	for ev := range srv.Events() {
+		if ev.Type == api.EventNewRemoteConnection {
+			fmt.Printf("connection from %s is %s\n", ev.Source, ev.Contact)
+		}
+	}
+}
+
+// Accept every vnc tube alice offers, as a private Unix socket only this
+// user may connect to, and print where each one can be reached.
+func ExampleStreamTubeClient() {
+	ctx := context.Background()
+	c := localclient.New("")
+	defer c.Close()
+	cl, err := c.NewStreamTubeClient(ctx, "bob", localclient.StreamTubeClientOptions{
+		Services: []string{"vnc"},
+		From:     "alice",
+		Accept:   api.AcceptRequest{Unix: "auto", Access: "credentials"},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cl.Close()
+	for ev := range cl.Events() {
+		switch ev.Type {
+		case api.EventTubeStateChanged:
+			fmt.Printf("tube %s from %s: connect to %s\n", ev.TubeID, ev.Contact, ev.Address)
+		case api.EventConnectionClosed:
+			fmt.Printf("connection %d closed: %s\n", *ev.ConnectionID, ev.Error)
+		}
+	}
+}
