@@ -21,38 +21,17 @@ import (
 // the accepting application sees a reset, never a clean end of file, and
 // the accepting daemon reports ConnectionLost.
 func TestOffererKilledMidTransfer(t *testing.T) {
-	relay := start(t, nil, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
-	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
-	aliceProc, alice := daemon(t)
-	_, bob := daemon(t)
-	mustRun(t, alice, "account", "add", "alice", "--server", url, "--register")
-	mustRun(t, bob, "account", "add", "bob", "--server", url, "--register")
-	mustRun(t, alice, "contact", "add", "bob")
-	mustRun(t, bob, "contact", "approve", "alice")
+	aliceProc, alice, bob := contacts(t)
 
 	// A service that streams without end.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		chunk := make([]byte, 64<<10)
+	chunk := make([]byte, 64<<10)
+	l := serveTCP(t, func(c net.Conn) {
 		for {
-			c, err := l.Accept()
-			if err != nil {
+			if _, err := c.Write(chunk); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				for {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	bc := localclient.New(strings.TrimPrefix(bob[0], "TUBE_SOCKET="))
 	defer bc.Close()
 	ev := tubetest.Record(t, bc, "bob")
@@ -85,28 +64,8 @@ func TestOffererKilledMidTransfer(t *testing.T) {
 // The CLI end to end: export, offer (prints the id), accept (prints the
 // address), tubes and connections listings, whois and close.
 func TestTubeCLI(t *testing.T) {
-	relay := start(t, nil, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
-	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
-	_, alice := daemon(t)
-	_, bob := daemon(t)
-	mustRun(t, alice, "account", "add", "alice", "--server", url, "--register")
-	mustRun(t, bob, "account", "add", "bob", "--server", url, "--register")
-	mustRun(t, alice, "contact", "add", "bob")
-	mustRun(t, bob, "contact", "approve", "alice")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	_, alice, bob := contacts(t)
+	l := serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
 	mustRun(t, alice, "export", "echo", "--tcp", l.Addr().String(), "--param", "pw=hunter2", "--param", "port:uint=5900")
 	if code, out := run(t, alice, "offer", "echo", "--to", "mallory"); code != 1 || !strings.Contains(out, "not your contact") {
 		t.Errorf("offer to a non-contact: exit %d %s", code, out)
@@ -153,4 +112,42 @@ func TestTubeCLI(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("after close: %v", err)
 	}
+}
+
+// contacts starts a relay and two daemons whose accounts alice and bob
+// are mutual contacts; it returns alice's daemon and both environments.
+func contacts(t *testing.T) (*proc, []string, []string) {
+	t.Helper()
+	relay := start(t, nil, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
+	aliceProc, alice := daemon(t)
+	_, bob := daemon(t)
+	mustRun(t, alice, "account", "add", "alice", "--server", url, "--register")
+	mustRun(t, bob, "account", "add", "bob", "--server", url, "--register")
+	mustRun(t, alice, "contact", "add", "bob")
+	mustRun(t, bob, "contact", "approve", "alice")
+	return aliceProc, alice, bob
+}
+
+// serveTCP runs handle on each connection to a new loopback listener.
+func serveTCP(t *testing.T, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return l
 }
