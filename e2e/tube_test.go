@@ -130,24 +130,4 @@ func contacts(t *testing.T) (*proc, []string, []string) {
 }
 
 // serveTCP runs handle on each connection to a new loopback listener.
-func serveTCP(t *testing.T, handle func(net.Conn)) net.Listener {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	return l
-}
+func serveTCP(t *testing.T, handle func(net.Conn)) net.Listener { return tubetest.ServeTCP(t, handle) }

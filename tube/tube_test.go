@@ -78,25 +78,7 @@ func isEvent(typ, tube string) func(api.Event) bool {
 
 // serve runs handle on every connection to a new loopback TCP listener.
 func serve(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	return l.Addr().String()
+	return tubetest.ServeTCP(t, handle).Addr().String()
 }
 
 func echo(c net.Conn) { io.Copy(c, c) }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,4 +255,28 @@ func StartClient(t testing.TB, d *Daemon) *localclient.Client {
 	c := d.Client()
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// ServeTCP runs handle on each connection to a new loopback listener,
+// closing the connection after; the listener closes when the test ends.
+func ServeTCP(t testing.TB, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return l
 }
