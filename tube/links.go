@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/tubes-dev/tubes/identity"
@@ -188,7 +189,6 @@ func (m *Manager) dial(c *dialCall, peer string, addrs, accepted []string) {
 		c.err = tperr.New(tperr.ConnectionFailed, "%s gave no address to reach it", peer)
 		return
 	}
-	var path string
 	s, cand, err := peerlink.Race(ctx, cands, func(ctx context.Context, raw net.Conn) (*peerlink.Session, error) {
 		return peerlink.Client(ctx, raw, m.self, peer, key, &linkHandler{m: m, peer: peer, path: peerlink.PathDirect}, m.log)
 	})
@@ -196,29 +196,21 @@ func (m *Manager) dial(c *dialCall, peer string, addrs, accepted []string) {
 		c.err = tperr.Wrap(err, tperr.ConnectionFailed, "could not reach %s: %v", peer, err)
 		return
 	}
-	path = cand.Path
-	l := &link{s: s, path: path}
+	l := &link{s: s, path: cand.Path}
 	for _, id := range accepted {
 		if err := s.SendCtrl(mustJSON(ctrlMsg{Op: ctrlAccepted, Tube: id})); err != nil {
 			c.err = tperr.Wrap(err, tperr.ConnectionLost, "the link to %s broke at once", peer)
 			return
 		}
 	}
-	m.log.Info("peer link up", "peer", peer, "path", path, "addr", cand.Addr)
+	m.log.Info("peer link up", "peer", peer, "path", cand.Path, "addr", cand.Addr)
 	m.addLink(peer, l)
 	c.l = l
 }
 
 func appendNew(list []string, items ...string) []string {
 	for _, it := range items {
-		found := false
-		for _, x := range list {
-			if x == it {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !slices.Contains(list, it) {
 			list = append(list, it)
 		}
 	}

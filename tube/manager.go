@@ -768,9 +768,9 @@ func (m *Manager) openLocal(t *tube, c net.Conn) {
 		return
 	}
 	t.nextConn++
-	tc := &tconn{id: t.nextConn, st: st, source: c.RemoteAddr().String(), contact: t.peer}
-	if tc.source == "@" || tc.source == "" {
-		tc.source = ""
+	tc := &tconn{id: t.nextConn, st: st, contact: t.peer}
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok { // Unix peers are unnamed
+		tc.source = a.String()
 	}
 	m.emit(api.Event{Type: api.EventNewLocalConnection, TubeID: t.id, Service: t.service, ConnectionID: u32(tc.id),
 		Contact: t.peer, Room: t.room, Source: tc.source})
@@ -781,9 +781,7 @@ func (m *Manager) openLocal(t *tube, c net.Conn) {
 		return
 	}
 	t.conns[tc.id] = tc
-	if l.path != t.path {
-		t.path = l.path
-	}
+	t.path = l.path
 	m.mu.Unlock()
 	st.Splice(c, func(err error) { m.connClosed(t, tc.id, err) })
 }
@@ -1002,10 +1000,8 @@ func (m *Manager) AddHandler(client string, req api.HandleRequest) (string, erro
 
 // checkAcceptRequest rejects what listenLocal would, without listening.
 func checkAcceptRequest(r api.AcceptRequest) error {
-	switch r.Access {
-	case "", AccessLocalhost, AccessPort, AccessCredentials, AccessCredentialsByte:
-	default:
-		return tperr.New(tperr.InvalidArgument, "access %q is not one of localhost, port, credentials, credentials-byte", r.Access)
+	if err := checkAccess(r.Access); err != nil {
+		return err
 	}
 	if r.Unix == "" && (r.Access == AccessCredentials || r.Access == AccessCredentialsByte) {
 		return tperr.New(tperr.NotImplemented, "access %s needs a Unix socket", r.Access)
@@ -1065,7 +1061,7 @@ func (m *Manager) Open(ctx context.Context, req api.OpenRequest) (api.Tube, erro
 	if err := checkService(req.Service); err != nil {
 		return api.Tube{}, err
 	}
-	if err := checkAcceptRequestOnce(req.AcceptRequest); err != nil {
+	if err := checkAccess(req.Access); err != nil {
 		return api.Tube{}, err
 	}
 	p := &pendingOpen{contact: req.Contact, req: req.AcceptRequest, ch: make(chan openResult, 1)}
@@ -1091,12 +1087,13 @@ func (m *Manager) Open(ctx context.Context, req api.OpenRequest) (api.Tube, erro
 	}
 }
 
-func checkAcceptRequestOnce(r api.AcceptRequest) error {
-	switch r.Access {
+// checkAccess rejects an unknown access control name.
+func checkAccess(access string) error {
+	switch access {
 	case "", AccessLocalhost, AccessPort, AccessCredentials, AccessCredentialsByte:
 		return nil
 	}
-	return tperr.New(tperr.InvalidArgument, "access %q is not one of localhost, port, credentials, credentials-byte", r.Access)
+	return tperr.New(tperr.InvalidArgument, "access %q is not one of localhost, port, credentials, credentials-byte", access)
 }
 
 // onRequest answers a reverse-tube request: an offer if the export lets
