@@ -1,0 +1,406 @@
+// Package relay is the TURN server of `tube relay`: UDP and TCP allocations
+// (RFC 8656, RFC 6062 for TCP) on pion/turn v5, with long-term and TURN
+// REST credentials, a peer filter that refuses non-public addresses unless
+// an operator allows them, per-user quotas and Prometheus metrics. It runs
+// beside the rendezvous or alone (`tube relay --turn-only`).
+//
+// The relay only forwards bytes: tube links are TLS 1.3 end to end between
+// daemons, so it never sees plaintext.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pion/logging"
+	"github.com/pion/transport/v5/reuseport"
+	"github.com/pion/turn/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults.
+const (
+	DefaultRealm          = "tubes"
+	DefaultLifetime       = 600 * time.Second
+	DefaultMaxAllocations = 32 // per user
+	DefaultMaxPending     = 64 // unbound peer connections per user
+	connectTimeout        = 30 * time.Second
+)
+
+// Config configures a TURN server.
+type Config struct {
+	// Listen is HOST:PORT for both UDP and TCP (port 0 picks one).
+	Listen string
+	// External is the address put in XOR-RELAYED-ADDRESS when clients
+	// reach the relay through a 1:1 NAT; default: the listen address, or
+	// when that is a wildcard, the first global interface address.
+	External string
+	// Realm of long-term credentials (default "tubes").
+	Realm string
+	// Secret enables TURN REST credentials ("<expiry>:<user>",
+	// base64 HMAC-SHA1), coturn's static-auth-secret.
+	Secret string
+	// Users are static long-term credentials, user → password.
+	Users map[string]string
+	// AllowPeers widens the peer filter (CIDR prefixes or addresses).
+	AllowPeers []string
+	// MaxAllocations per user (default 32); MaxPending unbound peer
+	// connections per user (default 64).
+	MaxAllocations, MaxPending int
+	// Lifetime is the default allocation lifetime (600 s; clients may ask
+	// for up to 3600 s).
+	Lifetime   time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Server is a running TURN server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	auth    *authenticator
+	filter  *PeerFilter
+	metrics *metrics
+	tcp     net.Listener
+	udp     net.PacketConn
+	turn    *turn.Server
+	bindIP  netip.Addr
+	extIP   net.IP
+
+	mu      sync.Mutex
+	allocs  map[string]string // control 5-tuple → "tcp" | "udp"
+	perUser map[string]int    // allocations
+	pending map[string]int    // unbound peer connections
+}
+
+// Start listens and serves until Close.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Realm == "" {
+		cfg.Realm = DefaultRealm
+	}
+	if cfg.Lifetime == 0 {
+		cfg.Lifetime = DefaultLifetime
+	}
+	if cfg.MaxAllocations == 0 {
+		cfg.MaxAllocations = DefaultMaxAllocations
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Secret == "" && len(cfg.Users) == 0 {
+		return nil, errors.New("relay: the TURN server needs a REST secret or at least one user")
+	}
+	filter, err := NewPeerFilter(cfg.AllowPeers)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger.With("part", "turn"), filter: filter,
+		auth:    &authenticator{secret: cfg.Secret, users: cfg.Users, now: time.Now},
+		allocs:  map[string]string{},
+		perUser: map[string]int{},
+		pending: map[string]int{},
+	}
+	s.metrics = newMetrics(s, cfg.Registerer)
+
+	s.tcp, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("relay: TURN listener: %w", err)
+	}
+	ap := netip.MustParseAddrPort(s.tcp.Addr().String())
+	s.udp, err = net.ListenPacket("udp", net.JoinHostPort(ap.Addr().String(), strconv.Itoa(int(ap.Port()))))
+	if err != nil {
+		s.tcp.Close()
+		return nil, fmt.Errorf("relay: TURN UDP listener on the TCP port %d: %w", ap.Port(), err)
+	}
+	s.bindIP = ap.Addr().Unmap()
+	ext, err := externalIP(cfg.External, s.bindIP)
+	if err != nil {
+		s.tcp.Close()
+		s.udp.Close()
+		return nil, err
+	}
+	s.extIP = ext
+
+	gen := &generator{s: s}
+	perm := func(client net.Addr, peer net.IP) bool {
+		ok := s.filter.AllowedIP(peer)
+		if !ok {
+			s.metrics.refused.Inc()
+			s.log.Info("TURN peer refused by the peer filter", "client", client.String(), "peer", peer.String())
+		}
+		return ok
+	}
+	s.turn, err = turn.NewServer(turn.ServerConfig{
+		Realm:              cfg.Realm,
+		AuthHandler:        s.authHandler,
+		QuotaHandler:       s.quota,
+		EventHandler:       s.events(),
+		AllocationLifetime: cfg.Lifetime,
+		LoggerFactory:      &slogFactory{log: s.log},
+		PacketConnConfigs: []turn.PacketConnConfig{{
+			PacketConn: &guardPacketConn{PacketConn: s.udp, s: s}, RelayAddressGenerator: gen, PermissionHandler: perm,
+		}},
+		ListenerConfigs: []turn.ListenerConfig{{
+			Listener: &guardListener{Listener: s.tcp, s: s}, RelayAddressGenerator: gen, PermissionHandler: perm,
+		}},
+	})
+	if err != nil {
+		s.tcp.Close()
+		s.udp.Close()
+		return nil, fmt.Errorf("relay: TURN server: %w", err)
+	}
+	s.log.Info("TURN server listening", "addr", s.Addr(), "relay_ip", s.extIP.String(), "realm", cfg.Realm,
+		"rest", cfg.Secret != "", "users", len(cfg.Users), "allow_peers", cfg.AllowPeers)
+	return s, nil
+}
+
+// externalIP picks the address relayed addresses are announced with.
+func externalIP(external string, bind netip.Addr) (net.IP, error) {
+	if external != "" {
+		ip, err := netip.ParseAddr(external)
+		if err != nil {
+			return nil, fmt.Errorf("relay: --turn-external %q is not an IP address", external)
+		}
+		return net.IP(ip.Unmap().AsSlice()), nil
+	}
+	if !bind.IsUnspecified() {
+		return net.IP(bind.AsSlice()), nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			p, err := netip.ParsePrefix(a.String())
+			if err == nil && p.Addr().Is4() && p.Addr().IsGlobalUnicast() {
+				return net.IP(p.Addr().AsSlice()), nil
+			}
+		}
+	}
+	return nil, errors.New("relay: the TURN server listens on every address; name the one clients reach it at with --turn-external")
+}
+
+// Addr is the HOST:PORT the server listens on (UDP and TCP).
+func (s *Server) Addr() string { return s.tcp.Addr().String() }
+
+// Realm is the long-term credential realm.
+func (s *Server) Realm() string { return s.cfg.Realm }
+
+// Credentials issues a REST credential for user valid for ttl.
+func (s *Server) Credentials(user string, ttl time.Duration) (username, password string, err error) {
+	if s.cfg.Secret == "" {
+		return "", "", errors.New("relay: the TURN server has no REST secret to issue credentials with")
+	}
+	u, p := RESTCredentials(s.cfg.Secret, user, ttl, time.Now())
+	return u, p, nil
+}
+
+// Allocations is the number of live allocations.
+func (s *Server) Allocations() int { return s.turn.AllocationCount() }
+
+// Close stops the server and ends every allocation.
+func (s *Server) Close() error {
+	err := s.turn.Close()
+	s.tcp.Close()
+	s.udp.Close()
+	return err
+}
+
+func (s *Server) authHandler(ra *turn.RequestAttributes) (string, []byte, bool) {
+	user, password, err := s.auth.lookup(ra.Username)
+	if err != nil || ra.Realm != s.cfg.Realm {
+		if err == nil {
+			err = fmt.Errorf("wrong realm %q", ra.Realm)
+		}
+		s.metrics.authFailures.Inc()
+		s.log.Info("TURN credentials refused", "user", ra.Username, "from", ra.SrcAddr.String(), "err", err)
+		return "", nil, false
+	}
+	return user, turn.GenerateAuthKey(ra.Username, ra.Realm, password), true
+}
+
+func (s *Server) quota(user, realm string, src net.Addr) bool {
+	s.mu.Lock()
+	n := s.perUser[user]
+	s.mu.Unlock()
+	if n >= s.cfg.MaxAllocations {
+		s.log.Info("TURN allocation quota reached", "user", user, "allocations", n, "from", src.String())
+		return false
+	}
+	return true
+}
+
+func (s *Server) events() turn.EventHandler {
+	return turn.EventHandler{
+		OnAllocationCreated: func(src, dst net.Addr, _, user, _ string, relayAddr net.Addr, _ int) {
+			kind := "udp"
+			if _, ok := relayAddr.(*net.TCPAddr); ok {
+				kind = "tcp"
+			}
+			s.mu.Lock()
+			s.allocs[tupleKey(src, dst)] = kind
+			s.perUser[user]++
+			s.mu.Unlock()
+			s.metrics.allocations.WithLabelValues(kind).Inc()
+			s.log.Debug("TURN allocation", "user", user, "client", src.String(), "relayed", relayAddr.String())
+		},
+		OnAllocationDeleted: func(src, dst net.Addr, _, user, _ string) {
+			s.mu.Lock()
+			kind, ok := s.allocs[tupleKey(src, dst)]
+			delete(s.allocs, tupleKey(src, dst))
+			if ok {
+				if s.perUser[user]--; s.perUser[user] <= 0 {
+					delete(s.perUser, user)
+				}
+			}
+			s.mu.Unlock()
+			if ok {
+				s.metrics.allocations.WithLabelValues(kind).Dec()
+			}
+		},
+	}
+}
+
+func (s *Server) allocationKind(tuple string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.allocs[tuple]
+	return k, ok
+}
+
+// generator makes relayed sockets on the bind address, announced with the
+// external address.
+type generator struct{ s *Server }
+
+func (g *generator) Validate() error { return nil }
+
+func (g *generator) hostPort(port int) string {
+	return net.JoinHostPort(g.s.bindIP.String(), strconv.Itoa(port))
+}
+
+func (g *generator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
+	pc, err := net.ListenPacket(c.Network, g.hostPort(c.RequestedPort))
+	if err != nil {
+		return nil, nil, err
+	}
+	a := *pc.LocalAddr().(*net.UDPAddr)
+	a.IP = g.s.extIP
+	return pc, &a, nil
+}
+
+func (g *generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
+	lc := net.ListenConfig{Control: reuseport.Control}
+	ln, err := lc.Listen(context.Background(), c.Network, g.hostPort(c.RequestedPort))
+	if err != nil {
+		return nil, nil, err
+	}
+	a := *ln.Addr().(*net.TCPAddr)
+	a.IP = g.s.extIP
+	return &peerListener{Listener: ln, s: g.s, user: c.UserID}, &a, nil
+}
+
+func (g *generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
+	peer, ok := c.RemoteAddr.(*net.TCPAddr)
+	if !ok || !g.s.filter.AllowedIP(peer.IP) {
+		return nil, fmt.Errorf("relay: peer %v refused by the peer filter", c.RemoteAddr)
+	}
+	if !g.s.takePending(c.UserID) {
+		return nil, fmt.Errorf("relay: %s has too many unbound connections", c.UserID)
+	}
+	port := 0
+	if la, ok := c.LocalAddr.(*net.TCPAddr); ok {
+		port = la.Port
+	}
+	d := net.Dialer{Timeout: connectTimeout, Control: reuseport.Control,
+		LocalAddr: &net.TCPAddr{IP: net.IP(g.s.bindIP.AsSlice()), Port: port}}
+	conn, err := d.Dial(c.Network, peer.String())
+	if err != nil {
+		g.s.releasePending(c.UserID)
+		return nil, err
+	}
+	return g.s.newRelayConn(conn.(*net.TCPConn), c.UserID), nil
+}
+
+func (s *Server) takePending(user string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending[user] >= s.cfg.MaxPending {
+		return false
+	}
+	s.pending[user]++
+	return true
+}
+
+func (s *Server) releasePending(user string) {
+	s.mu.Lock()
+	if s.pending[user]--; s.pending[user] <= 0 {
+		delete(s.pending, user)
+	}
+	s.mu.Unlock()
+}
+
+// peerListener filters inbound peer connections of a TCP allocation.
+// Until ConnectionBind the relay never reads a peer connection, so what a
+// peer sends early waits in the kernel's receive buffer (its initial
+// window, tcp_rmem), not in the relay's memory.
+type peerListener struct {
+	net.Listener
+	s    *Server
+	user string
+}
+
+func (l *peerListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := c.(*net.TCPConn)
+		ra := tc.RemoteAddr().(*net.TCPAddr)
+		if !l.s.filter.AllowedIP(ra.IP) {
+			l.s.metrics.refused.Inc()
+			abort(tc)
+			continue
+		}
+		if !l.s.takePending(l.user) {
+			l.s.log.Info("TURN pending-connection quota reached; peer connection closed", "user", l.user, "peer", ra.String())
+			abort(tc)
+			continue
+		}
+		return l.s.newRelayConn(tc, l.user), nil
+	}
+}
+
+func abort(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// slogFactory routes pion's logs to slog (its info is our debug).
+type slogFactory struct{ log *slog.Logger }
+
+func (f *slogFactory) NewLogger(scope string) logging.LeveledLogger {
+	return &slogLogger{log: f.log.With("pion", scope)}
+}
+
+type slogLogger struct{ log *slog.Logger }
+
+func (l *slogLogger) Trace(string)              {}
+func (l *slogLogger) Tracef(string, ...any)     {}
+func (l *slogLogger) Debug(msg string)          { l.log.Debug(msg) }
+func (l *slogLogger) Debugf(f string, a ...any) { l.log.Debug(fmt.Sprintf(f, a...)) }
+func (l *slogLogger) Info(msg string)           { l.log.Debug(msg) }
+func (l *slogLogger) Infof(f string, a ...any)  { l.log.Debug(fmt.Sprintf(f, a...)) }
+func (l *slogLogger) Warn(msg string)           { l.log.Warn(msg) }
+func (l *slogLogger) Warnf(f string, a ...any)  { l.log.Warn(fmt.Sprintf(f, a...)) }
+func (l *slogLogger) Error(msg string)          { l.log.Warn(msg) }
+func (l *slogLogger) Errorf(f string, a ...any) { l.log.Warn(fmt.Sprintf(f, a...)) }

@@ -1,0 +1,135 @@
+package turnclient_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/tubes-dev/tubes/relay"
+	"github.com/tubes-dev/tubes/turnclient"
+)
+
+func startRelay(t *testing.T, listen string) *relay.Server {
+	t.Helper()
+	s, err := relay.Start(relay.Config{Listen: listen, Users: map[string]string{"alice": "secret"}, Secret: "s3cret",
+		AllowPeers: []string{"127.0.0.0/8", "::1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func allocate(t *testing.T, server, user, pass string) *turnclient.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: server, Username: user, Password: pass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// exchange sends n random bytes each way between a and b and checks them.
+func exchange(t *testing.T, a, b net.Conn, n int) {
+	t.Helper()
+	data := make([]byte, n)
+	rand.Read(data)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := a.Write(data)
+		errc <- err
+	}()
+	got := make([]byte, n)
+	if _, err := io.ReadFull(b, got); err != nil {
+		t.Fatalf("read through the relay: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatal("bytes changed on the way through the relay")
+	}
+	go func() {
+		_, err := b.Write(data[:n/2])
+		errc <- err
+	}()
+	if _, err := io.ReadFull(a, got[:n/2]); err != nil {
+		t.Fatalf("read back through the relay: %v", err)
+	}
+	<-errc
+	if !bytes.Equal(got[:n/2], data[:n/2]) {
+		t.Fatal("bytes changed on the way back")
+	}
+}
+
+func TestAcceptAndConnect(t *testing.T) {
+	s := startRelay(t, "127.0.0.1:0")
+	c := allocate(t, s.Addr(), "alice", "secret")
+	if !c.RelayedAddr().Addr().IsLoopback() || c.RelayedAddr().Port() == 0 {
+		t.Fatalf("relayed address %v", c.RelayedAddr())
+	}
+	ctx := ctxT(t)
+
+	// A peer connects to the relayed address: ConnectionAttempt, bound.
+	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := net.Dial("tcp", c.RelayedAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	// Early data, sent before the client binds, must come first.
+	peer.Write([]byte("early"))
+	d, err := c.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.Peer.String() != peer.LocalAddr().String() {
+		t.Fatalf("attempt names peer %v, want %v", d.Peer, peer.LocalAddr())
+	}
+	early := make([]byte, 5)
+	if _, err := io.ReadFull(d, early); err != nil || string(early) != "early" {
+		t.Fatalf("early data %q, %v", early, err)
+	}
+	exchange(t, peer, d, 4<<20)
+
+	// Connect to a listening peer through the relay.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		p, _ := ln.Accept()
+		acc <- p
+	}()
+	out, err := c.Connect(ctx, netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	p := <-acc
+	defer p.Close()
+	if p.RemoteAddr().(*net.TCPAddr).Port != int(c.RelayedAddr().Port()) {
+		t.Fatalf("peer sees %v, want the relayed port %d", p.RemoteAddr(), c.RelayedAddr().Port())
+	}
+	exchange(t, out, p, 1<<20)
+}
