@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tubes-dev/tubes/internal/turntest"
 	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/turnclient"
 )
@@ -132,4 +133,52 @@ func TestAcceptAndConnect(t *testing.T) {
 		t.Fatalf("peer sees %v, want the relayed port %d", p.RemoteAddr(), c.RelayedAddr().Port())
 	}
 	exchange(t, out, p, 1<<20)
+}
+
+func TestAgainstCoturn(t *testing.T) {
+	for _, rest := range []bool{false, true} {
+		name := map[bool]string{false: "long-term", true: "REST"}[rest]
+		t.Run(name, func(t *testing.T) {
+			var co *turntest.Coturn
+			user, pass := "alice", "secret"
+			if rest {
+				co = turntest.StartCoturn(t, turntest.Options{Secret: "s3cret"})
+				user, pass = relay.RESTCredentials("s3cret", "alice", time.Hour, time.Now())
+			} else {
+				co = turntest.StartCoturn(t, turntest.Options{User: user, Password: pass})
+			}
+			c := allocate(t, co.Addr, user, pass)
+			ctx := ctxT(t)
+			if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+				t.Fatal(err)
+			}
+			peer, err := net.Dial("tcp", c.RelayedAddr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			d, err := c.Accept(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			exchange(t, peer, d, 1<<20)
+
+			ln, _ := net.Listen("tcp", "127.0.0.1:0")
+			defer ln.Close()
+			acc := make(chan net.Conn, 1)
+			go func() {
+				p, _ := ln.Accept()
+				acc <- p
+			}()
+			out, err := c.Connect(ctx, netip.MustParseAddrPort(ln.Addr().String()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer out.Close()
+			p := <-acc
+			defer p.Close()
+			exchange(t, out, p, 1<<20)
+		})
+	}
 }
