@@ -2,27 +2,37 @@ package cli
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tubes-dev/tubes/daemon"
 	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/localclient"
+	"github.com/tubes-dev/tubes/relay"
 )
 
 func daemonCmd(e *env) *cobra.Command {
 	var (
 		state, http, peerListen string
 		logLevel, logFormat     string
+		turnAddr, turnUser      string
+		turnSecret              string
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the per-user connection manager (accounts, tubes) with its local API",
 		Long: `Run the connection manager: it keeps your accounts connected to their
 relays and serves the local API (HTTP+JSON on a Unix socket, mode 0600, for
-your user only) that the other tube commands use.`,
+your user only) that the other tube commands use.
+
+Tubes between peers that cannot reach each other directly go through a TURN
+relay: by default the TURN server of each account's relay, with credentials
+it issues; --turn names another one (an operator's coturn, say) with
+--turn-user USER:PASSWORD or --turn-secret (its TURN REST shared secret).`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := newLogger(e.stderr, logLevel, logFormat)
@@ -38,8 +48,13 @@ your user only) that the other tube commands use.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			turn, err := turnServer(turnAddr, turnUser, turnSecret)
+			if err != nil {
+				return err
+			}
 			reg := node.NewRegistry()
-			d, err := node.StartDaemon(ctx, node.DaemonConfig{StateDir: state, Socket: socket, Logger: log, Registerer: reg, PeerListen: peerListen})
+			d, err := node.StartDaemon(ctx, node.DaemonConfig{StateDir: state, Socket: socket, Logger: log, Registerer: reg,
+				PeerListen: peerListen, TURN: turn})
 			if err != nil {
 				return err
 			}
@@ -63,6 +78,34 @@ your user only) that the other tube commands use.`,
 	cmd.Flags().StringVar(&state, "state", "", "state directory (default $XDG_STATE_HOME/tube or ~/.local/state/tube)")
 	cmd.Flags().StringVar(&http, "http", "", "HOST:PORT to serve Prometheus metrics on (/metrics)")
 	cmd.Flags().StringVar(&peerListen, "peer-listen", "", "HOST:PORT where contacts' daemons reach this one directly for tubes (default: every address, a free port per account)")
+	cmd.Flags().StringVar(&turnAddr, "turn", "", "HOST:PORT of a TURN server to relay through instead of the relay's own")
+	cmd.Flags().StringVar(&turnUser, "turn-user", "", "with --turn: long-term credential USER:PASSWORD")
+	cmd.Flags().StringVar(&turnSecret, "turn-secret", "", "with --turn: the server's TURN REST shared secret")
 	logFlags(cmd, &logLevel, &logFormat)
 	return cmd
+}
+
+// turnServer checks the --turn flags.
+func turnServer(addr, user, secret string) (*daemon.TURNServer, error) {
+	if addr == "" {
+		if user != "" || secret != "" {
+			return nil, usagef("--turn-user and --turn-secret go with --turn")
+		}
+		return nil, nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, usagef("--turn %q is not HOST:PORT", addr)
+	}
+	if (user == "") == (secret == "") {
+		return nil, usagef("--turn needs exactly one of --turn-user USER:PASSWORD and --turn-secret SECRET")
+	}
+	t := &daemon.TURNServer{Addr: addr, Secret: secret}
+	if user != "" {
+		u, p, err := relay.ParseUser(user)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		t.User, t.Password = u, p
+	}
+	return t, nil
 }

@@ -2,18 +2,28 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/tubes-dev/tubes/internal/atomicfile"
 	"github.com/tubes-dev/tubes/internal/node"
+	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/rendezvous"
 )
 
@@ -23,17 +33,32 @@ type relayOpts struct {
 	cfg                 rendezvous.Config
 	http                string
 	logLevel, logFormat string
+
+	turnListen, turnExternal, turnRealm, turnSecret string
+	turnUsers, allowPeers                           []string
+	turnOnly                                        bool
 }
 
 func relayCmd(e *env) *cobra.Command {
 	var o relayOpts
 	cmd := &cobra.Command{
 		Use:   "relay",
-		Short: "Run a relay: the rendezvous network (accounts, contacts, rooms, presence, delivery)",
+		Short: "Run a relay: the rendezvous network and a TURN server for NATed peers",
 		Long: `Run a relay: the rendezvous (an embedded NATS server with the account
 service, or the account service alone against an existing NATS cluster with
---nats). Daemons connect to --listen. State is kept under --data (in memory
-without it). Prints the addresses it listens on, then runs until interrupted.`,
+--nats) and a TURN server with TCP allocations (RFC 6062) that tubes fall back
+to when peers cannot reach each other directly. Daemons connect to --listen
+and get short-lived TURN credentials from the relay. State is kept under
+--data (in memory without it). Prints the addresses it listens on, then runs
+until interrupted.
+
+The TURN server listens on --turn-listen, UDP and TCP (default: the host of
+--listen, port 3478; "off" runs none). Its peer filter refuses loopback,
+private, link-local (cloud metadata) and other non-public peers; --allow-peer
+widens it (e.g. --allow-peer 127.0.0.0/8 on a single machine). --turn-secret is
+the TURN REST shared secret (coturn's static-auth-secret), generated and kept
+under --data when not given; --turn-user adds static credentials;
+--turn-only runs the TURN server alone.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error { return runRelay(cmd.Context(), e, o) },
 	}
@@ -49,6 +74,13 @@ without it). Prints the addresses it listens on, then runs until interrupted.`,
 	f.StringVar(&o.cfg.TLSCert, "tls-cert", "", "certificate file (PEM) for TLS on --listen")
 	f.StringVar(&o.cfg.TLSKey, "tls-key", "", "key file (PEM) for TLS on --listen")
 	f.StringVar(&o.http, "http", "", "HOST:PORT to serve Prometheus metrics on (/metrics)")
+	f.StringVar(&o.turnListen, "turn-listen", "", `HOST:PORT of the TURN server, UDP and TCP (default: --listen's host, port 3478; "off": none)`)
+	f.StringVar(&o.turnExternal, "turn-external", "", "IP address clients reach the TURN server at, when it is behind a 1:1 NAT or listens on every address")
+	f.StringVar(&o.turnRealm, "turn-realm", relay.DefaultRealm, "realm of TURN long-term credentials")
+	f.StringVar(&o.turnSecret, "turn-secret", "", "TURN REST shared secret (default: generated, kept under --data)")
+	f.StringArrayVar(&o.turnUsers, "turn-user", nil, "static TURN credential USER:PASSWORD (repeatable)")
+	f.StringArrayVar(&o.allowPeers, "allow-peer", nil, "CIDR the TURN peer filter lets through although it is not public (repeatable)")
+	f.BoolVar(&o.turnOnly, "turn-only", false, "run the TURN server alone, without the rendezvous")
 	logFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(relayUserCmd(e), relayNATSConfigCmd(e))
 	return cmd
@@ -69,6 +101,30 @@ func runRelay(ctx context.Context, e *env, o relayOpts) error {
 	defer stop()
 	start := time.Now()
 	reg := node.NewRegistry()
+	turnSrv, err := startTURN(o, log, reg)
+	if err != nil {
+		return err
+	}
+	if turnSrv != nil {
+		defer turnSrv.Close()
+		fmt.Fprintf(e.stdout, "turn: %s\n", turnSrv.Addr())
+		o.cfg.TURN = node.TURNIssuer(turnSrv)
+	}
+	if o.turnOnly {
+		if turnSrv == nil {
+			return usagef("--turn-only needs a TURN server: drop --turn-listen off")
+		}
+		if o.http != "" {
+			addr, err := node.Metrics(ctx, o.http, reg, log)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "metrics: http://%s/metrics\n", addr)
+		}
+		log.Info("TURN relay ready", "startup", time.Since(start).Round(time.Microsecond))
+		<-ctx.Done()
+		return nil
+	}
 	o.cfg.Logger = log
 	o.cfg.Registerer = reg
 	srv, err := node.StartRelay(ctx, o.cfg)
@@ -95,6 +151,71 @@ func runRelay(ctx context.Context, e *env, o relayOpts) error {
 	case <-srv.Done():
 		return fmt.Errorf("the relay stopped: %w", srv.Err())
 	}
+}
+
+// startTURN starts the relay's TURN server unless --turn-listen is off.
+func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay.Server, error) {
+	listen := o.turnListen
+	if listen == "off" {
+		return nil, nil
+	}
+	if listen == "" {
+		host, port, err := net.SplitHostPort(o.cfg.Listen)
+		if err != nil {
+			return nil, usagef("--listen %q is not HOST:PORT", o.cfg.Listen)
+		}
+		if port != "0" {
+			port = "3478"
+		}
+		listen = net.JoinHostPort(host, port)
+	}
+	users := map[string]string{}
+	for _, u := range o.turnUsers {
+		name, pass, err := relay.ParseUser(u)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		users[name] = pass
+	}
+	secret := o.turnSecret
+	if secret == "" {
+		var err error
+		if secret, err = turnSecret(o.cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	return node.StartTURN(node.TURNConfig{Listen: listen, External: o.turnExternal, Realm: o.turnRealm,
+		Secret: secret, Users: users, AllowPeers: o.allowPeers, Logger: log, Registerer: reg})
+}
+
+// turnSecret returns the TURN REST secret kept under dir (made on first
+// use), or a fresh one when there is no dir.
+func turnSecret(dir string) (string, error) {
+	fresh := func() string {
+		b := make([]byte, 32)
+		rand.Read(b)
+		return hex.EncodeToString(b)
+	}
+	if dir == "" {
+		return fresh(), nil
+	}
+	path := filepath.Join(dir, "turn-secret")
+	if b, err := os.ReadFile(path); err == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return s, nil
+		}
+		return "", fmt.Errorf("%s is empty; delete it to have a new TURN secret made", path)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	s := fresh()
+	if err := atomicfile.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return s, nil
 }
 
 // ---- relay user ----

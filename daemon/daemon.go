@@ -33,6 +33,17 @@ type Config struct {
 	MaxBackoff     time.Duration         // longest reconnect delay; default 30s
 	PeerListen     string                // where peer links are accepted (default ":0")
 	SocketDir      string                // where automatic tube sockets go (default <state>/sockets)
+	// TURN, when set, is the TURN server every account relays through
+	// instead of the one its relay announces (an operator's coturn, say).
+	TURN *TURNServer
+}
+
+// TURNServer is an external TURN server: static long-term credentials
+// (User, Password) or a TURN REST shared secret.
+type TURNServer struct {
+	Addr           string
+	User, Password string
+	Secret         string
 }
 
 // Daemon is the connection manager.

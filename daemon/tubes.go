@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
 	"github.com/tubes-dev/tubes/tube"
+	"github.com/tubes-dev/tubes/turnclient"
 )
 
 // signaller gives an account's tube manager the rendezvous, through
@@ -51,6 +53,32 @@ func (s signaller) RoomMembers(ctx context.Context, room string) ([]string, erro
 	return out, nil
 }
 
+// turnTTL is the lifetime of the REST credentials a daemon makes itself
+// for an external TURN server.
+const turnTTL = 12 * time.Hour
+
+// turnConfig says which TURN server the account's relay allocation uses:
+// the daemon's --turn server, else the one the account's relay runs, with
+// credentials it issues.
+func (a *account) turnConfig(ctx context.Context) (turnclient.Config, error) {
+	if t := a.d.cfg.TURN; t != nil {
+		cfg := turnclient.Config{Server: t.Addr, Username: t.User, Password: t.Password}
+		if t.Secret != "" {
+			cfg.Username, cfg.Password = relay.RESTCredentials(t.Secret, a.name, turnTTL, time.Now())
+		}
+		return cfg, nil
+	}
+	c, err := a.conn()
+	if err != nil {
+		return turnclient.Config{}, err
+	}
+	cred, err := c.TURN(ctx)
+	if err != nil {
+		return turnclient.Config{}, err
+	}
+	return turnclient.Config{Server: cred.Addr, Username: cred.Username, Password: cred.Password}, nil
+}
+
 // tubesClient is the client id under which the tubes subsystem holds its
 // own interest in room and contact notifications.
 const tubesClient = "daemon:tubes"
@@ -76,6 +104,7 @@ func (a *account) newTubes() error {
 		Generate: func(ctx context.Context, client string, req tube.ParamsRequest) (map[string]api.Value, error) {
 			return a.d.generate(ctx, a.name, client, req)
 		},
+		TURN: a.turnConfig,
 		Need: func(rooms, contacts bool) {
 			for tok, on := range map[string]bool{api.InterestRooms: rooms, api.InterestContactList: contacts} {
 				if on {

@@ -41,10 +41,10 @@ func (c Candidate) dial(ctx context.Context) (net.Conn, error) {
 var RelayDelay = 300 * time.Millisecond
 
 // Race dials candidates and runs establish (the TLS handshake and session
-// set-up) on each connection; the first to complete wins and the others
+// set-up) on each connection, told which candidate it came from; the first to complete wins and the others
 // are closed. Direct candidates start at once, relay candidates after
 // RelayDelay (or at once if all direct ones failed already).
-func Race(ctx context.Context, cands []Candidate, establish func(context.Context, net.Conn) (*Session, error)) (*Session, Candidate, error) {
+func Race(ctx context.Context, cands []Candidate, establish func(context.Context, Candidate, net.Conn) (*Session, error)) (*Session, Candidate, error) {
 	if len(cands) == 0 {
 		return nil, Candidate{}, errors.New("peerlink: the peer offered no address to reach it")
 	}
@@ -72,7 +72,7 @@ func Race(ctx context.Context, cands []Candidate, establish func(context.Context
 			results <- result{cand: c, err: err}
 			return
 		}
-		s, err := establish(ctx, conn)
+		s, err := establish(ctx, c, conn)
 		if err != nil {
 			conn.Close()
 		}

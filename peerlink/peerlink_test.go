@@ -405,7 +405,7 @@ func TestRace(t *testing.T) {
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	establish := func(ctx context.Context, c net.Conn) (*Session, error) {
+	establish := func(ctx context.Context, _ Candidate, c net.Conn) (*Session, error) {
 		return Client(ctx, c, bob, "alice", alice.Key.Public(), funcHandler{}, discardLog)
 	}
 	relayDialed := make(chan struct{}, 1)

@@ -192,6 +192,12 @@ func externalIP(external string, bind netip.Addr) (net.IP, error) {
 // Addr is the HOST:PORT the server listens on (UDP and TCP).
 func (s *Server) Addr() string { return s.tcp.Addr().String() }
 
+// PublicAddr is the HOST:PORT clients reach the server at: the external
+// address with the listening port.
+func (s *Server) PublicAddr() string {
+	return net.JoinHostPort(s.extIP.String(), strconv.Itoa(int(netip.MustParseAddrPort(s.Addr()).Port())))
+}
+
 // Realm is the long-term credential realm.
 func (s *Server) Realm() string { return s.cfg.Realm }
 

@@ -444,6 +444,13 @@ func (c *Client) Keys(ctx context.Context, names []string) (map[string]string, e
 	return out, c.call(ctx, opKeys, keysReq{Names: names}, &out)
 }
 
+// TURN asks the relay for a credential for its TURN server; it fails with
+// NotAvailable when the relay runs none.
+func (c *Client) TURN(ctx context.Context) (TURNCredential, error) {
+	var out TURNCredential
+	return out, c.call(ctx, opTURN, struct{}{}, &out)
+}
+
 // ---- registration ----
 
 // Register creates the account cfg.Account with cfg.Key on the relay.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -143,6 +144,7 @@ const (
 	opPresence       = "presence"
 	opSend           = "send"
 	opKeys           = "keys"
+	opTURN           = "turn"
 
 	opRegister = "register" // guest
 	opWhois    = "whois"    // guest
@@ -171,6 +173,18 @@ type Hello struct {
 	Relay   string `json:"relay"`   // relay instance id
 	Version string `json:"version"` // relay software version
 }
+
+// TURNCredential is a short-lived credential for the relay's TURN server
+// (TURN REST scheme), issued to an account that asks (op "turn").
+type TURNCredential struct {
+	Addr     string    `json:"addr"` // HOST:PORT, UDP and TCP
+	Username string    `json:"username"`
+	Password string    `json:"password"`
+	Expires  time.Time `json:"expires"`
+}
+
+// TURNIssuer issues TURN credentials for an account.
+type TURNIssuer func(account string) (TURNCredential, error)
 
 // Contact is one entry of a contact list.
 type Contact struct {

@@ -54,10 +54,12 @@ type Config struct {
 	Registration string
 	// TLSCert and TLSKey enable TLS on the listener.
 	TLSCert, TLSKey string
-	Instance        string
-	Version         string
-	Logger          *slog.Logger
-	Registerer      prometheus.Registerer // may be nil
+	// TURN issues credentials for the relay's TURN server (nil: none).
+	TURN       TURNIssuer
+	Instance   string
+	Version    string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer // may be nil
 
 	// Set by Start.
 	issuer  nkeys.KeyPair
@@ -286,6 +288,7 @@ func (s *Server) startService(ctx context.Context) error {
 		Version:      s.cfg.Version,
 		Logger:       s.cfg.Logger,
 		Metrics:      m,
+		TURN:         s.cfg.TURN,
 	}, s.nc, s.sys)
 	if err != nil {
 		return err

@@ -39,6 +39,9 @@ type ServiceConfig struct {
 	Version      string
 	Logger       *slog.Logger
 	Metrics      *Metrics // may be nil
+	// TURN issues TURN credentials to accounts; nil when the relay has no
+	// TURN server.
+	TURN TURNIssuer
 }
 
 // Service is the account service: it authorizes every NATS connection
@@ -312,6 +315,7 @@ func (s *Service) accountHandlers() map[string]handlerFunc {
 		opPresence:       s.opPresence,
 		opSend:           s.opSend,
 		opKeys:           s.opKeys,
+		opTURN:           s.opTURN,
 	}
 }
 
@@ -630,6 +634,16 @@ func (s *Service) opPresence(ctx context.Context, me string, _ []byte) (any, err
 // opKeys returns the public keys of accounts the caller may talk to:
 // mutual contacts and fellow members of its rooms. Daemons pin these keys
 // on peer links and seal tube parameters to them.
+func (s *Service) opTURN(ctx context.Context, me string, data []byte) (any, error) {
+	if err := decodeRequest(data, &struct{}{}); err != nil {
+		return nil, err
+	}
+	if s.cfg.TURN == nil {
+		return nil, tperr.New(tperr.NotAvailable, "this relay runs no TURN server")
+	}
+	return s.cfg.TURN(me)
+}
+
 func (s *Service) opKeys(ctx context.Context, me string, data []byte) (any, error) {
 	var req keysReq
 	if err := decodeRequest(data, &req); err != nil {

@@ -103,52 +103,104 @@ func (m *Manager) verify(ctx context.Context, name string, key identity.PublicKe
 	return nil
 }
 
-// addLink makes l the link new streams to peer use, and forgets it when
+// addLink makes l the link new streams to peer use (under key: the
+// peer, or peer|path for a link dialed for one path), and forgets it when
 // it ends.
-func (m *Manager) addLink(peer string, l *link) {
+func (m *Manager) addLink(key string, l *link) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		l.s.Close(peerlink.CodeLost)
 		return
 	}
-	m.links[peer] = l
+	m.links[key] = l
 	m.mu.Unlock()
 	go func() {
 		<-l.s.Done()
 		m.mu.Lock()
-		if m.links[peer] == l {
-			delete(m.links, peer)
+		if m.links[key] == l {
+			delete(m.links, key)
 		}
 		m.mu.Unlock()
-		m.log.Debug("peer link ended", "peer", peer, "err", l.s.Err())
+		m.log.Debug("peer link ended", "peer", key, "path", l.path, "err", l.s.Err())
 	}()
 }
 
-// ensureLink returns a live link to peer, dialing the addresses of the
-// peer's tubes if there is none. Concurrent callers share one dial.
-func (m *Manager) ensureLink(ctx context.Context, peer string) (*link, error) {
+// linkKey names the link to peer for a path choice ("" = any path).
+func linkKey(peer, want string) string {
+	if want == "" {
+		return peer
+	}
+	return peer + "|" + want
+}
+
+// wantPath normalises a tube's path choice: "" for any path.
+func wantPath(p string) string {
+	if p == "auto" {
+		return ""
+	}
+	return p
+}
+
+// liveLink returns a live link to peer on the wanted path, if any.
+// Callers hold m.mu.
+func (m *Manager) liveLink(peer, want string) *link {
+	for _, key := range []string{linkKey(peer, want), peer, linkKey(peer, peerlink.PathDirect), linkKey(peer, peerlink.PathRelay)} {
+		if l := m.links[key]; l != nil && l.alive() && (want == "" || l.path == want) {
+			return l
+		}
+	}
+	return nil
+}
+
+// relayRef is a relay candidate of a peer: its allocation, and the room
+// to reach it through (for a co-member who is not a contact).
+type relayRef struct {
+	info relayInfo
+	room string
+}
+
+// ensureLink returns a live link to peer on the wanted path ("" = any),
+// dialing the addresses of the peer's tubes if there is none. Concurrent
+// callers share one dial.
+func (m *Manager) ensureLink(ctx context.Context, peer, want string) (*link, error) {
+	key := linkKey(peer, want)
 	m.mu.Lock()
-	if l := m.links[peer]; l != nil && l.alive() {
+	if l := m.liveLink(peer, want); l != nil {
 		m.mu.Unlock()
 		return l, nil
 	}
-	c := m.dialing[peer]
+	c := m.dialing[key]
 	if c == nil {
 		c = &dialCall{done: make(chan struct{})}
-		m.dialing[peer] = c
-		var addrs []string
-		var accepted []string
+		m.dialing[key] = c
+		var addrs, accepted []string
+		var relays []relayRef
 		for _, t := range m.tubes {
-			if !t.outgoing && t.peer == peer {
-				addrs = appendNew(addrs, t.addrs...)
-				if t.state == Open || t.accepting {
-					accepted = append(accepted, t.id)
-				}
+			if t.outgoing || t.peer != peer {
+				continue
+			}
+			addrs = appendNew(addrs, t.addrs...)
+			if t.relay != nil && !slices.ContainsFunc(relays, func(r relayRef) bool { return r.info == *t.relay }) {
+				relays = append(relays, relayRef{info: *t.relay, room: t.room})
+			}
+			if t.state == Open || t.accepting {
+				accepted = append(accepted, t.id)
 			}
 		}
 		m.mu.Unlock()
-		go m.dial(c, peer, addrs, accepted)
+		var cands []peerlink.Candidate
+		if want != peerlink.PathRelay {
+			for _, a := range addrs {
+				cands = append(cands, peerlink.Candidate{Path: peerlink.PathDirect, Addr: a})
+			}
+		}
+		if want != peerlink.PathDirect {
+			for _, r := range relays {
+				cands = append(cands, m.relayCandidate(peer, r))
+			}
+		}
+		go m.dial(c, key, peer, cands, accepted)
 	} else {
 		m.mu.Unlock()
 	}
@@ -160,12 +212,12 @@ func (m *Manager) ensureLink(ctx context.Context, peer string) (*link, error) {
 	}
 }
 
-// dial establishes a link to peer over its direct addresses, and tells it
-// which of its tubes we accepted.
-func (m *Manager) dial(c *dialCall, peer string, addrs, accepted []string) {
+// dial establishes a link to peer over the first candidate that works,
+// and tells it which of its tubes we accepted.
+func (m *Manager) dial(c *dialCall, key, peer string, cands []peerlink.Candidate, accepted []string) {
 	defer func() {
 		m.mu.Lock()
-		delete(m.dialing, peer)
+		delete(m.dialing, key)
 		m.mu.Unlock()
 		close(c.done)
 	}()
@@ -176,21 +228,17 @@ func (m *Manager) dial(c *dialCall, peer string, addrs, accepted []string) {
 		c.err = err
 		return
 	}
-	key := keys[peer]
-	if key == nil {
+	pk := keys[peer]
+	if pk == nil {
 		c.err = tperr.New(tperr.PermissionDenied, "%s is neither a contact nor a room co-member any more", peer)
 		return
 	}
-	var cands []peerlink.Candidate
-	for _, a := range addrs {
-		cands = append(cands, peerlink.Candidate{Path: peerlink.PathDirect, Addr: a})
-	}
 	if len(cands) == 0 {
-		c.err = tperr.New(tperr.ConnectionFailed, "%s gave no address to reach it", peer)
+		c.err = tperr.New(tperr.ConnectionFailed, "%s gave no address to reach it on the path asked for", peer)
 		return
 	}
-	s, cand, err := peerlink.Race(ctx, cands, func(ctx context.Context, raw net.Conn) (*peerlink.Session, error) {
-		return peerlink.Client(ctx, raw, m.self, peer, key, &linkHandler{m: m, peer: peer, path: peerlink.PathDirect}, m.log)
+	s, cand, err := peerlink.Race(ctx, cands, func(ctx context.Context, cand peerlink.Candidate, raw net.Conn) (*peerlink.Session, error) {
+		return peerlink.Client(ctx, raw, m.self, peer, pk, &linkHandler{m: m, peer: peer, path: cand.Path}, m.log)
 	})
 	if err != nil {
 		c.err = tperr.Wrap(err, tperr.ConnectionFailed, "could not reach %s: %v", peer, err)
@@ -204,7 +252,7 @@ func (m *Manager) dial(c *dialCall, peer string, addrs, accepted []string) {
 		}
 	}
 	m.log.Info("peer link up", "peer", peer, "path", cand.Path, "addr", cand.Addr)
-	m.addLink(peer, l)
+	m.addLink(key, l)
 	c.l = l
 }
 

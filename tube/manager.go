@@ -41,6 +41,7 @@ import (
 	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/proxyproto"
 	"github.com/tubes-dev/tubes/tperr"
+	"github.com/tubes-dev/tubes/turnclient"
 )
 
 // Tube states (Telepathy's Tube_Channel_State).
@@ -87,6 +88,9 @@ type Config struct {
 	Generate func(ctx context.Context, client string, req ParamsRequest) (map[string]api.Value, error)
 	// Need says whether tubes need room and contact-list notifications.
 	Need func(rooms, contacts bool)
+	// TURN gives the TURN server and credentials for the account's relay
+	// allocation; nil means tubes go direct only.
+	TURN func(ctx context.Context) (turnclient.Config, error)
 }
 
 // Manager holds one account's exports, tubes and peer links.
@@ -109,6 +113,11 @@ type Manager struct {
 	handlers map[string]*handler
 	opens    map[string]*pendingOpen
 	closed   bool
+
+	allocMu     sync.Mutex         // one allocation at a time
+	alloc       *turnclient.Client // while we offer tubes (guarded by mu)
+	allocServer string
+	permits     map[string]chan permittedMsg // relay permission requests awaiting answers
 }
 
 // export is a service exported for tubes.
@@ -135,6 +144,7 @@ type tube struct {
 
 	// incoming
 	addrs     []string     // the offerer's direct addresses
+	relay     *relayInfo   // the offerer's relay allocation
 	local     *localSocket // once accepted
 	accepting bool
 	handler   string // client whose handler accepted it
@@ -185,6 +195,7 @@ func New(cfg Config) (*Manager, error) {
 		ctx:  ctx, cancel: cancel,
 		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{},
 		dialing: map[string]*dialCall{}, handlers: map[string]*handler{}, opens: map[string]*pendingOpen{},
+		permits: map[string]chan permittedMsg{},
 	}, nil
 }
 
@@ -353,9 +364,6 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	if err := checkPath(req.Path); err != nil {
 		return api.Tube{}, err
 	}
-	if req.Path == peerlink.PathRelay {
-		return api.Tube{}, tperr.New(tperr.NotImplemented, "the relay path is not available in this version: offer with --path auto or direct")
-	}
 	if (req.To == "") == (req.Room == "") {
 		return api.Tube{}, tperr.New(tperr.InvalidArgument, "a tube is offered to a contact (to) or a room (room), exactly one")
 	}
@@ -393,13 +401,17 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	if req.To != "" && keys[req.To] == nil {
 		return api.Tube{}, tperr.New(tperr.PermissionDenied, "%s is not your contact: tubes are offered to contacts who approved you (tube contact add %s)", req.To, req.To)
 	}
+	relay, err := m.relayFor(ctx, wantPath(req.Path))
+	if err != nil {
+		return api.Tube{}, err
+	}
 	id := newID()
 	params, err := m.params(ctx, e, ParamsRequest{Tube: id, Service: req.Service, Contact: req.To, Room: req.Room})
 	if err != nil {
 		return api.Tube{}, err
 	}
 	t := &tube{id: id, service: req.Service, peer: req.To, room: req.Room, outgoing: true, state: NotOffered,
-		wantPath: req.Path, params: params, exp: e, members: map[string]bool{}, accepted: map[string]bool{}, conns: map[uint32]*tconn{}}
+		wantPath: req.Path, relay: relay, params: params, exp: e, members: map[string]bool{}, accepted: map[string]bool{}, conns: map[uint32]*tconn{}}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -469,7 +481,7 @@ func (m *Manager) sendOffer(ctx context.Context, t *tube, to string, key identit
 	if err != nil {
 		return tperr.Wrap(err, tperr.EncryptionError, "cannot seal the parameters of tube %s for %s", t.id, to)
 	}
-	msg := offerMsg{ID: t.id, Service: t.service, Addrs: m.peerAddrs(), Path: t.wantPath, Params: sealed, Request: request}
+	msg := offerMsg{ID: t.id, Service: t.service, Addrs: m.peerAddrs(), Path: t.wantPath, Relay: t.relay, Params: sealed, Request: request}
 	room := t.room
 	_, err = m.cfg.Signaller.Send(ctx, to, room, kindOffer, mustJSON(msg))
 	return err
@@ -490,6 +502,10 @@ func (m *Manager) OnMessage(from, room, kind string, body []byte) {
 		err = m.onRequest(from, room, body)
 	case kindRefuse:
 		err = m.onRefuse(from, body)
+	case kindPermit:
+		err = m.onPermit(from, room, body)
+	case kindPermitted:
+		err = m.onPermitted(from, body)
 	default:
 		err = fmt.Errorf("unknown kind %q", clip(kind))
 	}
@@ -514,13 +530,13 @@ func (m *Manager) onOffer(from, room string, body []byte) error {
 	}
 	if old := m.tubes[o.ID]; old != nil {
 		if !old.outgoing && old.peer == from {
-			old.addrs = o.Addrs // a re-sent offer (e.g. after a room rejoin) refreshes the addresses
+			old.addrs, old.relay = o.Addrs, o.Relay // a re-sent offer (e.g. after a room rejoin) refreshes the addresses
 			return nil
 		}
 		return fmt.Errorf("tube id %s is already in use", o.ID)
 	}
 	t := &tube{id: o.ID, service: o.Service, peer: from, room: room, state: LocalPending,
-		wantPath: o.Path, params: params, addrs: o.Addrs, conns: map[uint32]*tconn{}}
+		wantPath: o.Path, params: params, addrs: o.Addrs, relay: o.Relay, conns: map[uint32]*tconn{}}
 	m.tubes[t.id] = t
 	m.emit(api.Event{Type: api.EventNewTube, TubeID: t.id, Service: t.service, Contact: from, Room: room,
 		Direction: "incoming", State: StateName(t.state), StateCode: u32(t.state)})
@@ -615,6 +631,9 @@ func (m *Manager) endTube(t *tube, errName, msg string) {
 	}
 	m.emit(api.Event{Type: api.EventTubeClosed, TubeID: t.id, Service: t.service, Contact: t.peer, Room: t.room,
 		Error: errName, Message: msg})
+	if t.outgoing {
+		m.releaseAllocation()
+	}
 	m.log.Info("tube closed", "tube", t.id, "service", t.service, "error", tperr.Short(errName), "message", msg)
 }
 
@@ -722,7 +741,7 @@ func (m *Manager) accept(ctx context.Context, id string, req api.AcceptRequest, 
 	ls, err := listenLocal(req, m.cfg.UID, m.cfg.SocketDir)
 	var l *link
 	if err == nil {
-		l, err = m.ensureLink(ctx, t.peer)
+		l, err = m.ensureLink(ctx, t.peer, wantPath(t.wantPath))
 		if err == nil {
 			// A link dialed just now told the offerer already; one that
 			// existed has not.
@@ -753,7 +772,7 @@ func (m *Manager) accept(ctx context.Context, id string, req api.AcceptRequest, 
 
 // openLocal carries one local connection of an accepted tube.
 func (m *Manager) openLocal(t *tube, c net.Conn) {
-	l, err := m.ensureLink(m.ctx, t.peer)
+	l, err := m.ensureLink(m.ctx, t.peer, wantPath(t.wantPath))
 	var st *peerlink.Stream
 	if err == nil {
 		st, err = l.s.OpenStream(mustJSON(streamMeta{Tube: t.id}))

@@ -273,7 +273,14 @@ func pattern(seed uint64, n int) []byte {
 func TestParallelConnectionsHashed(t *testing.T) {
 	w := newWorld(t)
 	_, addr := w.offerAccept(t, "sink", api.Export{TCP: serve(t, hashBack)}, api.AcceptRequest{})
-	const conns, size = 100, 10 << 20
+	hashedConns(t, addr, 100, 10<<20)
+}
+
+// hashedConns sends size patterned bytes on each of conns parallel
+// connections to addr (a tube to a hashBack service) and checks the hash
+// and count each gets back.
+func hashedConns(t *testing.T, addr string, conns, size int) {
+	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
 	for i := range conns {

@@ -17,6 +17,10 @@ const (
 	kindClose   = "tube.close"   // either side: the tube (or this member's part of it) ends
 	kindRequest = "tube.request" // requester → owner: offer me a tube to SERVICE (reverse tube)
 	kindRefuse  = "tube.refuse"  // owner → requester: no
+	// Relay path: the accepter names the address the offerer's TURN
+	// server sees it at; the offerer permits it on its allocation.
+	kindPermit    = "tube.permit"    // accepter → offerer: permit my address
+	kindPermitted = "tube.permitted" // offerer → accepter: done (or why not)
 )
 
 // IsTubeKind reports whether a rendezvous message kind belongs to tubes.
@@ -35,12 +39,31 @@ const (
 // sealed (HPKE) to the recipient's account key; the relay, and any other
 // room member, sees only ciphertext.
 type offerMsg struct {
-	ID      string   `json:"id"`
-	Service string   `json:"service"`
-	Addrs   []string `json:"addrs,omitempty"`   // the offerer's direct peer-link addresses
-	Path    string   `json:"path,omitempty"`    // the offerer's path choice: "", direct or relay
-	Params  []byte   `json:"params,omitempty"`  // sealed JSON object of api.Value
-	Request string   `json:"request,omitempty"` // the reverse-tube request this answers
+	ID      string     `json:"id"`
+	Service string     `json:"service"`
+	Addrs   []string   `json:"addrs,omitempty"`   // the offerer's direct peer-link addresses
+	Path    string     `json:"path,omitempty"`    // the offerer's path choice: "", direct or relay
+	Relay   *relayInfo `json:"relay,omitempty"`   // the offerer's TURN TCP allocation
+	Params  []byte     `json:"params,omitempty"`  // sealed JSON object of api.Value
+	Request string     `json:"request,omitempty"` // the reverse-tube request this answers
+}
+
+// relayInfo is where the offerer can be reached through a TURN relay.
+type relayInfo struct {
+	Addr   string `json:"addr"`   // the relayed address of its TCP allocation
+	Server string `json:"server"` // the TURN server, for the accepter to learn its own address there
+}
+
+// permitMsg is the body of tube.permit; permittedMsg of tube.permitted.
+type permitMsg struct {
+	ID string `json:"id"` // matches the answer to the question
+	IP string `json:"ip"`
+}
+
+type permittedMsg struct {
+	ID      string `json:"id"`
+	Error   string `json:"error,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // closeMsg is the body of tube.close.
@@ -141,6 +164,13 @@ func decodeOffer(data []byte) (offerMsg, error) {
 			return m, tperr.New(tperr.InvalidArgument, "offer address %q is not a numeric HOST:PORT", a)
 		}
 	}
+	if r := m.Relay; r != nil {
+		for _, a := range []string{r.Addr, r.Server} {
+			if _, err := netip.ParseAddrPort(a); err != nil {
+				return m, tperr.New(tperr.InvalidArgument, "offer relay address %q is not a numeric HOST:PORT", a)
+			}
+		}
+	}
 	if len(m.Params) > maxSealedLen {
 		return m, tperr.New(tperr.InvalidArgument, "tube parameters are larger than %d bytes", maxSealedLen)
 	}
@@ -148,6 +178,34 @@ func decodeOffer(data []byte) (offerMsg, error) {
 		if err := checkID("request id", m.Request); err != nil {
 			return m, err
 		}
+	}
+	return m, nil
+}
+
+func decodePermit(data []byte) (permitMsg, error) {
+	var m permitMsg
+	if err := decodeStrict(data, &m, "relay permission request"); err != nil {
+		return m, err
+	}
+	if err := checkID("permission id", m.ID); err != nil {
+		return m, err
+	}
+	if ip, err := netip.ParseAddr(m.IP); err != nil || ip.Zone() != "" {
+		return m, tperr.New(tperr.InvalidArgument, "permission address %q is not an IP address", clip(m.IP))
+	}
+	return m, nil
+}
+
+func decodePermitted(data []byte) (permittedMsg, error) {
+	var m permittedMsg
+	if err := decodeStrict(data, &m, "relay permission answer"); err != nil {
+		return m, err
+	}
+	if err := checkID("permission id", m.ID); err != nil {
+		return m, err
+	}
+	if len(m.Message) > maxMessageLen || (m.Error != "" && !tperr.IsName(m.Error)) {
+		return m, tperr.New(tperr.InvalidArgument, "malformed relay permission answer")
 	}
 	return m, nil
 }

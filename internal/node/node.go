@@ -21,6 +21,7 @@ import (
 	"github.com/tubes-dev/tubes/daemon"
 	"github.com/tubes-dev/tubes/localapi"
 	"github.com/tubes-dev/tubes/localclient"
+	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/rendezvous"
 )
 
@@ -64,8 +65,9 @@ type DaemonConfig struct {
 	Registerer prometheus.Registerer
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
-	PeerListen string // where peer links are accepted (default ":0")
-	SocketDir  string // parent of automatic tube sockets (default <StateDir>/sockets)
+	PeerListen string             // where peer links are accepted (default ":0")
+	SocketDir  string             // parent of automatic tube sockets (default <StateDir>/sockets)
+	TURN       *daemon.TURNServer // an external TURN server (default: the relay's)
 }
 
 // Daemon is a running daemon serving its local API.
@@ -95,6 +97,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 		MaxBackoff: cfg.MaxBackoff,
 		PeerListen: cfg.PeerListen,
 		SocketDir:  cfg.SocketDir,
+		TURN:       cfg.TURN,
 	})
 	if err != nil {
 		return nil, err
@@ -139,4 +142,25 @@ func StartRelay(ctx context.Context, cfg RelayConfig) (*rendezvous.Server, error
 		cfg.Version = Version
 	}
 	return rendezvous.Start(ctx, cfg)
+}
+
+// TURNConfig configures StartTURN.
+type TURNConfig = relay.Config
+
+// StartTURN starts a relay's TURN server.
+func StartTURN(cfg TURNConfig) (*relay.Server, error) { return relay.Start(cfg) }
+
+// TURNCredentialTTL is how long the TURN credentials a relay hands to
+// daemons stay valid (an allocation outliving them is made anew).
+const TURNCredentialTTL = 12 * time.Hour
+
+// TURNIssuer lets the rendezvous hand out credentials for s.
+func TURNIssuer(s *relay.Server) rendezvous.TURNIssuer {
+	return func(account string) (rendezvous.TURNCredential, error) {
+		u, p, err := s.Credentials(account, TURNCredentialTTL)
+		if err != nil {
+			return rendezvous.TURNCredential{}, err
+		}
+		return rendezvous.TURNCredential{Addr: s.PublicAddr(), Username: u, Password: p, Expires: time.Now().Add(TURNCredentialTTL)}, nil
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/localclient"
+	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/rendezvous"
 )
 
@@ -46,6 +47,28 @@ func Relay(t testing.TB, cfg rendezvous.Config) *rendezvous.Server {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// TURN starts a TURN server on a free loopback port that allows loopback
+// peers (everything here is on loopback), closed when the test ends.
+func TURN(t testing.TB) *relay.Server {
+	t.Helper()
+	s, err := node.StartTURN(node.TURNConfig{Listen: "127.0.0.1:0", Secret: "test-secret",
+		AllowPeers: []string{"127.0.0.0/8"}, Logger: Logger()})
+	if err != nil {
+		t.Fatalf("start TURN server: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// RelayWithTURN starts a relay whose rendezvous hands out credentials of
+// its own TURN server.
+func RelayWithTURN(t testing.TB, cfg rendezvous.Config) (*rendezvous.Server, *relay.Server) {
+	t.Helper()
+	ts := TURN(t)
+	cfg.TURN = node.TURNIssuer(ts)
+	return Relay(t, cfg), ts
 }
 
 // Daemon is a daemon under test with a client of its local API.

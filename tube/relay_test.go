@@ -1,0 +1,204 @@
+package tube_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/daemon"
+	"github.com/tubes-dev/tubes/internal/node"
+	"github.com/tubes-dev/tubes/internal/tubetest"
+	"github.com/tubes-dev/tubes/internal/turntest"
+	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// relayWorld is alice and bob, mutual contacts, on a relay with a TURN
+// server; turn overrides the TURN server of both daemons when set.
+func relayWorld(t *testing.T, turn func(name string) *daemon.TURNServer) *world {
+	t.Helper()
+	rv, _ := tubetest.RelayWithTURN(t, rendezvous.Config{})
+	mk := func(name string) *peer {
+		p := &peer{name: name, log: &tubetest.LogBuffer{}, state: t.TempDir(), peerAddr: freeAddr(t)}
+		cfg := node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr}
+		if turn != nil {
+			cfg.TURN = turn(name)
+		}
+		p.d = tubetest.StartDaemonConfig(t, cfg)
+		p.d.Register(t, name, rv)
+		p.ev = tubetest.Record(t, p.d.C, name)
+		return p
+	}
+	w := &world{relay: rv, alice: mk("alice"), bob: mk("bob")}
+	tubetest.Befriend(t, w.alice.d, "alice", w.bob.d, "bob")
+	return w
+}
+
+// offerRelayed offers service (exported from addr) to bob forced onto the
+// relay path, and returns the tube id and bob's local address.
+func (w *world) offerRelayed(t *testing.T, service, addr string) (string, string) {
+	t.Helper()
+	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: service, TCP: addr}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := w.alice.d.C.Offer(bg, "alice", api.OfferRequest{Service: service, To: "bob", Path: "relay"})
+	if err != nil {
+		t.Fatalf("offer on the relay path: %v", err)
+	}
+	w.bob.ev.MustWait("bob is offered the tube", isEvent(api.EventNewTube, tb.ID))
+	acc, err := w.bob.d.C.Accept(bg, tb.ID, api.AcceptRequest{})
+	if err != nil {
+		t.Fatalf("accept on the relay path: %v", err)
+	}
+	if acc.Path != "relay" {
+		t.Fatalf("bob's tube path %q, want relay", acc.Path)
+	}
+	return tb.ID, acc.Address
+}
+
+// A tube forced onto the relay path goes through the offerer's TURN TCP
+// allocation: both sides report path relay, 20 parallel connections of
+// 2 MiB each arrive intact, and closing the last tube releases the
+// allocation.
+func TestRelayPathTube(t *testing.T) {
+	rv, ts := tubetest.RelayWithTURN(t, rendezvous.Config{})
+	alice := newPeer(t, rv, "alice")
+	bob := newPeer(t, rv, "bob")
+	tubetest.Befriend(t, alice.d, "alice", bob.d, "bob")
+	w := &world{relay: rv, alice: alice, bob: bob}
+
+	id, addr := w.offerRelayed(t, "sink", serve(t, hashBack))
+	if ts.Allocations() != 1 {
+		t.Fatalf("TURN allocations while alice offers a tube: %d, want 1", ts.Allocations())
+	}
+	hashedConns(t, addr, 20, 2<<20)
+	tb, _ := alice.d.C.Tube(bg, id)
+	if tb.Path != "relay" {
+		t.Fatalf("alice's tube path %q, want relay", tb.Path)
+	}
+	if !regexp.MustCompile(`msg="peer link up".* peer=alice path=relay`).MatchString(bob.log.String()) {
+		t.Fatalf("bob's log has no relayed link:\n%s", bob.log.String())
+	}
+	if err := alice.d.C.CloseTube(bg, id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.Allocations() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("alice's allocation outlived her last tube: %d allocations", ts.Allocations())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Offering on the relay path without any TURN server is refused with
+// NotAvailable and leaves no tube.
+func TestRelayPathUnavailable(t *testing.T) {
+	w := newWorld(t)
+	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: "echo", TCP: serve(t, echo)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.alice.d.C.Offer(bg, "alice", api.OfferRequest{Service: "echo", To: "bob", Path: "relay"})
+	if tperr.Name(err) != tperr.NotAvailable || !strings.Contains(err.Error(), "TURN") {
+		t.Fatalf("relay offer without TURN: %v", err)
+	}
+	if tubes, _ := w.alice.d.C.Tubes(bg); len(tubes) != 0 {
+		t.Fatalf("a refused offer left tubes: %+v", tubes)
+	}
+}
+
+// The relay is blind: a marker sent both ways through a relayed tube never
+// appears in the bytes the relay forwarded to and from the offerer (all
+// of alice's TURN traffic is recorded by a proxy in front of the server).
+func TestRelayBlind(t *testing.T) {
+	ts := tubetest.TURN(t)
+	rec := &recorder{}
+	proxy := rec.proxy(t, ts.Addr())
+	rv := tubetest.Relay(t, rendezvous.Config{})
+	mk := func(name, turn string) *peer {
+		p := &peer{name: name, log: &tubetest.LogBuffer{}, state: t.TempDir(), peerAddr: freeAddr(t)}
+		p.d = tubetest.StartDaemonConfig(t, node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr,
+			TURN: &daemon.TURNServer{Addr: turn, Secret: "test-secret"}})
+		p.d.Register(t, name, rv)
+		p.ev = tubetest.Record(t, p.d.C, name)
+		return p
+	}
+	w := &world{relay: rv, alice: mk("alice", proxy), bob: mk("bob", ts.Addr())}
+	tubetest.Befriend(t, w.alice.d, "alice", w.bob.d, "bob")
+	_, addr := w.offerRelayed(t, "echo", serve(t, echo))
+
+	marker := bytes.Repeat([]byte("TUBES-BLIND-RELAY-MARKER-"), 400)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	for range 20 {
+		if _, err := c.Write(marker); err != nil {
+			t.Fatal(err)
+		}
+		back := make([]byte, len(marker))
+		if _, err := io.ReadFull(c, back); err != nil || !bytes.Equal(back, marker) {
+			t.Fatalf("echo through the relayed tube: %v", err)
+		}
+	}
+	got := rec.bytes()
+	if len(got) < 2*20*len(marker) {
+		t.Fatalf("the proxy saw %d bytes, less than the %d the tube carried: not recording the relayed path", len(got), 2*20*len(marker))
+	}
+	if bytes.Contains(got, []byte("TUBES-BLIND-RELAY")) {
+		t.Fatal("plaintext of the tube crossed the relay")
+	}
+}
+
+// A tube whose daemons use coturn, the reference TURN server, as their
+// TURN server (REST credentials) moves data on the relay path.
+func TestRelayPathCoturn(t *testing.T) {
+	co := turntest.StartCoturn(t, turntest.Options{Secret: "coturn-secret"})
+	w := relayWorld(t, func(string) *daemon.TURNServer {
+		return &daemon.TURNServer{Addr: co.Addr, Secret: "coturn-secret"}
+	})
+	_, addr := w.offerRelayed(t, "sink", serve(t, hashBack))
+	hashedConns(t, addr, 10, 2<<20)
+}
+
+// recorder is a TCP proxy that keeps every byte it forwards.
+type recorder struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.Write(p)
+}
+
+func (r *recorder) bytes() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Clone(r.buf.Bytes())
+}
+
+func (r *recorder) proxy(t *testing.T, target string) string {
+	ln := tubetest.ServeTCP(t, func(c net.Conn) {
+		u, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer u.Close()
+		done := make(chan struct{}, 2)
+		go func() { io.Copy(io.MultiWriter(u, r), c); u.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+		go func() { io.Copy(io.MultiWriter(c, r), u); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+		<-done
+		<-done
+	})
+	return ln.Addr().String()
+}

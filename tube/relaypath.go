@@ -1,0 +1,255 @@
+package tube
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/tubes-dev/tubes/peerlink"
+	"github.com/tubes-dev/tubes/tperr"
+	"github.com/tubes-dev/tubes/turnclient"
+)
+
+// The relay path. While an account offers tubes it keeps a TCP allocation
+// (RFC 6062) on its TURN server and puts the relayed address in its
+// offers. An accepter that cannot reach the offerer directly learns the
+// address the offerer's TURN server sees it at (a STUN Binding), asks the
+// offerer over the rendezvous to permit it (tube.permit), and connects to
+// the relayed address; the offerer binds the connection (ConnectionBind)
+// and the two run the same TLS handshake as on a direct link. The relay
+// forwards ciphertext only.
+
+// permitTimeout bounds the permission round trip through the rendezvous.
+const permitTimeout = 10 * time.Second
+
+// relayFor returns what an offer says about the relay path, allocating
+// when needed. With want == relay, no allocation is an error; otherwise
+// the tube simply goes without one.
+func (m *Manager) relayFor(ctx context.Context, want string) (*relayInfo, error) {
+	if want == peerlink.PathDirect {
+		return nil, nil
+	}
+	if m.cfg.TURN == nil {
+		if want == peerlink.PathRelay {
+			return nil, tperr.New(tperr.NotAvailable, "no TURN server is configured for %s, so the relay path is unavailable (tube daemon --turn, or a relay with a TURN server)", m.cfg.Account)
+		}
+		return nil, nil
+	}
+	c, server, err := m.allocation(ctx)
+	if err != nil {
+		if want == peerlink.PathRelay {
+			return nil, tperr.Wrap(err, tperr.NameOr(err, tperr.NetworkError), "cannot get a relay allocation for the relay path: %v", err)
+		}
+		m.log.Warn("offering without the relay path", "err", err)
+		return nil, nil
+	}
+	return &relayInfo{Addr: c.RelayedAddr().String(), Server: server}, nil
+}
+
+// allocation returns the account's live TCP allocation, making one if
+// there is none.
+func (m *Manager) allocation(ctx context.Context) (*turnclient.Client, string, error) {
+	m.allocMu.Lock()
+	defer m.allocMu.Unlock()
+	m.mu.Lock()
+	c, server := m.alloc, m.allocServer
+	m.mu.Unlock()
+	if c != nil {
+		select {
+		case <-c.Done():
+		default:
+			return c, server, nil
+		}
+	}
+	cfg, err := m.cfg.TURN(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg.Logger = m.log
+	c, err = turnclient.Allocate(ctx, cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		c.Close()
+		return nil, "", tperr.New(tperr.Disconnected, "account %s is being removed", m.cfg.Account)
+	}
+	m.alloc, m.allocServer = c, cfg.Server
+	m.mu.Unlock()
+	m.log.Info("relay allocation made", "server", cfg.Server, "relayed", c.RelayedAddr().String())
+	go m.acceptRelayed(c)
+	return c, cfg.Server, nil
+}
+
+// acceptRelayed turns every peer connecting to the allocation into a
+// peer link (after the same verification as direct ones).
+func (m *Manager) acceptRelayed(c *turnclient.Client) {
+	defer func() {
+		m.mu.Lock()
+		if m.alloc == c {
+			m.alloc = nil
+		}
+		m.mu.Unlock()
+		m.log.Info("relay allocation ended", "relayed", c.RelayedAddr().String(), "why", c.Err())
+	}()
+	for {
+		a, err := c.NextAttempt(m.ctx)
+		if err != nil {
+			return
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(m.ctx, linkTimeout)
+			defer cancel()
+			d, err := c.Bind(ctx, a)
+			if err != nil {
+				m.log.Debug("relayed connection not bound", "peer", a.Peer.String(), "err", err)
+				return
+			}
+			s, peer, err := peerlink.Server(m.ctx, d, m.self, m.verify, func(peer string) peerlink.Handler {
+				return &linkHandler{m: m, peer: peer, path: peerlink.PathRelay}
+			}, m.log)
+			if err != nil {
+				m.log.Debug("relayed peer link refused", "from", a.Peer.String(), "err", err)
+				return
+			}
+			m.addLink(peer, &link{s: s, path: peerlink.PathRelay})
+		}()
+	}
+}
+
+// releaseAllocation ends the allocation once no outgoing tube needs it.
+// Callers hold m.mu.
+func (m *Manager) releaseAllocation() {
+	if m.alloc == nil {
+		return
+	}
+	for _, t := range m.tubes {
+		if t.outgoing {
+			return
+		}
+	}
+	c := m.alloc
+	m.alloc = nil
+	go c.Close()
+}
+
+// relayCandidate is the way to peer through its allocation r.
+func (m *Manager) relayCandidate(peer string, r relayRef) peerlink.Candidate {
+	return peerlink.Candidate{Path: peerlink.PathRelay, Addr: r.info.Addr, Dial: func(ctx context.Context) (net.Conn, error) {
+		me, err := turnclient.Reflexive(ctx, r.info.Server)
+		if err != nil {
+			return nil, fmt.Errorf("cannot learn our address at the relay: %w", err)
+		}
+		if err := m.askPermit(ctx, peer, r.room, me.Addr()); err != nil {
+			return nil, err
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", r.info.Addr)
+		if err != nil {
+			return nil, err
+		}
+		conn.(*net.TCPConn).SetNoDelay(true)
+		return conn, nil
+	}}
+}
+
+// askPermit asks peer to permit ip on its allocation and waits for the
+// answer.
+func (m *Manager) askPermit(ctx context.Context, peer, room string, ip netip.Addr) error {
+	id := newID()
+	ch := make(chan permittedMsg, 1)
+	key := peer + "|" + id
+	m.mu.Lock()
+	m.permits[key] = ch
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.permits, key)
+		m.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(ctx, permitTimeout)
+	defer cancel()
+	if _, err := m.cfg.Signaller.Send(ctx, peer, room, kindPermit, mustJSON(permitMsg{ID: id, IP: ip.String()})); err != nil {
+		return err
+	}
+	select {
+	case p := <-ch:
+		if p.Error != "" {
+			return tperr.New(p.Error, "%s did not permit us on its relay: %s", peer, p.Message)
+		}
+		return nil
+	case <-ctx.Done():
+		return tperr.New(tperr.NetworkError, "%s did not answer our relay permission request", peer)
+	}
+}
+
+// onPermit answers a peer's permission request for our allocation: only
+// an account we offer a tube to may ask.
+func (m *Manager) onPermit(from, room string, body []byte) error {
+	p, err := decodePermit(body)
+	if err != nil {
+		return err
+	}
+	go func() {
+		ans := permittedMsg{ID: p.ID}
+		m.mu.Lock()
+		c := m.alloc
+		ok := m.offersTo(from)
+		m.mu.Unlock()
+		ctx, cancel := context.WithTimeout(m.ctx, permitTimeout)
+		defer cancel()
+		switch {
+		case !ok:
+			ans.Error, ans.Message = tperr.PermissionDenied, "no tube is offered to you"
+			m.log.Warn("refused a relay permission request", "from", from, "why", ans.Message)
+		case c == nil:
+			ans.Error, ans.Message = tperr.NotAvailable, "the offerer has no relay allocation"
+		default:
+			if err := c.Permit(ctx, netip.MustParseAddr(p.IP)); err != nil {
+				ans.Error, ans.Message = tperr.NetworkError, err.Error()
+				if turnclient.Code(err) == 403 {
+					ans.Error = tperr.PermissionDenied
+				}
+			} else {
+				m.log.Debug("relay permission added", "for", from, "ip", p.IP)
+			}
+		}
+		if _, err := m.cfg.Signaller.Send(ctx, from, room, kindPermitted, mustJSON(ans)); err != nil {
+			m.log.Info("relay permission answer not delivered", "to", from, "err", err)
+		}
+	}()
+	return nil
+}
+
+func (m *Manager) onPermitted(from string, body []byte) error {
+	p, err := decodePermitted(body)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	ch := m.permits[from+"|"+p.ID]
+	m.mu.Unlock()
+	if ch == nil {
+		return fmt.Errorf("an unexpected relay permission answer")
+	}
+	select {
+	case ch <- p:
+	default:
+	}
+	return nil
+}
+
+// offersTo reports whether we offer a tube to name (directly or as a
+// member of the tube's room). Callers hold m.mu.
+func (m *Manager) offersTo(name string) bool {
+	for _, t := range m.tubes {
+		if t.outgoing && ((t.room == "" && t.peer == name) || (t.room != "" && t.members[name])) {
+			return true
+		}
+	}
+	return false
+}
