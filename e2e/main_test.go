@@ -49,7 +49,12 @@ type proc struct {
 
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(tubeBin, args...)
+	return startCmd(t, exec.Command(tubeBin, args...), env)
+}
+
+// startCmd starts cmd (a tube command, perhaps wrapped) like start.
+func startCmd(t *testing.T, cmd *exec.Cmd, env []string) *proc {
+	t.Helper()
 	cmd.Env = append(os.Environ(), env...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw

@@ -20,7 +20,7 @@ import (
 func TestRelayKilledKeepsState(t *testing.T) {
 	data := t.TempDir()
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	relay := start(t, nil, "relay", "--listen", listen, "--data", data)
+	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", listen, "--data", data)
 	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
 
 	_, alice := daemon(t)
@@ -35,7 +35,7 @@ func TestRelayKilledKeepsState(t *testing.T) {
 	relay.kill()
 	waitStatus(t, alice, "Disconnected", "Network_Error")
 
-	relay2 := start(t, nil, "relay", "--listen", listen, "--data", data)
+	relay2 := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", listen, "--data", data)
 	relay2.waitLine("rendezvous: ")
 	waitStatus(t, alice, "Connected", "Requested")
 	waitStatus(t, bob, "Connected", "Requested")
@@ -84,7 +84,7 @@ func waitStatus(t *testing.T, env []string, status, reason string) {
 // closed relay.
 func TestClosedRegistrationCLI(t *testing.T) {
 	data := t.TempDir()
-	relay := start(t, nil, "relay", "--listen", "127.0.0.1:0", "--data", data, "--registration", "closed")
+	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--data", data, "--registration", "closed")
 	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
 	_, env := daemon(t)
 	if code, out := run(t, env, "account", "add", "dave", "--server", url, "--register"); code != 1 || !strings.Contains(out, "closed") {
@@ -145,7 +145,7 @@ cluster { name: tubes, listen: 127.0.0.1:%d, routes: [ nats://127.0.0.1:%d ] }
 	}
 	relays := make([]*proc, 2)
 	for i, data := range []string{data1, data2} {
-		relays[i] = start(t, nil, "relay",
+		relays[i] = start(t, nil, "relay", "--turn-listen", "127.0.0.1:0",
 			"--nats", "nats://tube-svc:svcpw@"+urls[i],
 			"--nats-system", "nats://tube-sys:syspw@"+urls[i],
 			"--data", data)
@@ -202,7 +202,7 @@ func sendAndReceive(t *testing.T, from, to []string, fromName, text string) {
 // TestMetrics: --http serves Prometheus metrics on relay and daemon.
 func TestMetrics(t *testing.T) {
 	relayHTTP := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	relay := start(t, nil, "relay", "--listen", "127.0.0.1:0", "--http", relayHTTP)
+	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--http", relayHTTP)
 	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
 	relay.waitLine("metrics: ")
 	dir := t.TempDir()

@@ -118,7 +118,7 @@ func TestTubeCLI(t *testing.T) {
 // are mutual contacts; it returns alice's daemon and both environments.
 func contacts(t *testing.T) (*proc, []string, []string) {
 	t.Helper()
-	relay := start(t, nil, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
 	aliceProc, alice := daemon(t)
 	_, bob := daemon(t)
