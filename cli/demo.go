@@ -75,12 +75,20 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 	fmt.Fprintln(e.stdout, "Tubes demo: a relay and two people, alice and bob, on this machine (loopback only).")
 	quiet := slog.New(slog.DiscardHandler)
 
-	relay, err := node.StartRelay(ctx, node.RelayConfig{Listen: "127.0.0.1:0", Logger: quiet})
+	// Everything is on loopback, so the TURN server's peer filter lets
+	// loopback through (by default it refuses every non-public address).
+	turn, err := node.StartTURN(node.TURNConfig{Listen: "127.0.0.1:0", Secret: randomSecret(),
+		AllowPeers: []string{"127.0.0.0/8"}, Logger: quiet})
+	if err != nil {
+		return fmt.Errorf("demo: start the TURN server: %w", err)
+	}
+	defer turn.Close()
+	relay, err := node.StartRelay(ctx, node.RelayConfig{Listen: "127.0.0.1:0", Logger: quiet, TURN: node.TURNIssuer(turn)})
 	if err != nil {
 		return fmt.Errorf("demo: start relay: %w", err)
 	}
 	defer relay.Close()
-	d.say("relay started on %s (embedded NATS, state in memory)", relay.URL())
+	d.say("relay started: rendezvous on %s (embedded NATS, state in memory), TURN on %s", relay.URL(), turn.Addr())
 
 	people := map[string]*localclient.Client{}
 	for _, name := range []string{"alice", "bob"} {
@@ -176,11 +184,31 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 	}
 	d.say("alice sent bob a message; bob received it from \"alice\" (sender set by the relay), bytes checked")
 
-	if err := demoTube(ctx, d, alice, bob, aliceEv, bobEv); err != nil {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		return err
 	}
+	defer l.Close()
+	go serveHash(l)
+	if _, err := alice.Export(ctx, "alice", api.Export{Service: "x-sha256", TCP: l.Addr().String(),
+		Parameters: map[string]api.Value{"greeting": {Type: api.TypeString, Value: "hi bob"}}}); err != nil {
+		return err
+	}
+	d.say("alice exported her SHA-256 service (%s) as \"x-sha256\"", l.Addr())
+	if err := demoTube(ctx, d, alice, bob, aliceEv, bobEv, "direct", demoSize); err != nil {
+		return err
+	}
+	d.note("now as if alice and bob were behind NATs: the tube is forced through the relay")
+	if err := demoTube(ctx, d, alice, bob, aliceEv, bobEv, "relay", demoSize/2); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(5 * time.Second); turn.Allocations() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo: alice's TURN allocation outlived her tubes")
+		}
+	}
+	d.say("alice's TURN allocation ended with her last tube; the relay forwarded only TLS records")
 
-	fmt.Fprintln(e.stdout, "\nNot yet in this build: the TURN relay path for peers behind NATs; this demo's tube used the direct path only.")
 	fmt.Fprintln(e.stdout, "All checks held.")
 	if !keep {
 		return nil
@@ -198,25 +226,22 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 // demoSize is how much data the demo moves through the tube.
 const demoSize = 64 << 20
 
-// demoTube has alice export a built-in service, offer it to bob, bob
-// accept it, and moves data through the tube with every byte checked.
-func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, aliceEv, bobEv *localclient.Stream) error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// randomSecret is a fresh TURN REST secret.
+func randomSecret() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}
+
+// demoTube has alice offer her exported service to bob on path, bob
+// accept it, and moves size bytes through the tube with every byte
+// checked.
+func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, aliceEv, bobEv *localclient.Stream, path string, size int) error {
+	t, err := alice.Offer(ctx, "alice", api.OfferRequest{Service: "x-sha256", To: "bob", Path: path})
 	if err != nil {
 		return err
 	}
-	defer l.Close()
-	go serveHash(l)
-	if _, err := alice.Export(ctx, "alice", api.Export{Service: "x-sha256", TCP: l.Addr().String(),
-		Parameters: map[string]api.Value{"greeting": {Type: api.TypeString, Value: "hi bob"}}}); err != nil {
-		return err
-	}
-	d.say("alice exported her SHA-256 service (%s) as \"x-sha256\"", l.Addr())
-	t, err := alice.Offer(ctx, "alice", api.OfferRequest{Service: "x-sha256", To: "bob"})
-	if err != nil {
-		return err
-	}
-	d.say("alice offered it to bob: tube %s, %s", t.ID, t.State)
+	d.say("alice offered it to bob (path %s): tube %s, %s", path, t.ID, t.State)
 	if _, err := waitEvent(ctx, bobEv, func(ev api.Event) bool { return ev.Type == api.EventNewTube && ev.TubeID == t.ID }); err != nil {
 		return fmt.Errorf("demo: bob never got the offer: %w", err)
 	}
@@ -232,9 +257,16 @@ func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, alic
 	if err != nil {
 		return fmt.Errorf("demo: bob could not accept: %w", err)
 	}
-	d.say("bob accepted: his local socket is %s, path %s (TLS 1.3, both account keys pinned)", acc.Address, acc.Path)
+	if acc.Path != path {
+		return fmt.Errorf("demo: the tube went %s, not %s", acc.Path, path)
+	}
+	how := "straight to alice's daemon"
+	if path == "relay" {
+		how = "through alice's TURN TCP allocation on the relay"
+	}
+	d.say("bob accepted: his local socket is %s, path %s, %s (TLS 1.3, both account keys pinned)", acc.Address, acc.Path, how)
 
-	data := make([]byte, demoSize)
+	data := make([]byte, size)
 	rand.Read(data)
 	want := sha256.Sum256(data)
 	began := time.Now()
@@ -253,10 +285,10 @@ func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, alic
 		return fmt.Errorf("demo: reading the service's answer: %w", err)
 	}
 	took := time.Since(began)
-	if got := strings.TrimSpace(string(reply)); got != fmt.Sprintf("%x %d", want, demoSize) {
-		return fmt.Errorf("demo: the service hashed %q, bob sent %x %d", got, want, demoSize)
+	if got := strings.TrimSpace(string(reply)); got != fmt.Sprintf("%x %d", want, size) {
+		return fmt.Errorf("demo: the service hashed %q, bob sent %x %d", got, want, size)
 	}
-	d.say("bob sent %d MiB through the tube in %s (%.0f MiB/s); alice's service hashed exactly what bob sent", demoSize>>20, took.Round(time.Millisecond), float64(demoSize)/(1<<20)/took.Seconds())
+	d.say("bob sent %d MiB through the tube in %s (%.0f MiB/s); alice's service hashed exactly what bob sent", size>>20, took.Round(time.Millisecond), float64(size)/(1<<20)/took.Seconds())
 	ev, err := waitEvent(ctx, aliceEv, func(ev api.Event) bool { return ev.Type == api.EventNewRemoteConnection && ev.TubeID == t.ID })
 	if err != nil {
 		return fmt.Errorf("demo: alice never saw the connection: %w", err)
