@@ -56,6 +56,7 @@ func main() {
 	if *smoke {
 		*seconds, *tries, *idle, *concurrent = 1, 20, 50, 200
 	}
+	raiseFileLimit() // the helpers started from here inherit it
 	b := &bench{}
 	defer b.cleanup()
 	if err := b.run(); err != nil {
@@ -169,7 +170,7 @@ func (p *paths) add(name, addr string) {
 }
 
 func (b *bench) run() error {
-	for _, c := range []string{"iperf3", "socat", "ssh", "ssh-keygen"} {
+	for _, c := range []string{"iperf3", "socat", "ssh", "ssh-keygen", "turnserver"} {
 		if _, err := exec.LookPath(c); err != nil {
 			return fmt.Errorf("%s is not installed (scripts/bench installs it when run as root)", c)
 		}
@@ -214,52 +215,57 @@ func (b *bench) run() error {
 		return err
 	}
 
-	// Tubes: a relay, alice and bob.
-	_, url, err := b.start("rendezvous: ", *tubeBin, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort()))
+	// Tubes: a relay (rendezvous and TURN server; everything is on
+	// loopback, so its peer filter lets loopback through), alice and bob;
+	// and coturn with alice2 and bob2, whose daemons relay through it.
+	ourTURN := fmt.Sprintf("127.0.0.1:%d", freePort())
+	relayCmd, url, err := b.start("rendezvous: ", *tubeBin, "relay", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort()),
+		"--turn-listen", ourTURN, "--turn-secret", benchSecret, "--allow-peer", "127.0.0.0/8", "--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	clients := map[string]*localclient.Client{}
+	coturn, coturnPID, err := b.startCoturn()
+	if err != nil {
+		return err
+	}
 	pids := map[string]int{}
-	for _, n := range []string{"alice", "bob"} {
-		state := filepath.Join(b.dir, n)
-		sock := filepath.Join(state, "daemon.sock")
-		cmd, _, err := b.start("daemon: ", *tubeBin, "daemon", "--state", state, "--socket", sock, "--peer-listen", "127.0.0.1:0", "--log-level", "warn")
-		if err != nil {
-			return err
+	pair := func(a, z string, args ...string) (*localclient.Client, *localclient.Client, error) {
+		var cs []*localclient.Client
+		for _, n := range []string{a, z} {
+			state := filepath.Join(b.dir, n)
+			sock := filepath.Join(state, "daemon.sock")
+			cmd, _, err := b.start("daemon: ", *tubeBin, append([]string{"daemon", "--state", state, "--socket", sock, "--peer-listen", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
+			if err != nil {
+				return nil, nil, err
+			}
+			pids[n] = cmd.Process.Pid
+			c := localclient.New(sock)
+			cs = append(cs, c)
+			if _, err := c.AddAccount(ctx, api.AddAccountRequest{Name: n, Server: url, Register: true}); err != nil {
+				return nil, nil, err
+			}
 		}
-		pids[n] = cmd.Process.Pid
-		c := localclient.New(sock)
+		if _, err := cs[0].AddContact(ctx, a, z); err != nil {
+			return nil, nil, err
+		}
+		if _, err := cs[1].ApproveContact(ctx, z, a); err != nil {
+			return nil, nil, err
+		}
+		return cs[0], cs[1], nil
+	}
+	alice, bob, err := pair("alice", "bob")
+	if err != nil {
+		return err
+	}
+	alice2, bob2, err := pair("alice2", "bob2", "--turn", coturn, "--turn-secret", benchSecret)
+	if err != nil {
+		return err
+	}
+	for _, c := range []*localclient.Client{alice, bob, alice2, bob2} {
 		defer c.Close()
-		clients[n] = c
-		if _, err := c.AddAccount(ctx, api.AddAccountRequest{Name: n, Server: url, Register: true}); err != nil {
-			return err
-		}
-	}
-	alice, bob := clients["alice"], clients["bob"]
-	if _, err := alice.AddContact(ctx, "alice", "bob"); err != nil {
-		return err
-	}
-	if _, err := bob.ApproveContact(ctx, "bob", "alice"); err != nil {
-		return err
 	}
 	tubeTo := func(service, target string) (string, error) {
-		if _, err := alice.Export(ctx, "alice", api.Export{Service: service, TCP: target}); err != nil {
-			return "", err
-		}
-		t, err := alice.Offer(ctx, "alice", api.OfferRequest{Service: service, To: "bob"})
-		if err != nil {
-			return "", err
-		}
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			acc, err := bob.Accept(ctx, t.ID, api.AcceptRequest{})
-			if err == nil {
-				return acc.Address, nil
-			}
-			if time.Now().After(deadline) {
-				return "", err
-			}
-		}
+		return tubeVia(ctx, alice, bob, "alice", "bob", "", service, target)
 	}
 
 	// socat one-hop relays.
@@ -356,11 +362,64 @@ func (b *bench) run() error {
 	}
 	b.rows = append(b.rows, "", "| concurrent tunneled connections, each echoing 64 checked bytes, all open at once | opened and checked | errors | time |", "| --- | --- | --- | --- |",
 		fmt.Sprintf("| %d through one tube | %d | %d | %s |", *concurrent, okN, errs, took.Round(time.Millisecond)))
-	b.report()
 	if errs > 0 {
+		b.report()
 		return fmt.Errorf("%d of %d concurrent connections failed", errs, *concurrent)
 	}
-	return nil
+
+	// The relay path.
+	r := relayRun{ourTURN: ourTURN, coturn: coturn, ourPID: relayCmd.Process.Pid, coturnPID: coturnPID,
+		echo: echoAddr, raw: best["raw loopback"]}
+	for i, p := range []struct {
+		a, z *localclient.Client
+		an   string
+		zn   string
+	}{{alice, bob, "alice", "bob"}, {alice2, bob2, "alice2", "bob2"}} {
+		if r.tubeIperf[i], err = tubeVia(ctx, p.a, p.z, p.an, p.zn, "relay", "iperf-relayed", iperfAddr); err != nil {
+			return err
+		}
+		if r.tubeEcho[i], err = tubeVia(ctx, p.a, p.z, p.an, p.zn, "relay", "echo-relayed", echoAddr); err != nil {
+			return err
+		}
+	}
+	err = b.relayRows(ctx, r)
+	b.report()
+	return err
+}
+
+// tubeVia has a (account an) export target as service and offer it to z
+// (account zn) on path, and returns z's local address once accepted.
+func tubeVia(ctx context.Context, a, z *localclient.Client, an, zn, path, service, target string) (string, error) {
+	if _, err := a.Export(ctx, an, api.Export{Service: service, TCP: target}); err != nil {
+		return "", err
+	}
+	t, err := a.Offer(ctx, an, api.OfferRequest{Service: service, To: zn, Path: path})
+	if err != nil {
+		return "", err
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		acc, err := z.Accept(ctx, t.ID, api.AcceptRequest{})
+		if err == nil {
+			if path != "" && acc.Path != path {
+				return "", fmt.Errorf("tube %s went %s, not %s", service, acc.Path, path)
+			}
+			return acc.Address, nil
+		}
+		if time.Now().After(deadline) {
+			return "", err
+		}
+	}
+}
+
+// raiseFileLimit lifts the descriptor limit as far as allowed (as root,
+// beyond the hard limit): thousands of connections pass through here.
+func raiseFileLimit() {
+	r := syscall.Rlimit{Cur: 1 << 17, Max: 1 << 17}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r) != nil {
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r)
+		r.Cur = r.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	}
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
@@ -567,14 +626,6 @@ func concurrency(addr string, n int) (int, int, time.Duration, error) {
 	var mu sync.Mutex
 	errs := 0
 	var firstErr error
-	fail := func(err error) {
-		mu.Lock()
-		errs++
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-	}
 	sem := make(chan struct{}, 256)
 	var wg sync.WaitGroup
 	for i := range conns {
@@ -585,14 +636,46 @@ func concurrency(addr string, n int) (int, int, time.Duration, error) {
 			defer func() { <-sem }()
 			c, err := net.DialTimeout("tcp", addr, 30*time.Second)
 			if err != nil {
-				fail(err)
+				mu.Lock()
+				errs++
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
 				return
 			}
 			conns[i] = c
 		}()
 	}
 	wg.Wait()
-	ok := 0
+	if firstErr != nil {
+		log.Printf("first concurrency error: %v", firstErr)
+	}
+	ok, more, _ := echoAll(conns, 256)
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+	return ok, errs + more, time.Since(t0), nil
+}
+
+// echoAll has every open connection echo 64 unique bytes, at most
+// parallel at a time, and counts successes and errors.
+func echoAll(conns []net.Conn, parallel int) (ok, errs int, took time.Duration) {
+	t0 := time.Now()
+	var mu sync.Mutex
+	var firstErr error
+	fail := func(err error) {
+		mu.Lock()
+		errs++
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
 	for i, c := range conns {
 		if c == nil {
 			continue
@@ -623,26 +706,14 @@ func concurrency(addr string, n int) (int, int, time.Duration, error) {
 		}()
 	}
 	wg.Wait()
-	took := time.Since(t0)
-	for _, c := range conns {
-		if c != nil {
-			c.Close()
-		}
-	}
 	if firstErr != nil {
-		log.Printf("first concurrency error: %v", firstErr)
+		log.Printf("first echo error: %v", firstErr)
 	}
-	return ok, errs, took, nil
+	return ok, errs, time.Since(t0)
 }
 
 func serveEcho(addr string) {
-	// As root, make room for more than the default descriptor limit.
-	r := syscall.Rlimit{Cur: 1 << 17, Max: 1 << 17}
-	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r) != nil {
-		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r)
-		r.Cur = r.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
-	}
+	raiseFileLimit()
 	var live atomic.Int64
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -664,4 +735,57 @@ func serveEcho(addr string) {
 			io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 2048))
 		}()
 	}
+}
+
+// concurrencyBound opens n connections through addr, at most parallel at
+// a time, each confirmed by one echoed byte before the next opens; then,
+// with all open, has each echo 64 unique bytes.
+func concurrencyBound(addr string, n, parallel int) (int, int, time.Duration, error) {
+	t0 := time.Now()
+	conns := make([]net.Conn, n)
+	var mu sync.Mutex
+	errs := 0
+	var firstErr error
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := net.DialTimeout("tcp", addr, 30*time.Second)
+			if err == nil {
+				c.SetDeadline(time.Now().Add(60 * time.Second))
+				b := []byte{'b'}
+				if _, err = c.Write(b); err == nil {
+					_, err = io.ReadFull(c, b)
+				}
+				if err != nil {
+					c.Close()
+				}
+			}
+			if err != nil {
+				mu.Lock()
+				errs++
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+				return
+			}
+			conns[i] = c
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		log.Printf("first error opening relayed connections: %v", firstErr)
+	}
+	ok, more, _ := echoAll(conns, parallel*8)
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+	return ok, errs + more, time.Since(t0), nil
 }

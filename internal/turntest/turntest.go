@@ -56,15 +56,7 @@ func StartCoturn(t testing.TB, o Options) *Coturn {
 		}
 		c := &Coturn{Addr: net.JoinHostPort(o.Bind, strconv.Itoa(port)), Realm: "example.test",
 			User: o.User, Password: o.Password, Secret: o.Secret, out: &syncBuffer{}}
-		args := []string{"-n", "--listening-ip=" + o.Bind, "--relay-ip=" + o.Bind, "--listening-port=" + strconv.Itoa(port),
-			"--realm=" + c.Realm, "--fingerprint", "--allow-loopback-peers", "--no-cli", "--no-tls", "--no-dtls",
-			"--no-rfc5780", "--no-multicast-peers", "--log-file=stdout", "--simple-log",
-			"--pidfile=/dev/null", "--min-port=20000", "--max-port=60000"}
-		if o.Secret != "" {
-			args = append(args, "--use-auth-secret", "--static-auth-secret="+o.Secret)
-		} else {
-			args = append(args, "--lt-cred-mech", "--user="+o.User+":"+o.Password)
-		}
+		args := CoturnArgs(o.Bind, port, c.Realm, o)
 		ctx, cancel := context.WithCancel(context.Background())
 		cmd := o.Command(ctx, bin, args...)
 		cmd.Stdout, cmd.Stderr = c.out, c.out
@@ -92,6 +84,19 @@ func StartCoturn(t testing.TB, o Options) *Coturn {
 	}
 	t.Fatalf("coturn did not start: %v", lastErr)
 	return nil
+}
+
+// CoturnArgs is turnserver's command line for a loopback-friendly server
+// on bind:port with the credentials of o (the benchmark uses it too).
+func CoturnArgs(bind string, port int, realm string, o Options) []string {
+	args := []string{"-n", "--listening-ip=" + bind, "--relay-ip=" + bind, "--listening-port=" + strconv.Itoa(port),
+		"--realm=" + realm, "--fingerprint", "--allow-loopback-peers", "--no-cli", "--no-tls", "--no-dtls",
+		"--no-rfc5780", "--no-multicast-peers", "--log-file=stdout", "--simple-log",
+		"--pidfile=/dev/null", "--min-port=20000", "--max-port=60000"}
+	if o.Secret != "" {
+		return append(args, "--use-auth-secret", "--static-auth-secret="+o.Secret)
+	}
+	return append(args, "--lt-cred-mech", "--user="+o.User+":"+o.Password)
 }
 
 func (c *Coturn) waitReady(o Options, exited chan struct{}) error {

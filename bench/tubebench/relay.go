@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/tubes-dev/tubes/internal/turntest"
+	"github.com/tubes-dev/tubes/relay"
+	"github.com/tubes-dev/tubes/turnclient"
+)
+
+// benchSecret is the TURN REST secret of both TURN servers in the run.
+const benchSecret = "tubebench-secret"
+
+// startCoturn runs coturn (RFC 6062 TCP relaying, REST credentials) on a
+// free loopback port and returns its address and pid.
+func (b *bench) startCoturn() (string, int, error) {
+	port := freePort()
+	cmd, _, err := b.start("", "turnserver", turntest.CoturnArgs("127.0.0.1", port, "tubebench", turntest.Options{Secret: benchSecret})...)
+	if err != nil {
+		return "", 0, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return addr, cmd.Process.Pid, waitListen(addr)
+}
+
+// forwardAllocation allocates a TCP relayed address on the TURN server
+// and forwards every peer connecting to it to target: iperf3 or the echo
+// server, so that peer → TURN server → this process → target is one
+// relayed TCP connection per peer connection. It returns the relayed
+// address.
+func forwardAllocation(ctx context.Context, server, target string) (string, error) {
+	user, pass := relay.RESTCredentials(benchSecret, "bench", time.Hour, time.Now())
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: server, Username: user, Password: pass})
+	if err != nil {
+		return "", err
+	}
+	context.AfterFunc(ctx, func() { c.Close() })
+	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+		return "", err
+	}
+	go func() {
+		for {
+			a, err := c.NextAttempt(ctx)
+			if err != nil {
+				return
+			}
+			go func() {
+				d, err := c.Bind(ctx, a)
+				if err != nil {
+					log.Printf("bind a relayed connection on %s: %v", server, err)
+					return
+				}
+				defer d.Close()
+				t, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer t.Close()
+				done := make(chan struct{})
+				go func() {
+					io.Copy(t, d.TCPConn)
+					t.(*net.TCPConn).CloseWrite()
+					close(done)
+				}()
+				io.Copy(d.TCPConn, t)
+				d.CloseWrite()
+				<-done
+			}()
+		}
+	}()
+	return c.RelayedAddr().String(), nil
+}
+
+// relayRows measures the relay path: one TCP stream through a TURN TCP
+// allocation on our relay and on coturn, tubes forced onto the relay path
+// through each, relay memory per relayed connection, and many relayed
+// connections held by one relay.
+func (b *bench) relayRows(ctx context.Context, r relayRun) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	servers := []struct{ name, addr string }{{"tube relay", r.ourTURN}, {"coturn", r.coturn}}
+
+	// (a) The relay alone: a peer streams to a TURN client through the
+	// client's allocation, both ends in this process, beside the same
+	// stream over plain loopback.
+	best := map[string]float64{}
+	for round := 0; round < 2; round++ {
+		bps, err := streamRaw(*seconds)
+		if err != nil {
+			return err
+		}
+		best["raw"] = max(best["raw"], bps)
+		for _, s := range servers {
+			bps, err := streamRelayed(ctx, s.addr, *seconds)
+			if err != nil {
+				return fmt.Errorf("a stream through %s: %w", s.name, err)
+			}
+			best[s.name] = max(best[s.name], bps)
+		}
+	}
+	b.rows = append(b.rows, "", "| one TCP stream through a TURN TCP allocation (peer → relay → TURN client) | throughput | × coturn | × raw loopback |", "| --- | --- | --- | --- |",
+		fmt.Sprintf("| raw loopback (same harness, no relay) | %.2f Gbit/s | | 1.00 |", best["raw"]/1e9))
+	for _, s := range servers {
+		b.rows = append(b.rows, fmt.Sprintf("| %s | %.2f Gbit/s | %.2f | %.2f |", s.name, best[s.name]/1e9, best[s.name]/best["coturn"], best[s.name]/best["raw"]))
+	}
+
+	// (b) Tubes forced onto the relay path, and new-connection latency
+	// through them.
+	tubes := map[string]float64{}
+	for round := 0; round < 2; round++ {
+		for i, s := range servers {
+			bps, err := iperf(r.tubeIperf[i], *seconds)
+			if err != nil {
+				return fmt.Errorf("iperf3 through a tube relayed by %s: %w", s.name, err)
+			}
+			tubes[s.name] = max(tubes[s.name], bps)
+		}
+	}
+	b.rows = append(b.rows, "", "| tube on the relay path (TURN server) | throughput, one stream (iperf3) | × coturn | × raw loopback | connect+echo+close p50 | p99 |", "| --- | --- | --- | --- | --- | --- |")
+	for i, s := range servers {
+		p50, p99, err := probe(r.tubeEcho[i], *tries)
+		if err != nil {
+			return fmt.Errorf("latency through a tube relayed by %s: %w", s.name, err)
+		}
+		b.rows = append(b.rows, fmt.Sprintf("| %s | %.2f Gbit/s | %.2f | %.2f | %s | %s |", s.name, tubes[s.name]/1e9,
+			tubes[s.name]/tubes["coturn"], tubes[s.name]/r.raw, ms(p50), ms(p99)))
+	}
+
+	// Memory and scale: connections through an allocation, each bound
+	// and forwarded to the echo server.
+	echo := make([]string, len(servers))
+	for i, s := range servers {
+		a, err := forwardAllocation(ctx, s.addr, r.echo)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		echo[i] = a
+	}
+	b.rows = append(b.rows, "", fmt.Sprintf("| relay memory per relayed TCP connection (%d held open, each bound and echoing) | RSS growth per connection |", *idle), "| --- | --- |")
+	for i, pid := range []int{r.ourPID, r.coturnPID} {
+		mem, err := idleMemory(echo[i], *idle, []int{pid})
+		if err != nil {
+			return fmt.Errorf("idle relayed connections through %s: %w", servers[i].name, err)
+		}
+		b.rows = append(b.rows, fmt.Sprintf("| %s | %.1f KiB |", servers[i].name, mem[0]))
+	}
+	b.rows = append(b.rows, "", "| relayed TCP connections held by one relay, each echoing 64 checked bytes, all open at once | opened and checked | errors | time |", "| --- | --- | --- | --- |")
+	for i, s := range servers {
+		// A relay lets a user keep only so many peer connections waiting
+		// for ConnectionBind: each connection is confirmed (one echoed
+		// byte, so bound) before the next batch opens.
+		okN, errs, took, err := concurrencyBound(echo[i], *concurrent, 32)
+		if err != nil {
+			return err
+		}
+		b.rows = append(b.rows, fmt.Sprintf("| %d through %s | %d | %d | %s |", *concurrent, s.name, okN, errs, took.Round(time.Millisecond)))
+		if i == 0 && errs > 0 {
+			return fmt.Errorf("%d of %d relayed connections failed", errs, *concurrent)
+		}
+	}
+	return nil
+}
+
+// streamFor writes to w as fast as it can while r is read for secs
+// seconds (after a short warm-up), and returns the rate the reader saw
+// in bit/s.
+func streamFor(w, r net.Conn, secs int) (float64, error) {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		buf := make([]byte, 128<<10)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 128<<10)
+	read := func(d time.Duration) (int64, error) {
+		r.SetReadDeadline(time.Now().Add(d))
+		var n int64
+		for {
+			m, err := r.Read(buf)
+			n += int64(m)
+			if err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					return n, nil
+				}
+				return n, err
+			}
+		}
+	}
+	if _, err := read(200 * time.Millisecond); err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	n, err := read(time.Duration(secs) * time.Second)
+	if err != nil {
+		return 0, err
+	}
+	return float64(n) * 8 / time.Since(t0).Seconds(), nil
+}
+
+// streamRaw measures one stream over plain loopback TCP.
+func streamRaw(secs int) (float64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer w.Close()
+	r, err := ln.Accept()
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	return streamFor(w, r, secs)
+}
+
+// streamRelayed measures one stream from a peer through a TURN TCP
+// allocation on server to the allocation's client.
+func streamRelayed(ctx context.Context, server string, secs int) (float64, error) {
+	user, pass := relay.RESTCredentials(benchSecret, "bench-stream", time.Hour, time.Now())
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: server, Username: user, Password: pass})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+		return 0, err
+	}
+	w, err := net.Dial("tcp", c.RelayedAddr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer w.Close()
+	r, err := c.Accept(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	return streamFor(w, r.TCPConn, secs)
+}
+
+// relayRun is what relayRows measures against.
+type relayRun struct {
+	ourTURN, coturn     string
+	ourPID, coturnPID   int
+	echo                string
+	tubeIperf, tubeEcho [2]string // our relay, coturn
+	raw                 float64   // raw loopback iperf3 throughput, bit/s
+}
