@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tubes-dev/tubes/identity"
@@ -18,6 +19,10 @@ import (
 type link struct {
 	s    *peerlink.Session
 	path string
+	// dialed links are ours to re-establish when they die (we accepted
+	// the peer's tubes); want is the path they were dialed for.
+	dialed bool
+	want   string
 }
 
 func (l *link) alive() bool {
@@ -121,9 +126,52 @@ func (m *Manager) addLink(key string, l *link) {
 		if m.links[key] == l {
 			delete(m.links, key)
 		}
+		closed := m.closed
 		m.mu.Unlock()
-		m.log.Debug("peer link ended", "peer", key, "path", l.path, "err", l.s.Err())
+		m.log.Info("peer link ended", "peer", key, "path", l.path, "err", l.s.Err())
+		if l.dialed && !closed {
+			peer, _, _ := strings.Cut(key, "|")
+			go m.relink(peer, l.want)
+		}
 	}()
+}
+
+// relink re-establishes a link that died while we have open tubes from
+// its peer, so the next connection does not wait for it (the
+// connections it carried were reported lost already).
+func (m *Manager) relink(peer, want string) {
+	delay := 200 * time.Millisecond
+	for range 6 {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay *= 2
+		if !m.acceptedFrom(peer) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(m.ctx, linkTimeout)
+		l, err := m.ensureLink(ctx, peer, want)
+		cancel()
+		if err == nil {
+			m.log.Info("peer link re-established", "peer", peer, "path", l.path)
+			return
+		}
+		m.log.Info("peer link not re-established yet", "peer", peer, "err", err)
+	}
+}
+
+// acceptedFrom reports whether an open tube of peer's was accepted here.
+func (m *Manager) acceptedFrom(peer string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range m.tubes {
+		if !t.outgoing && t.peer == peer && t.state == Open {
+			return true
+		}
+	}
+	return false
 }
 
 // linkKey names the link to peer for a path choice ("" = any path).
@@ -132,6 +180,14 @@ func linkKey(peer, want string) string {
 		return peer
 	}
 	return peer + "|" + want
+}
+
+// wantOf is the path choice a link key was made with.
+func wantOf(key string) string {
+	if _, p, ok := strings.Cut(key, "|"); ok {
+		return p
+	}
+	return ""
 }
 
 // wantPath normalises a tube's path choice: "" for any path.
@@ -244,7 +300,7 @@ func (m *Manager) dial(c *dialCall, key, peer string, cands []peerlink.Candidate
 		c.err = tperr.Wrap(err, tperr.ConnectionFailed, "could not reach %s: %v", peer, err)
 		return
 	}
-	l := &link{s: s, path: cand.Path}
+	l := &link{s: s, path: cand.Path, dialed: true, want: wantOf(key)}
 	for _, id := range accepted {
 		if err := s.SendCtrl(mustJSON(ctrlMsg{Op: ctrlAccepted, Tube: id})); err != nil {
 			c.err = tperr.Wrap(err, tperr.ConnectionLost, "the link to %s broke at once", peer)

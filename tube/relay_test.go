@@ -2,11 +2,13 @@ package tube_test
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,10 +171,82 @@ func TestRelayPathCoturn(t *testing.T) {
 	hashedConns(t, addr, 10, 2<<20)
 }
 
-// recorder is a TCP proxy that keeps every byte it forwards.
+// When the relayed link breaks while the relay is still there, the
+// connections it carried end with ConnectionLost (the application sees a
+// reset), and the link comes back by itself: a new connection works
+// without a new offer. With only the data connections cut, alice keeps
+// her allocation; with her control connection cut too, the allocation
+// dies, she allocates again and re-sends her offer with the new relayed
+// address.
+func TestRelayedLinkRecovers(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		from int
+	}{{"data connections cut", 1}, {"allocation lost", 0}} {
+		t.Run(c.name, func(t *testing.T) {
+			ts := tubetest.TURN(t)
+			rec := &recorder{}
+			proxy := rec.proxy(t, ts.Addr())
+			rv := tubetest.Relay(t, rendezvous.Config{})
+			mk := func(name, turn string) *peer {
+				p := &peer{name: name, log: &tubetest.LogBuffer{}, state: t.TempDir(), peerAddr: freeAddr(t)}
+				p.d = tubetest.StartDaemonConfig(t, node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr,
+					TURN: &daemon.TURNServer{Addr: turn, Secret: "test-secret"}})
+				p.d.Register(t, name, rv)
+				p.ev = tubetest.Record(t, p.d.C, name)
+				return p
+			}
+			w := &world{relay: rv, alice: mk("alice", proxy), bob: mk("bob", ts.Addr())}
+			tubetest.Befriend(t, w.alice.d, "alice", w.bob.d, "bob")
+			id, addr := w.offerRelayed(t, "echo", serve(t, echo))
+			roundTrip(t, "tcp", addr, "before")
+
+			held, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.Close()
+			held.Write([]byte("x"))
+			io.ReadFull(held, make([]byte, 1))
+			rec.cut(c.from)
+			held.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := held.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("the connection on the broken link ended with %v, want a reset", err)
+			}
+			w.bob.ev.MustWait("ConnectionClosed with ConnectionLost", func(e api.Event) bool {
+				return e.Type == api.EventConnectionClosed && e.TubeID == id && e.Error == tperr.ConnectionLost
+			})
+			deadline := time.Now().Add(15 * time.Second)
+			for !strings.Contains(w.bob.log.String(), "peer link re-established") {
+				if time.Now().After(deadline) {
+					t.Fatalf("bob never re-established the link:\n%s", w.bob.log.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			roundTrip(t, "tcp", addr, "after")
+			if c.from == 0 && !strings.Contains(w.alice.log.String(), "relay allocation made again") {
+				t.Fatalf("alice did not allocate again:\n%s", w.alice.log.String())
+			}
+		})
+	}
+}
+
+// recorder is a TCP proxy that keeps every byte it forwards, and can cut
+// the connections it carries.
 type recorder struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	conns []net.Conn // client sides, in the order they came
+}
+
+// cut resets every connection from the from-th on (0: all of them).
+func (r *recorder) cut(from int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.conns[from:] {
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
 }
 
 func (r *recorder) Write(p []byte) (int, error) {
@@ -189,6 +263,9 @@ func (r *recorder) bytes() []byte {
 
 func (r *recorder) proxy(t *testing.T, target string) string {
 	ln := tubetest.ServeTCP(t, func(c net.Conn) {
+		r.mu.Lock()
+		r.conns = append(r.conns, c)
+		r.mu.Unlock()
 		u, err := net.Dial("tcp", target)
 		if err != nil {
 			return

@@ -90,11 +90,15 @@ func (m *Manager) allocation(ctx context.Context) (*turnclient.Client, string, e
 func (m *Manager) acceptRelayed(c *turnclient.Client) {
 	defer func() {
 		m.mu.Lock()
-		if m.alloc == c {
+		lost := m.alloc == c // not released by us
+		if lost {
 			m.alloc = nil
 		}
 		m.mu.Unlock()
 		m.log.Info("relay allocation ended", "relayed", c.RelayedAddr().String(), "why", c.Err())
+		if lost {
+			go m.reallocate()
+		}
 	}()
 	for {
 		a, err := c.NextAttempt(m.ctx)
@@ -118,6 +122,67 @@ func (m *Manager) acceptRelayed(c *turnclient.Client) {
 			}
 			m.addLink(peer, &link{s: s, path: peerlink.PathRelay})
 		}()
+	}
+}
+
+// reallocate replaces an allocation that ended under tubes that use it
+// (the TURN server restarted, say): it allocates again, with backoff, and
+// re-sends those tubes' offers with the new relayed address (accepters
+// take a re-sent offer as an update).
+func (m *Manager) reallocate() {
+	delay := 500 * time.Millisecond
+	for range 8 {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
+		m.mu.Lock()
+		var ts []*tube
+		for _, t := range m.tubes {
+			if t.outgoing && t.relay != nil {
+				ts = append(ts, t)
+			}
+		}
+		m.mu.Unlock()
+		if len(ts) == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(m.ctx, linkTimeout)
+		c, server, err := m.allocation(ctx)
+		if err != nil {
+			cancel()
+			m.log.Info("relay allocation not made again yet", "err", err)
+			continue
+		}
+		info := &relayInfo{Addr: c.RelayedAddr().String(), Server: server}
+		for _, t := range ts {
+			m.mu.Lock()
+			t.relay = info
+			to := []string{t.peer}
+			if t.room != "" {
+				to = to[:0]
+				for n := range t.members {
+					to = append(to, n)
+				}
+			}
+			m.mu.Unlock()
+			keys, err := m.keys(ctx, to)
+			if err != nil {
+				continue
+			}
+			for _, n := range to {
+				if k := keys[n]; k != nil {
+					if err := m.sendOffer(ctx, t, n, k, ""); err != nil {
+						m.log.Info("tube offer not re-sent", "tube", t.id, "to", n, "err", err)
+					}
+				}
+			}
+		}
+		cancel()
+		m.log.Info("relay allocation made again; offers re-sent", "relayed", info.Addr, "tubes", len(ts))
+		return
 	}
 }
 
