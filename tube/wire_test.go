@@ -81,6 +81,9 @@ func FuzzDecode(f *testing.F) {
 		`{"request":"r1","error":"im.telepathy1.Error.PermissionDenied","message":"no"}`,
 		`{"tube":"T1"}`,
 		`{"op":"accepted","tube":"T1"}`,
+		`{"id":"T1","service":"vnc","relay":{"addr":"198.18.0.1:50000","server":"198.18.0.1:3478"}}`,
+		`{"id":"p1","ip":"198.18.0.3"}`,
+		`{"id":"p1","error":"im.telepathy1.Error.PermissionDenied","message":"no tube is offered to you"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -95,6 +98,12 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("close round trip: %v", err)
 			}
 		}
+		if p, err := decodePermit(b); err == nil {
+			if _, err := decodePermit(mustJSON(p)); err != nil {
+				t.Fatalf("permit round trip: %v", err)
+			}
+		}
+		decodePermitted(b)
 		decodeRequest(b)
 		decodeRefuse(b)
 		decodeMeta(b)

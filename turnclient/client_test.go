@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/stun/v4"
+
 	"github.com/tubes-dev/tubes/internal/turntest"
 	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/turnclient"
@@ -181,4 +183,27 @@ func TestAgainstCoturn(t *testing.T) {
 			exchange(t, out, p, 1<<20)
 		})
 	}
+}
+
+// FuzzServerMessage feeds arbitrary server messages to what the client
+// reads from them: errors, lifetimes, addresses and connection attempts.
+func FuzzServerMessage(f *testing.F) {
+	for _, s := range serverMessages() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		turnclient.DecodeForFuzz(b)
+	})
+}
+
+// serverMessages are seeds: a ConnectionAttempt and an error response.
+func serverMessages() [][]byte {
+	att, _ := stun.Build(stun.TransactionID, stun.NewType(stun.MethodConnectionAttempt, stun.ClassIndication),
+		stun.RawAttribute{Type: stun.AttrConnectionID, Value: []byte{0, 0, 0, 7}})
+	var xa stun.XORMappedAddress
+	xa.IP, xa.Port = net.ParseIP("198.18.0.3"), 40000
+	xa.AddToAs(att, stun.AttrXORPeerAddress)
+	e, _ := stun.Build(stun.TransactionID, stun.NewType(stun.MethodConnect, stun.ClassErrorResponse),
+		&stun.ErrorCodeAttribute{Code: 446, Reason: []byte("Connection Already Exists")})
+	return [][]byte{att.Raw, e.Raw}
 }
