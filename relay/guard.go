@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
@@ -14,14 +16,20 @@ import (
 )
 
 // The guard sees every TURN message before pion/turn does, and answers
-// the requests RFC 6062 says to refuse that pion would otherwise accept
-// or leave unanswered:
+// the requests RFC 8656 and RFC 6062 say to refuse that pion would
+// otherwise accept, answer wrongly or leave unanswered:
 //   - Allocate for TCP over UDP (400), or with DONT-FRAGMENT,
 //     RESERVATION-TOKEN or EVEN-PORT (400);
 //   - Connect without an allocation on this 5-tuple (437), over UDP or
-//     on a UDP allocation (400).
+//     on a UDP allocation (400);
+//   - Refresh, CreatePermission and ChannelBind without an allocation
+//     (437; pion does not answer);
+//   - ChannelBind to a peer the filter refuses (403; pion says 401).
 // It answers only authenticated requests (pion answers the rest with
 // 401), with MESSAGE-INTEGRITY like pion's own answers.
+//
+// It also rewrites the LIFETIME of Allocate and Refresh requests (see
+// withLifetime) so that pion applies RFC 8656's lifetime rule.
 
 const (
 	stunHeader     = stunframe.HeaderSize
@@ -38,27 +46,27 @@ type refusal struct {
 	reason string
 }
 
-// check decides whether req (a whole STUN message) must be refused.
-// tuple identifies the control connection; tcp tells its transport.
-func (s *Server) check(raw []byte, tuple string, tcp bool) []byte {
-	if len(raw) < stunHeader || !stun.IsMessage(raw) {
-		return nil
+// check decides what becomes of f, a whole frame from the client: an
+// answer sent instead of pion's (a refusal), or the frame pion gets (f
+// itself or a rewritten request). tuple identifies the control
+// connection; tcp tells its transport.
+func (s *Server) check(f []byte, tuple string, tcp bool) (answer, req []byte) {
+	if len(f) < stunHeader || !stun.IsMessage(f) {
+		return nil, f
 	}
-	m := &stun.Message{Raw: append([]byte(nil), raw...)}
+	m := &stun.Message{Raw: append([]byte(nil), f...)}
 	if err := m.Decode(); err != nil || m.Type.Class != stun.ClassRequest {
-		return nil
+		return nil, f
 	}
 	var r *refusal
 	switch m.Type.Method {
 	case methodAllocate:
 		var rt [4]byte
-		v, err := m.Get(attrReqTrans)
-		if err != nil || len(v) < 1 {
-			return nil
+		if v, err := m.Get(attrReqTrans); err == nil && len(v) >= 1 {
+			copy(rt[:], v)
 		}
-		copy(rt[:], v)
 		if rt[0] != protoTCP {
-			return nil
+			break
 		}
 		switch {
 		case !tcp:
@@ -80,13 +88,26 @@ func (s *Server) check(raw []byte, tuple string, tcp bool) []byte {
 		case kind != "tcp":
 			r = &refusal{stun.CodeBadRequest, "Connect needs a TCP allocation"}
 		}
+	case stun.MethodRefresh, stun.MethodCreatePermission, stun.MethodChannelBind:
+		if _, ok := s.allocationKind(tuple); !ok {
+			r = &refusal{stun.CodeAllocMismatch, "no allocation on this connection"}
+			break
+		}
+		var peer stun.XORMappedAddress
+		if m.Type.Method == stun.MethodChannelBind &&
+			peer.GetFromAs(m, stun.AttrXORPeerAddress) == nil && !s.filter.AllowedIP(peer.IP) {
+			r = &refusal{stun.CodeForbidden, "peer refused by the peer filter"}
+		}
 	}
-	if r == nil {
-		return nil
+	if r == nil && m.Type.Method != methodAllocate && m.Type.Method != stun.MethodRefresh {
+		return nil, f
 	}
 	integrity, ok := s.integrity(m)
 	if !ok {
-		return nil // let pion ask for credentials
+		return nil, f // let pion ask for credentials
+	}
+	if r == nil {
+		return nil, s.withLifetime(m, integrity)
 	}
 	resp, err := stun.Build(
 		stun.NewTransactionIDSetter(m.TransactionID),
@@ -96,10 +117,54 @@ func (s *Server) check(raw []byte, tuple string, tcp bool) []byte {
 		stun.Fingerprint,
 	)
 	if err != nil {
-		return nil
+		return nil, f
+	}
+	if r.code == stun.CodeForbidden {
+		s.metrics.refused.Inc()
 	}
 	s.log.Debug("TURN request refused", "method", m.Type.Method.String(), "code", int(r.code), "why", r.reason, "from", tuple)
-	return resp.Raw
+	return resp.Raw, nil
+}
+
+// withLifetime returns the Allocate or Refresh request m rewritten so that
+// pion applies RFC 8656's lifetime rule: the lifetime asked for, capped at
+// MaxLifetime, and never below the default (Refresh may ask 0 to delete).
+// Pion honours a LIFETIME only below one hour, and uses its configured
+// lifetime, set to MaxLifetime, otherwise; so the request carries the
+// lifetime pion must use, or no LIFETIME for the maximum, and is signed
+// again.
+func (s *Server) withLifetime(m *stun.Message, integrity stun.MessageIntegrity) []byte {
+	want := s.cfg.Lifetime
+	if v, err := m.Get(stun.AttrLifetime); err == nil && len(v) == 4 {
+		asked := time.Duration(binary.BigEndian.Uint32(v)) * time.Second
+		if asked == 0 && m.Type.Method == stun.MethodRefresh {
+			return m.Raw
+		}
+		want = max(want, min(asked, MaxLifetime))
+	}
+	setters := []stun.Setter{stun.NewTransactionIDSetter(m.TransactionID), m.Type}
+	for _, a := range m.Attributes {
+		if a.Type == stun.AttrMessageIntegrity {
+			break // what follows is not covered by the integrity check
+		}
+		if a.Type != stun.AttrLifetime {
+			setters = append(setters, a)
+		}
+	}
+	if want < MaxLifetime {
+		var v [4]byte
+		binary.BigEndian.PutUint32(v[:], uint32(want/time.Second))
+		setters = append(setters, stun.RawAttribute{Type: stun.AttrLifetime, Value: v[:]})
+	}
+	setters = append(setters, integrity)
+	if m.Contains(stun.AttrFingerprint) {
+		setters = append(setters, stun.Fingerprint)
+	}
+	out, err := stun.Build(setters...)
+	if err != nil {
+		return m.Raw
+	}
+	return out.Raw
 }
 
 // integrity returns the MESSAGE-INTEGRITY key of an authenticated request.
@@ -139,15 +204,16 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	return &guardConn{TCPConn: tc, s: l.s, tuple: tupleKey(c.RemoteAddr(), c.LocalAddr())}, nil
 }
 
-// guardConn gives pion one whole frame per Read until ConnectionBind;
-// after that it is a plain TCP connection (WriteTo keeps splice(2)).
+// guardConn gives pion one whole frame per Read until pion accepts a
+// ConnectionBind; after that it is a plain TCP connection (WriteTo keeps
+// splice(2)).
 type guardConn struct {
 	*net.TCPConn
 	s     *Server
 	tuple string
+	raw   atomic.Bool // a data connection now
 
 	mu      sync.Mutex
-	raw     bool
 	pending []byte
 	hdr     [4]byte
 }
@@ -160,7 +226,7 @@ func (c *guardConn) Read(p []byte) (int, error) {
 		c.pending = c.pending[n:]
 		return n, nil
 	}
-	if c.raw {
+	if c.raw.Load() {
 		return c.TCPConn.Read(p)
 	}
 	for {
@@ -168,19 +234,29 @@ func (c *guardConn) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if resp := c.s.check(f, c.tuple, true); resp != nil {
-			if _, err := c.TCPConn.Write(resp); err != nil {
+		answer, req := c.s.check(f, c.tuple, true)
+		if answer != nil {
+			if _, err := c.TCPConn.Write(answer); err != nil {
 				return 0, err
 			}
 			continue
 		}
-		if len(f) >= stunHeader && stun.IsMessage(f) && binary.BigEndian.Uint16(f[0:2]) == uint16(stun.NewType(methodBind, stun.ClassRequest).Value()) {
-			c.raw = true
-		}
-		n := copy(p, f)
-		c.pending = f[n:]
+		n := copy(p, req)
+		c.pending = req[n:]
 		return n, nil
 	}
+}
+
+// Write notes pion's success answer to a ConnectionBind: the bytes that
+// follow it on the connection are the peer's, not TURN frames. (Pion
+// sends that answer before it starts relaying, and reads no frame while
+// it handles the request.)
+func (c *guardConn) Write(p []byte) (int, error) {
+	if len(p) >= stunHeader && stun.IsMessage(p) &&
+		binary.BigEndian.Uint16(p[0:2]) == stun.NewType(methodBind, stun.ClassSuccessResponse).Value() {
+		c.raw.Store(true)
+	}
+	return c.TCPConn.Write(p)
 }
 
 // WriteTo copies the connection's bytes to w (pion's relay loop after
@@ -214,14 +290,19 @@ func (c *guardPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		if err != nil {
 			return n, addr, err
 		}
-		if resp := c.s.check(p[:n], tupleKey(addr, c.PacketConn.LocalAddr()), false); resp != nil {
-			c.PacketConn.WriteTo(resp, addr)
+		answer, req := c.s.check(p[:n], tupleKey(addr, c.PacketConn.LocalAddr()), false)
+		if answer != nil {
+			c.PacketConn.WriteTo(answer, addr)
 			continue
 		}
-		return n, addr, nil
+		if len(req) >= len(p) {
+			continue // too large for pion's buffer once rewritten
+		}
+		return copy(p, req), addr, nil
 	}
 }
 
+// tupleKey names a 5-tuple; a UDP and a TCP client may share addresses.
 func tupleKey(src, dst net.Addr) string {
-	return fmt.Sprintf("%s>%s", src, dst)
+	return fmt.Sprintf("%s:%s>%s", src.Network(), src, dst)
 }

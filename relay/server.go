@@ -29,8 +29,9 @@ import (
 const (
 	DefaultRealm          = "tubes"
 	DefaultLifetime       = 600 * time.Second
-	DefaultMaxAllocations = 32 // per user
-	DefaultMaxPending     = 64 // unbound peer connections per user
+	MaxLifetime           = time.Hour // allocations live at most this long between refreshes
+	DefaultMaxAllocations = 32        // per user
+	DefaultMaxPending     = 64        // unbound peer connections per user
 	connectTimeout        = 30 * time.Second
 )
 
@@ -54,8 +55,8 @@ type Config struct {
 	// MaxAllocations per user (default 32); MaxPending unbound peer
 	// connections per user (default 64).
 	MaxAllocations, MaxPending int
-	// Lifetime is the default allocation lifetime (600 s; clients may ask
-	// for up to 3600 s).
+	// Lifetime is the default allocation lifetime (600 s; at most
+	// MaxLifetime). Clients may ask for more, up to MaxLifetime.
 	Lifetime   time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -88,6 +89,7 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Lifetime == 0 {
 		cfg.Lifetime = DefaultLifetime
 	}
+	cfg.Lifetime = min(cfg.Lifetime, MaxLifetime)
 	if cfg.MaxAllocations == 0 {
 		cfg.MaxAllocations = DefaultMaxAllocations
 	}
@@ -146,7 +148,7 @@ func Start(cfg Config) (*Server, error) {
 		AuthHandler:        s.authHandler,
 		QuotaHandler:       s.quota,
 		EventHandler:       s.events(),
-		AllocationLifetime: cfg.Lifetime,
+		AllocationLifetime: MaxLifetime, // the guard sets the lifetime of each request (withLifetime)
 		LoggerFactory:      &slogFactory{log: s.log},
 		PacketConnConfigs: []turn.PacketConnConfig{{
 			PacketConn: &guardPacketConn{PacketConn: s.udp, s: s}, RelayAddressGenerator: gen, PermissionHandler: perm,
@@ -247,6 +249,12 @@ func (s *Server) quota(user, realm string, src net.Addr) bool {
 
 func (s *Server) events() turn.EventHandler {
 	return turn.EventHandler{
+		OnAuth: func(src, _ net.Addr, _, username, _, method string, ok bool) {
+			if !ok { // a known user with the wrong password (unknown ones: authHandler)
+				s.metrics.authFailures.Inc()
+				s.log.Info("TURN credentials refused", "user", username, "from", src.String(), "method", method, "err", "wrong password")
+			}
+		},
 		OnAllocationCreated: func(src, dst net.Addr, _, user, _ string, relayAddr net.Addr, _ int) {
 			kind := "udp"
 			if _, ok := relayAddr.(*net.TCPAddr); ok {
