@@ -17,12 +17,19 @@ type relayConn struct {
 	user  string
 	bound atomic.Bool
 	once  sync.Once
+
+	// pairing (pair.go), guarded by s.mu
+	key    string
+	cid    uint32
+	hasCID bool
 }
 
 func (s *Server) newRelayConn(c *net.TCPConn, user string) *relayConn {
 	c.SetNoDelay(true)
 	s.metrics.pending.Inc()
-	return &relayConn{TCPConn: c, s: s, user: user}
+	rc := &relayConn{TCPConn: c, s: s, user: user}
+	s.track(rc)
+	return rc
 }
 
 func (c *relayConn) bind() {
@@ -65,6 +72,7 @@ func (c *relayConn) Write(p []byte) (int, error) {
 
 func (c *relayConn) Close() error {
 	c.once.Do(func() {
+		c.s.untrack(c)
 		if c.bound.Load() {
 			c.s.metrics.relayed.Dec()
 		} else if c.bound.CompareAndSwap(false, true) {

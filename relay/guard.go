@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -216,6 +217,12 @@ type guardConn struct {
 	mu      sync.Mutex
 	pending []byte
 	hdr     [4]byte
+
+	cmu      sync.Mutex // guards the pairing fields (see pair.go)
+	connects map[[stun.TransactionIDSize]byte]netip.AddrPort
+	bindCID  uint32
+	binding  bool
+	peer     *relayConn // the peer connection, once bound
 }
 
 func (c *guardConn) Read(p []byte) (int, error) {
@@ -241,6 +248,7 @@ func (c *guardConn) Read(p []byte) (int, error) {
 			}
 			continue
 		}
+		c.noteIncoming(req)
 		n := copy(p, req)
 		c.pending = req[n:]
 		return n, nil
@@ -252,11 +260,27 @@ func (c *guardConn) Read(p []byte) (int, error) {
 // sends that answer before it starts relaying, and reads no frame while
 // it handles the request.)
 func (c *guardConn) Write(p []byte) (int, error) {
-	if len(p) >= stunHeader && stun.IsMessage(p) &&
-		binary.BigEndian.Uint16(p[0:2]) == stun.NewType(methodBind, stun.ClassSuccessResponse).Value() {
-		c.raw.Store(true)
+	if !c.raw.Load() && len(p) >= stunHeader && stun.IsMessage(p) {
+		if binary.BigEndian.Uint16(p[0:2]) == stun.NewType(methodBind, stun.ClassSuccessResponse).Value() {
+			c.bound()
+			c.raw.Store(true)
+		} else {
+			c.noteOutgoing(p)
+		}
 	}
 	return c.TCPConn.Write(p)
+}
+
+// ReadFrom copies r's bytes to the connection (pion's relay loop, peer →
+// client): with splice(2) from the peer's socket when paired.
+func (c *guardConn) ReadFrom(r io.Reader) (int64, error) {
+	if peer := c.peerConn(); peer != nil {
+		peer.bind()
+		n, err := c.TCPConn.ReadFrom(peer.TCPConn)
+		c.s.metrics.bytes.WithLabelValues("from_peer").Add(float64(n))
+		return n, err
+	}
+	return c.TCPConn.ReadFrom(r)
 }
 
 // WriteTo copies the connection's bytes to w (pion's relay loop after
@@ -266,6 +290,11 @@ func (c *guardConn) WriteTo(w io.Writer) (int64, error) {
 	rest := c.pending
 	c.pending = nil
 	c.mu.Unlock()
+	peer := c.peerConn()
+	if peer != nil {
+		peer.bind()
+		w = peer.TCPConn // splice(2) to the peer's socket, below
+	}
 	var n int64
 	if len(rest) > 0 {
 		m, err := w.Write(rest)
@@ -274,7 +303,14 @@ func (c *guardConn) WriteTo(w io.Writer) (int64, error) {
 			return n, err
 		}
 	}
-	m, err := c.TCPConn.WriteTo(w)
+	var m int64
+	var err error
+	if peer != nil {
+		m, err = peer.TCPConn.ReadFrom(c.TCPConn)
+		c.s.metrics.bytes.WithLabelValues("to_peer").Add(float64(n + m))
+	} else {
+		m, err = c.TCPConn.WriteTo(w)
+	}
 	return n + m, err
 }
 

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/logging"
@@ -75,10 +76,15 @@ type Server struct {
 	bindIP  netip.Addr
 	extIP   net.IP
 
-	mu      sync.Mutex
-	allocs  map[string]string // control 5-tuple → "tcp" | "udp"
-	perUser map[string]int    // allocations
-	pending map[string]int    // unbound peer connections
+	mu     sync.Mutex
+	allocs map[string]string // control 5-tuple → "tcp" | "udp"
+	// pairing of data and peer connections (pair.go)
+	relayPorts map[string]int        // control 5-tuple → relayed port of its TCP allocation
+	peers      map[string]*relayConn // peerKey → peer connection
+	cids       map[uint32]*relayConn // CONNECTION-ID → peer connection, until bound
+	paired     atomic.Int64          // data connections relayed with splice(2)
+	perUser    map[string]int        // allocations
+	pending    map[string]int        // unbound peer connections
 }
 
 // Start listens and serves until Close.
@@ -108,8 +114,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("part", "turn"), filter: filter,
-		auth:    &authenticator{secret: cfg.Secret, users: cfg.Users, now: time.Now},
-		allocs:  map[string]string{},
+		auth:       &authenticator{secret: cfg.Secret, users: cfg.Users, now: time.Now},
+		allocs:     map[string]string{},
+		relayPorts: map[string]int{}, peers: map[string]*relayConn{}, cids: map[uint32]*relayConn{},
 		perUser: map[string]int{},
 		pending: map[string]int{},
 	}
@@ -262,6 +269,9 @@ func (s *Server) events() turn.EventHandler {
 			}
 			s.mu.Lock()
 			s.allocs[tupleKey(src, dst)] = kind
+			if kind == "tcp" {
+				s.relayPorts[tupleKey(src, dst)] = int(addrPortOf(relayAddr).Port())
+			}
 			s.perUser[user]++
 			s.mu.Unlock()
 			s.metrics.allocations.WithLabelValues(kind).Inc()
@@ -271,6 +281,7 @@ func (s *Server) events() turn.EventHandler {
 			s.mu.Lock()
 			kind, ok := s.allocs[tupleKey(src, dst)]
 			delete(s.allocs, tupleKey(src, dst))
+			delete(s.relayPorts, tupleKey(src, dst))
 			if ok {
 				if s.perUser[user]--; s.perUser[user] <= 0 {
 					delete(s.perUser, user)

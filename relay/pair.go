@@ -1,0 +1,163 @@
+package relay
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/pion/stun/v4"
+)
+
+// Pairing. After ConnectionBind, pion relays a data connection and its
+// peer connection with two io.Copy calls, but it hands io.Copy the peer
+// connection wrapped in a type of its own, which hides the methods that
+// let Go move the bytes with splice(2): every byte would be copied
+// through a 32 KiB buffer per direction, in user space. So the guard
+// learns which peer connection each CONNECTION-ID names (from the
+// ConnectionAttempt and Connect answers pion sends on the control
+// connection) and, when pion starts relaying a bound data connection,
+// moves the bytes between the two TCP sockets itself, with splice(2).
+
+// peerKey names a peer connection: the relayed port it belongs to and the
+// peer's address.
+func peerKey(port int, peer netip.AddrPort) string {
+	return strconv.Itoa(port) + "|" + netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()).String()
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+// track registers a peer connection; untrack forgets it.
+func (s *Server) track(c *relayConn) {
+	c.key = peerKey(int(addrPortOf(c.LocalAddr()).Port()), addrPortOf(c.RemoteAddr()))
+	s.mu.Lock()
+	s.peers[c.key] = c
+	s.mu.Unlock()
+}
+
+func (s *Server) untrack(c *relayConn) {
+	s.mu.Lock()
+	if s.peers[c.key] == c {
+		delete(s.peers, c.key)
+	}
+	if c.hasCID && s.cids[c.cid] == c {
+		delete(s.cids, c.cid)
+	}
+	s.mu.Unlock()
+}
+
+// noteCID records that cid names the connection between the allocation
+// of control connection tuple and peer.
+func (s *Server) noteCID(tuple string, peer netip.AddrPort, cid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	port, ok := s.relayPorts[tuple]
+	if !ok {
+		return
+	}
+	if c := s.peers[peerKey(port, peer)]; c != nil {
+		c.cid, c.hasCID = cid, true
+		s.cids[cid] = c
+	}
+}
+
+// takeCID returns the peer connection cid names, once.
+func (s *Server) takeCID(cid uint32) *relayConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.cids[cid]
+	delete(s.cids, cid)
+	return c
+}
+
+// noteOutgoing learns CONNECTION-IDs from what pion sends on a control
+// connection.
+func (c *guardConn) noteOutgoing(p []byte) {
+	m := &stun.Message{Raw: append([]byte(nil), p...)}
+	if m.Decode() != nil {
+		return
+	}
+	switch {
+	case m.Type == stun.NewType(stun.MethodConnectionAttempt, stun.ClassIndication):
+		var peer stun.XORMappedAddress
+		if cid, ok := connectionID(m); ok && peer.GetFromAs(m, stun.AttrXORPeerAddress) == nil {
+			c.s.noteCID(c.tuple, xorAddrPort(peer), cid)
+		}
+	case m.Type == stun.NewType(methodConnect, stun.ClassSuccessResponse):
+		c.cmu.Lock()
+		peer, ok := c.connects[m.TransactionID]
+		delete(c.connects, m.TransactionID)
+		c.cmu.Unlock()
+		if cid, ok2 := connectionID(m); ok && ok2 {
+			c.s.noteCID(c.tuple, peer, cid)
+		}
+	case m.Type == stun.NewType(methodConnect, stun.ClassErrorResponse):
+		c.cmu.Lock()
+		delete(c.connects, m.TransactionID)
+		c.cmu.Unlock()
+	}
+}
+
+// noteIncoming remembers the peer of a Connect request (its answer names
+// the connection) and the id a ConnectionBind binds.
+func (c *guardConn) noteIncoming(req []byte) {
+	m := &stun.Message{Raw: append([]byte(nil), req...)}
+	if m.Decode() != nil || m.Type.Class != stun.ClassRequest {
+		return
+	}
+	switch m.Type.Method {
+	case methodConnect:
+		var peer stun.XORMappedAddress
+		if peer.GetFromAs(m, stun.AttrXORPeerAddress) == nil {
+			c.cmu.Lock()
+			if c.connects == nil {
+				c.connects = map[[stun.TransactionIDSize]byte]netip.AddrPort{}
+			}
+			c.connects[m.TransactionID] = xorAddrPort(peer)
+			c.cmu.Unlock()
+		}
+	case methodBind:
+		if cid, ok := connectionID(m); ok {
+			c.cmu.Lock()
+			c.bindCID, c.binding = cid, true
+			c.cmu.Unlock()
+		}
+	}
+}
+
+// bound pairs the data connection with its peer connection once pion
+// accepted the ConnectionBind.
+func (c *guardConn) bound() {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	if c.binding {
+		c.peer = c.s.takeCID(c.bindCID)
+		c.binding = false
+		if c.peer != nil {
+			c.s.paired.Add(1)
+		}
+	}
+}
+
+func (c *guardConn) peerConn() *relayConn {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	return c.peer
+}
+
+func connectionID(m *stun.Message) (uint32, bool) {
+	v, err := m.Get(stun.AttrConnectionID)
+	if err != nil || len(v) != 4 {
+		return 0, false
+	}
+	return uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3]), true
+}
+
+func xorAddrPort(a stun.XORMappedAddress) netip.AddrPort {
+	ip, _ := netip.AddrFromSlice(a.IP)
+	return netip.AddrPortFrom(ip.Unmap(), uint16(a.Port))
+}

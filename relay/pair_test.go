@@ -1,0 +1,90 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/tubes-dev/tubes/turnclient"
+)
+
+// Every bound data connection is paired with its peer connection, so the
+// bytes move with splice(2) rather than through pion's buffers: for
+// connections peers open (ConnectionAttempt) and ones the client opens
+// (Connect); and the bytes still arrive intact both ways.
+func TestDataConnectionsPaired(t *testing.T) {
+	s, err := Start(Config{Listen: "127.0.0.1:0", Users: map[string]string{"alice": "secret"}, AllowPeers: []string{"127.0.0.0/8"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.Addr(), Username: "alice", Password: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	check := func(a, b net.Conn) {
+		t.Helper()
+		msg := bytes.Repeat([]byte("paired "), 100000)
+		go a.Write(msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("relayed bytes: %v", err)
+		}
+		go b.Write(msg[:1000])
+		if _, err := io.ReadFull(a, got[:1000]); err != nil || !bytes.Equal(got[:1000], msg[:1000]) {
+			t.Fatalf("relayed bytes back: %v", err)
+		}
+	}
+	for range 3 {
+		p, err := net.Dial("tcp", c.RelayedAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		d, err := c.Accept(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		check(p, d)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		p, err := ln.Accept()
+		if err == nil {
+			io.Copy(p, p)
+		}
+	}()
+	out, err := c.Connect(ctx, netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	out.Write([]byte("echo"))
+	if b := make([]byte, 4); func() error { _, err := io.ReadFull(out, b); return err }() != nil || string(b) != "echo" {
+		t.Fatal("no echo through a Connect")
+	}
+	if n := s.paired.Load(); n != 4 {
+		t.Fatalf("%d of 4 data connections paired for splice(2)", n)
+	}
+	s.mu.Lock()
+	left := len(s.cids)
+	s.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d CONNECTION-IDs still waiting for a bind", left)
+	}
+}
