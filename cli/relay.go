@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +38,7 @@ type relayOpts struct {
 	turnListen, turnExternal, turnRealm, turnSecret string
 	turnUsers, allowPeers                           []string
 	turnOnly                                        bool
+	turnBandwidth                                   string
 }
 
 func relayCmd(e *env) *cobra.Command {
@@ -81,6 +83,7 @@ under --data when not given; --turn-user adds static credentials;
 	f.StringArrayVar(&o.turnUsers, "turn-user", nil, "static TURN credential USER:PASSWORD (repeatable)")
 	f.StringArrayVar(&o.allowPeers, "allow-peer", nil, "CIDR the TURN peer filter lets through although it is not public (repeatable)")
 	f.BoolVar(&o.turnOnly, "turn-only", false, "run the TURN server alone, without the rendezvous")
+	f.StringVar(&o.turnBandwidth, "turn-bandwidth", "", "cap on each TURN user's relayed bytes per second, e.g. 20M (default: none)")
 	logFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(relayUserCmd(e), relayNATSConfigCmd(e))
 	return cmd
@@ -184,8 +187,38 @@ func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay
 			return nil, err
 		}
 	}
+	bw, err := parseRate(o.turnBandwidth)
+	if err != nil {
+		return nil, err
+	}
 	return node.StartTURN(node.TURNConfig{Listen: listen, External: o.turnExternal, Realm: o.turnRealm,
-		Secret: secret, Users: users, AllowPeers: o.allowPeers, Logger: log, Registerer: reg})
+		Secret: secret, Users: users, AllowPeers: o.allowPeers, Bandwidth: bw, Logger: log, Registerer: reg})
+}
+
+// parseRate parses bytes per second with an optional k, M or G suffix
+// (powers of 1000); "" is no cap.
+func parseRate(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	switch s[len(s)-1] {
+	case 'k', 'K':
+		mult = 1e3
+	case 'M':
+		mult = 1e6
+	case 'G':
+		mult = 1e9
+	}
+	num := s
+	if mult > 1 {
+		num = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, usagef("--turn-bandwidth %q is not a byte rate such as 500k, 20M or 1G", s)
+	}
+	return n * mult, nil
 }
 
 // turnSecret returns the TURN REST secret kept under dir (made on first

@@ -276,7 +276,7 @@ func (c *guardConn) Write(p []byte) (int, error) {
 func (c *guardConn) ReadFrom(r io.Reader) (int64, error) {
 	if peer := c.peerConn(); peer != nil {
 		peer.bind()
-		n, err := c.TCPConn.ReadFrom(peer.TCPConn)
+		n, err := c.s.copyPair(c.TCPConn, peer.TCPConn, peer.user)
 		c.s.metrics.bytes.WithLabelValues("from_peer").Add(float64(n))
 		return n, err
 	}
@@ -306,7 +306,7 @@ func (c *guardConn) WriteTo(w io.Writer) (int64, error) {
 	var m int64
 	var err error
 	if peer != nil {
-		m, err = peer.TCPConn.ReadFrom(c.TCPConn)
+		m, err = c.s.copyPair(peer.TCPConn, c.TCPConn, peer.user)
 		c.s.metrics.bytes.WithLabelValues("to_peer").Add(float64(n + m))
 	} else {
 		m, err = c.TCPConn.WriteTo(w)

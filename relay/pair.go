@@ -1,11 +1,14 @@
 package relay
 
 import (
+	"context"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
 
 	"github.com/pion/stun/v4"
+	"golang.org/x/time/rate"
 )
 
 // Pairing. After ConnectionBind, pion relays a data connection and its
@@ -17,6 +20,48 @@ import (
 // ConnectionAttempt and Connect answers pion sends on the control
 // connection) and, when pion starts relaying a bound data connection,
 // moves the bytes between the two TCP sockets itself, with splice(2).
+
+// copyPair copies src to dst for a user: with splice(2), or through a
+// buffer at the user's bandwidth when there is a cap.
+func (s *Server) copyPair(dst, src *net.TCPConn, user string) (int64, error) {
+	if s.cfg.Bandwidth <= 0 {
+		return dst.ReadFrom(src)
+	}
+	lim := s.limiter(user)
+	buf := make([]byte, min(32<<10, lim.Burst()))
+	var n int64
+	for {
+		m, err := src.Read(buf)
+		if m > 0 {
+			if werr := lim.WaitN(context.Background(), m); werr != nil {
+				return n, werr
+			}
+			w, werr := dst.Write(buf[:m])
+			n += int64(w)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// limiter is user's bandwidth limiter, shared by all their connections.
+func (s *Server) limiter(user string) *rate.Limiter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.limits[user]
+	if l == nil {
+		l = rate.NewLimiter(rate.Limit(s.cfg.Bandwidth), int(max(s.cfg.Bandwidth/10, 16<<10)))
+		s.limits[user] = l
+	}
+	return l
+}
 
 // peerKey names a peer connection: the relayed port it belongs to and the
 // peer's address.

@@ -88,3 +88,61 @@ func TestDataConnectionsPaired(t *testing.T) {
 		t.Fatalf("%d CONNECTION-IDs still waiting for a bind", left)
 	}
 }
+
+// With a bandwidth cap, a user's relayed connections together carry no
+// more than the cap allows (the bytes still arrive intact).
+func TestBandwidthCap(t *testing.T) {
+	t.Parallel()
+	const capBps = 1 << 20
+	s, err := Start(Config{Listen: "127.0.0.1:0", Users: map[string]string{"alice": "secret"},
+		AllowPeers: []string{"127.0.0.0/8"}, Bandwidth: capBps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.Addr(), Username: "alice", Password: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	// Two connections of 1.5 MiB each: 3 MiB at 1 MiB/s after a 100 KiB
+	// burst cannot take less than about 2.9 s.
+	const each = 3 << 19
+	start := time.Now()
+	done := make(chan error, 2)
+	for range 2 {
+		p, err := net.Dial("tcp", c.RelayedAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		d, err := c.Accept(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		msg := bytes.Repeat([]byte{'b'}, each)
+		go p.Write(msg)
+		go func() {
+			got := make([]byte, each)
+			_, err := io.ReadFull(d, got)
+			if err == nil && !bytes.Equal(got, msg) {
+				err = io.ErrUnexpectedEOF
+			}
+			done <- err
+		}()
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if took := time.Since(start); took < 2500*time.Millisecond {
+		t.Fatalf("3 MiB crossed a 1 MiB/s cap in %v", took)
+	}
+}

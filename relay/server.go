@@ -24,6 +24,7 @@ import (
 	"github.com/pion/transport/v5/reuseport"
 	"github.com/pion/turn/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // Defaults.
@@ -56,6 +57,10 @@ type Config struct {
 	// MaxAllocations per user (default 32); MaxPending unbound peer
 	// connections per user (default 64).
 	MaxAllocations, MaxPending int
+	// Bandwidth caps the bytes per second each user's relayed TCP
+	// connections carry, both directions together (0: no cap). Capped
+	// connections are copied in user space instead of with splice(2).
+	Bandwidth int64
 	// Lifetime is the default allocation lifetime (600 s; at most
 	// MaxLifetime). Clients may ask for more, up to MaxLifetime.
 	Lifetime   time.Duration
@@ -79,12 +84,13 @@ type Server struct {
 	mu     sync.Mutex
 	allocs map[string]string // control 5-tuple → "tcp" | "udp"
 	// pairing of data and peer connections (pair.go)
-	relayPorts map[string]int        // control 5-tuple → relayed port of its TCP allocation
-	peers      map[string]*relayConn // peerKey → peer connection
-	cids       map[uint32]*relayConn // CONNECTION-ID → peer connection, until bound
-	paired     atomic.Int64          // data connections relayed with splice(2)
-	perUser    map[string]int        // allocations
-	pending    map[string]int        // unbound peer connections
+	relayPorts map[string]int           // control 5-tuple → relayed port of its TCP allocation
+	peers      map[string]*relayConn    // peerKey → peer connection
+	cids       map[uint32]*relayConn    // CONNECTION-ID → peer connection, until bound
+	paired     atomic.Int64             // data connections relayed with splice(2)
+	limits     map[string]*rate.Limiter // per-user bandwidth (Config.Bandwidth)
+	perUser    map[string]int           // allocations
+	pending    map[string]int           // unbound peer connections
 }
 
 // Start listens and serves until Close.
@@ -117,6 +123,7 @@ func Start(cfg Config) (*Server, error) {
 		auth:       &authenticator{secret: cfg.Secret, users: cfg.Users, now: time.Now},
 		allocs:     map[string]string{},
 		relayPorts: map[string]int{}, peers: map[string]*relayConn{}, cids: map[uint32]*relayConn{},
+		limits:  map[string]*rate.Limiter{},
 		perUser: map[string]int{},
 		pending: map[string]int{},
 	}
@@ -285,6 +292,7 @@ func (s *Server) events() turn.EventHandler {
 			if ok {
 				if s.perUser[user]--; s.perUser[user] <= 0 {
 					delete(s.perUser, user)
+					delete(s.limits, user)
 				}
 			}
 			s.mu.Unlock()
