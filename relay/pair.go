@@ -6,8 +6,11 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
+	"syscall"
 
 	"github.com/pion/stun/v4"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 )
 
@@ -21,34 +24,97 @@ import (
 // connection) and, when pion starts relaying a bound data connection,
 // moves the bytes between the two TCP sockets itself, with splice(2).
 
-// copyPair copies src to dst for a user: with splice(2), or through a
-// buffer at the user's bandwidth when there is a cap.
+// copyPair moves src's bytes to dst until src ends. An idle connection
+// holds neither a buffer nor a pipe: it waits until src is readable, then
+// moves what is there, a large backlog with splice(2) (through one of
+// Go's pooled pipes, given back at once), a small one through a pooled
+// buffer. With a bandwidth cap every byte goes through the buffer, at
+// the user's rate.
 func (s *Server) copyPair(dst, src *net.TCPConn, user string) (int64, error) {
-	if s.cfg.Bandwidth <= 0 {
-		return dst.ReadFrom(src)
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
 	}
-	lim := s.limiter(user)
-	buf := make([]byte, min(32<<10, lim.Burst()))
-	var n int64
+	var lim *rate.Limiter
+	if s.cfg.Bandwidth > 0 {
+		lim = s.limiter(user)
+	}
+	var total int64
 	for {
-		m, err := src.Read(buf)
-		if m > 0 {
-			if werr := lim.WaitN(context.Background(), m); werr != nil {
-				return n, werr
-			}
-			w, werr := dst.Write(buf[:m])
-			n += int64(w)
-			if werr != nil {
-				return n, werr
-			}
+		avail, err := waitReadable(rc)
+		if err != nil {
+			return total, err
 		}
+		var n int64
+		if avail >= spliceMin && lim == nil {
+			n, err = dst.ReadFrom(&io.LimitedReader{R: src, N: int64(avail)})
+		} else {
+			n, err = copyOnce(dst, src, lim)
+		}
+		total += n
 		if err == io.EOF {
-			return n, nil
+			return total, nil
 		}
 		if err != nil {
-			return n, err
+			return total, err
 		}
 	}
+}
+
+// spliceMin is the backlog worth a splice(2) rather than a copy.
+const spliceMin = 64 << 10
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// copyOnce moves one read's worth of src (readable now) to dst.
+func copyOnce(dst, src *net.TCPConn, lim *rate.Limiter) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	if lim != nil {
+		buf = buf[:min(len(buf), lim.Burst())]
+	}
+	m, err := src.Read(buf)
+	if m > 0 {
+		if lim != nil {
+			if werr := lim.WaitN(context.Background(), m); werr != nil {
+				return 0, werr
+			}
+		}
+		w, werr := dst.Write(buf[:m])
+		if werr != nil {
+			return int64(w), werr
+		}
+	}
+	return int64(m), err
+}
+
+// waitReadable waits, holding nothing, until the socket has bytes to
+// read or has ended, and returns how many bytes wait (0 at its end, when
+// the next read returns the end or the error).
+func waitReadable(rc syscall.RawConn) (int, error) {
+	avail, waited := 0, false
+	var ierr error
+	err := rc.Read(func(fd uintptr) bool {
+		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil {
+			ierr = err
+			return true
+		}
+		if n > 0 || waited {
+			avail = n
+			return true
+		}
+		waited = true
+		return false // wait for readability, then look again
+	})
+	if err != nil {
+		return 0, err
+	}
+	if ierr != nil {
+		return 0, nil // let the read report it
+	}
+	return avail, nil
 }
 
 // limiter is user's bandwidth limiter, shared by all their connections.

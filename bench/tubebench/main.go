@@ -43,6 +43,7 @@ var (
 	smoke      = flag.Bool("smoke", false, "tiny run that only checks every part works (CI)")
 	out        = flag.String("out", "", "also write the Markdown report here")
 	echoServe  = flag.String("serve-echo", "", "internal: run an echo server on this address")
+	turnEcho   = flag.String("turn-echo", "", "internal: allocate on this TURN server and echo every peer's connection")
 )
 
 func main() {
@@ -51,6 +52,12 @@ func main() {
 	log.SetPrefix("tubebench: ")
 	if *echoServe != "" {
 		serveEcho(*echoServe)
+		return
+	}
+	if *turnEcho != "" {
+		if err := serveTURNEcho(*turnEcho); err != nil {
+			log.Fatal(err)
+		}
 		return
 	}
 	if *smoke {
@@ -369,7 +376,7 @@ func (b *bench) run() error {
 
 	// The relay path.
 	r := relayRun{ourTURN: ourTURN, coturn: coturn, ourPID: relayCmd.Process.Pid, coturnPID: coturnPID,
-		echo: echoAddr, raw: best["raw loopback"]}
+		raw: best["raw loopback"]}
 	for i, p := range []struct {
 		a, z *localclient.Client
 		an   string
