@@ -90,31 +90,28 @@ func copyOnce(dst, src *net.TCPConn, lim *rate.Limiter) (int64, error) {
 }
 
 // waitReadable waits, holding nothing, until the socket has bytes to
-// read or has ended, and returns how many bytes wait (0 at its end, when
-// the next read returns the end or the error).
+// read or has ended, and returns how many bytes wait (0 at its end or on
+// an error, which the next read then reports). It peeks rather than
+// trusting readiness alone: an end that arrived with the last bytes
+// raises no new readiness event.
 func waitReadable(rc syscall.RawConn) (int, error) {
-	avail, waited := 0, false
-	var ierr error
+	avail := 0
 	err := rc.Read(func(fd uintptr) bool {
-		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if err != nil {
-			ierr = err
-			return true
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			return false // nothing yet: wait for readability
+		case err != nil || n == 0:
+			return true // an error or the end: the read says which
 		}
-		if n > 0 || waited {
-			avail = n
-			return true
+		avail = 1
+		if q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && q > 0 {
+			avail = q
 		}
-		waited = true
-		return false // wait for readability, then look again
+		return true
 	})
-	if err != nil {
-		return 0, err
-	}
-	if ierr != nil {
-		return 0, nil // let the read report it
-	}
-	return avail, nil
+	return avail, err
 }
 
 // limiter is user's bandwidth limiter, shared by all their connections.

@@ -146,3 +146,48 @@ func TestBandwidthCap(t *testing.T) {
 		t.Fatalf("3 MiB crossed a 1 MiB/s cap in %v", took)
 	}
 }
+
+// A side that sends its last bytes and closes at once: the other side
+// gets every byte and then the end, promptly, both ways (the end comes
+// with the bytes and raises no readiness event of its own).
+func TestEndRightAfterData(t *testing.T) {
+	s, err := Start(Config{Listen: "127.0.0.1:0", Users: map[string]string{"alice": "secret"}, AllowPeers: []string{"127.0.0.0/8"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.Addr(), Username: "alice", Password: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		size := 1000 + i*9000 // below and above the splice threshold
+		msg := bytes.Repeat([]byte{byte(i)}, size)
+		p, err := net.Dial("tcp", c.RelayedAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := c.Accept(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		from, to := net.Conn(p), net.Conn(d)
+		if i%2 == 1 {
+			from, to = d, p
+		}
+		from.Write(msg)
+		from.Close()
+		to.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(to)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("round %d: %d of %d bytes, then %v", i, len(got), size, err)
+		}
+		to.Close()
+	}
+}
