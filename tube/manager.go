@@ -199,10 +199,16 @@ func New(cfg Config) (*Manager, error) {
 	}, nil
 }
 
+// newID returns a random id (96 bits, base64url) that does not start
+// with '-' or '_', so that a command line never takes it for a flag.
 func newID() string {
 	b := make([]byte, 12)
-	rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
+	for {
+		rand.Read(b)
+		if id := base64.RawURLEncoding.EncodeToString(b); id[0] != '-' && id[0] != '_' {
+			return id
+		}
+	}
 }
 
 // emit publishes an event of this account. Callers hold m.mu, so events

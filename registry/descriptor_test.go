@@ -1,0 +1,156 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func parseFile(t *testing.T, path string) (*Descriptor, error) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	return Parse(filepath.Base(path), f)
+}
+
+// Valid descriptors, SFW 1.0 and 1.1, parse to the JSON in golden files.
+func TestParseGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/descriptors/*.xml")
+	if len(files) == 0 {
+		t.Fatal("no descriptors")
+	}
+	for _, file := range files {
+		d, err := parseFile(t, file)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		got, _ := json.MarshalIndent(d, "", "  ")
+		golden := filepath.Join("testdata/golden", strings.TrimSuffix(filepath.Base(file), ".xml")+".json")
+		if *update {
+			os.WriteFile(golden, append(got, '\n'), 0o644)
+			continue
+		}
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatalf("%v (run go test -update)", err)
+		}
+		if !bytes.Equal(bytes.TrimSpace(got), bytes.TrimSpace(want)) {
+			t.Errorf("%s parsed to\n%s\nwant\n%s", file, got, want)
+		}
+		// The JSON form reads back to the same descriptor.
+		var back Descriptor
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Fatal(err)
+		}
+		again, _ := json.MarshalIndent(&back, "", "  ")
+		if !bytes.Equal(again, got) {
+			t.Errorf("%s: JSON round trip changed it:\n%s", file, again)
+		}
+	}
+}
+
+// Every malformed class is refused with the rule it breaks and the line.
+func TestParseRefused(t *testing.T) {
+	for file, want := range map[string]struct {
+		rule string
+		line int
+	}{
+		"version-zero-major.xml":   {RuleVersion, 7},
+		"version-leading-zero.xml": {RuleVersion, 7},
+		"duplicate-interface.xml":  {RuleDuplicateIface, 9},
+		"duplicate-property.xml":   {RuleDuplicateProperty, 9},
+		"sfw-version.xml":          {RuleSFWVersion, 1},
+		"unclosed.xml":             {RuleMalformedXML, 10},
+		"both-locations.xml":       {RuleTwoLocations, 2},
+		"no-location.xml":          {RuleLocation, 2},
+		"no-interface.xml":         {RuleNoInterface, 2},
+		"no-service-name.xml":      {RuleServiceName, 2},
+		"capabilities-space.xml":   {RuleCapabilities, 8},
+		"unknown-element.xml":      {RuleUnexpected, 8},
+	} {
+		_, err := parseFile(t, filepath.Join("testdata/bad", file))
+		var pe *ParseError
+		if !errors.As(err, &pe) {
+			t.Errorf("%s: %v, want a ParseError", file, err)
+			continue
+		}
+		if pe.Rule != want.rule || pe.Line != want.line || pe.File != file {
+			t.Errorf("%s: %v; want rule %s at line %d", file, err, want.rule, want.line)
+		}
+	}
+}
+
+func TestParseSmallCases(t *testing.T) {
+	for name, c := range map[string]struct {
+		xml  string
+		rule string
+	}{
+		"empty":            {"", RuleMalformedXML},
+		"not SFW":          {`<services/>`, RuleUnexpected},
+		"two services":     {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version></interface></service><service/></SFW>`, RuleUnexpected},
+		"text at the top":  {`<SFW version="1.1">hello</SFW>`, RuleUnexpected},
+		"element in name":  {`<SFW version="1.1"><service><name><b>a</b></name></service></SFW>`, RuleUnexpected},
+		"no version":       {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name></interface></service></SFW>`, RuleVersion},
+		"no iface name":    {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><version>1.0</version></interface></service></SFW>`, RuleInterfaceName},
+		"second name":      {`<SFW version="1.1"><service><name>a</name><name>b</name></service></SFW>`, RuleDuplicateElement},
+		"empty cap item":   {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version><capabilities>A,,B</capabilities></interface></service></SFW>`, RuleCapabilities},
+		"property no key":  {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version><customproperty>v</customproperty></interface></service></SFW>`, RuleDuplicateProperty},
+		"after the root":   {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version></interface></service></SFW><x/>`, RuleUnexpected},
+		"mismatched close": {`<SFW version="1.1"><service></SFW>`, RuleMalformedXML},
+	} {
+		_, err := Parse("case.xml", strings.NewReader(c.xml))
+		var pe *ParseError
+		if !errors.As(err, &pe) || pe.Rule != c.rule {
+			t.Errorf("%s: %v, want rule %s", name, err, c.rule)
+		}
+	}
+	// Empty capabilities are allowed; comments and an XML declaration too.
+	d, err := Parse("ok.xml", strings.NewReader(`<?xml version="1.0"?><!-- c --><SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>10.20</version><capabilities></capabilities></interface></service></SFW>`))
+	if err != nil || d.Interfaces[0].Version != (Version{10, 20}) || d.Interfaces[0].Capabilities != nil {
+		t.Fatalf("%+v %v", d, err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*/*.xml")
+	for _, file := range files {
+		b, _ := os.ReadFile(file)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d, err := Parse("fuzz.xml", bytes.NewReader(b))
+		if err != nil {
+			var pe *ParseError
+			if !errors.As(err, &pe) || pe.Rule == "" || pe.Line < 0 {
+				t.Fatalf("an error that is not a ParseError with a rule: %v", err)
+			}
+			return
+		}
+		if d.Name == "" || (d.FilePath == "") == (d.IPCAddress == "") || len(d.Interfaces) == 0 {
+			t.Fatalf("an invalid descriptor was accepted: %+v", d)
+		}
+		for _, in := range d.Interfaces {
+			if in.Version.Major < 1 || in.Name == "" {
+				t.Fatalf("an invalid interface was accepted: %+v", in)
+			}
+		}
+		js, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Descriptor
+		if err := json.Unmarshal(js, &back); err != nil {
+			t.Fatalf("JSON round trip: %v", err)
+		}
+	})
+}

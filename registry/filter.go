@@ -1,0 +1,98 @@
+package registry
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Filter selects interface implementations, as Qt's QServiceFilter does.
+// Every criterion set must hold; the empty filter matches everything.
+type Filter struct {
+	// Service and Interface names match exactly, ignoring case.
+	Service   string `json:"service,omitempty"`
+	Interface string `json:"interface,omitempty"`
+	// Version ("M.m") is checked only with an Interface: at least that
+	// version (same major, minor at least; or a higher major), or exactly
+	// it with Exact.
+	Version string `json:"version,omitempty"`
+	Exact   bool   `json:"exact,omitempty"`
+	// Capabilities: by default the interface must have all of them
+	// (MatchMinimum); with Loadable, the interface may need only these
+	// (MatchLoadable: an empty list then finds only implementations that
+	// need none).
+	Capabilities []string `json:"capabilities,omitempty"`
+	Loadable     bool     `json:"loadable,omitempty"`
+	// Properties must all be present with equal values (case matters).
+	Properties map[string]string `json:"properties,omitempty"`
+}
+
+// matcher is a checked filter.
+type matcher struct {
+	f       Filter
+	version *Version
+}
+
+// compile checks the filter; an invalid version is an error (Qt ignores
+// it silently).
+func (f Filter) compile() (*matcher, error) {
+	m := &matcher{f: f}
+	if f.Version != "" {
+		v, err := ParseVersion(f.Version)
+		if err != nil {
+			return nil, &Error{Code: InvalidFilter, Msg: fmt.Sprintf("filter version %q is not major.minor", clip(f.Version))}
+		}
+		m.version = &v
+	}
+	return m, nil
+}
+
+func (m *matcher) match(service string, in Interface) bool {
+	f := m.f
+	if f.Service != "" && !strings.EqualFold(f.Service, service) {
+		return false
+	}
+	if f.Interface != "" {
+		if !strings.EqualFold(f.Interface, in.Name) {
+			return false
+		}
+		if v := m.version; v != nil {
+			if f.Exact {
+				if in.Version != *v {
+					return false
+				}
+			} else if in.Version.Less(*v) {
+				return false
+			}
+		}
+	}
+	if f.Loadable {
+		if !subset(in.Capabilities, f.Capabilities) {
+			return false
+		}
+	} else if !subset(f.Capabilities, in.Capabilities) {
+		return false
+	}
+	for k, v := range f.Properties {
+		if got, ok := in.Properties[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// subset reports whether every element of a is in b.
+func subset(a, b []string) bool {
+	for _, x := range a {
+		found := false
+		for _, y := range b {
+			if x == y {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}

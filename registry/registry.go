@@ -1,0 +1,498 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/tubes-dev/tubes/internal/atomicfile"
+)
+
+// Scope is where a service is registered: for one user or the system.
+type Scope string
+
+// Scopes.
+const (
+	UserScope   Scope = "user"
+	SystemScope Scope = "system"
+)
+
+// Error codes, Qt's QServiceManager errors.
+const (
+	ServiceAlreadyExists        = "ServiceAlreadyExists"
+	ImplementationAlreadyExists = "ImplementationAlreadyExists"
+	ComponentNotFound           = "ComponentNotFound"
+	InvalidFilter               = "InvalidFilter"
+	InvalidServiceXML           = "InvalidServiceXml"
+	PermissionDenied            = "PermissionDenied"
+)
+
+// Error is a refused registry operation.
+type Error struct {
+	Code string
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg + " (" + e.Code + ")" }
+
+// CodeOf returns the registry error code in err, or "".
+func CodeOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}
+
+func errf(code, format string, a ...any) error {
+	return &Error{Code: code, Msg: fmt.Sprintf(format, a...)}
+}
+
+// Implementation is one interface implementation of a registered service
+// (Qt's QServiceInterfaceDescriptor).
+type Implementation struct {
+	Service      string            `json:"service"`
+	Interface    string            `json:"interface"`
+	Version      Version           `json:"version"`
+	Scope        Scope             `json:"scope"`
+	Description  string            `json:"description,omitempty"`
+	Capabilities []string          `json:"capabilities,omitempty"`
+	Properties   map[string]string `json:"properties,omitempty"`
+	FilePath     string            `json:"filepath,omitempty"`
+	IPCAddress   string            `json:"ipcaddress,omitempty"`
+}
+
+// ref names a default implementation.
+type ref struct {
+	Service string  `json:"service"`
+	Version Version `json:"version"`
+	Scope   Scope   `json:"scope"` // where the service is registered
+}
+
+// state is one scope's registry, as stored.
+type state struct {
+	Services []*Descriptor `json:"services"`
+	// Defaults maps a lower-case interface name to its default.
+	Defaults map[string]ref `json:"defaults"`
+}
+
+func (st *state) service(name string) *Descriptor {
+	for _, d := range st.Services {
+		if strings.EqualFold(d.Name, name) {
+			return d
+		}
+	}
+	return nil
+}
+
+// Event is a registry change: ServiceAdded or ServiceRemoved.
+type Event struct {
+	Type    string `json:"type"`
+	Service string `json:"service"`
+	Scope   Scope  `json:"scope"`
+}
+
+// Event types.
+const (
+	ServiceAdded   = "ServiceAdded"
+	ServiceRemoved = "ServiceRemoved"
+)
+
+// Config says where a registry keeps its scopes.
+type Config struct {
+	// UserFile and SystemFile hold the scopes (JSON, written atomically);
+	// empty keeps a scope in memory.
+	UserFile, SystemFile string
+	// CanWriteSystem says whether this process may change the system
+	// scope (default: only root).
+	CanWriteSystem func() bool
+	// Notify receives every change, in order.
+	Notify func(Event)
+}
+
+// Registry is the services of a user and of the system.
+type Registry struct {
+	cfg Config
+	mu  sync.Mutex
+	st  map[Scope]*state
+}
+
+// Open loads both scopes.
+func Open(cfg Config) (*Registry, error) {
+	if cfg.CanWriteSystem == nil {
+		cfg.CanWriteSystem = func() bool { return os.Geteuid() == 0 }
+	}
+	if cfg.Notify == nil {
+		cfg.Notify = func(Event) {}
+	}
+	r := &Registry{cfg: cfg, st: map[Scope]*state{}}
+	for scope, file := range map[Scope]string{UserScope: cfg.UserFile, SystemScope: cfg.SystemFile} {
+		st, err := load(file)
+		if err != nil {
+			return nil, err
+		}
+		r.st[scope] = st
+	}
+	return r, nil
+}
+
+func load(file string) (*state, error) {
+	st := &state{Defaults: map[string]ref{}}
+	if file == "" {
+		return st, nil
+	}
+	b, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, st); err != nil {
+		return nil, fmt.Errorf("registry: %s is corrupt: %v", file, err)
+	}
+	if st.Defaults == nil {
+		st.Defaults = map[string]ref{}
+	}
+	return st, nil
+}
+
+// save writes a scope's state; on failure the caller restores the
+// previous state, so memory and disk agree.
+func (r *Registry) save(scope Scope) error {
+	file := r.cfg.UserFile
+	if scope == SystemScope {
+		file = r.cfg.SystemFile
+	}
+	if file == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(r.st[scope], "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(file, append(b, '\n'), 0o644)
+}
+
+func checkScope(s Scope) error {
+	if s != UserScope && s != SystemScope {
+		return errf(InvalidFilter, "scope %q is neither user nor system", s)
+	}
+	return nil
+}
+
+func (r *Registry) writable(scope Scope) error {
+	if err := checkScope(scope); err != nil {
+		return err
+	}
+	if scope == SystemScope && !r.cfg.CanWriteSystem() {
+		return errf(PermissionDenied, "only root may change the system scope")
+	}
+	return nil
+}
+
+// clone deep-copies a scope's state (to roll back a failed write).
+func (st *state) clone() *state {
+	b, _ := json.Marshal(st)
+	var c state
+	json.Unmarshal(b, &c)
+	if c.Defaults == nil {
+		c.Defaults = map[string]ref{}
+	}
+	return &c
+}
+
+// Add registers d in scope. A service name already registered takes
+// more interface implementations (Qt's incremental upgrade) at the same
+// location; a location registered to another service is
+// ServiceAlreadyExists; an interface version the service already
+// provides is ImplementationAlreadyExists. Each interface d provides that
+// has no default in scope gets d's highest version of it.
+func (r *Registry) Add(d *Descriptor, scope Scope) error {
+	if err := r.writable(scope); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.st[scope]
+	for _, o := range st.Services {
+		if strings.EqualFold(o.Location(), d.Location()) && !strings.EqualFold(o.Name, d.Name) {
+			return errf(ServiceAlreadyExists, "location %s is registered to service %s already", d.Location(), o.Name)
+		}
+	}
+	old := st.clone()
+	existing := st.service(d.Name)
+	if existing != nil {
+		if !strings.EqualFold(existing.Location(), d.Location()) {
+			return errf(ServiceAlreadyExists, "service %s is registered already, at %s", existing.Name, existing.Location())
+		}
+		for _, in := range d.Interfaces {
+			for _, e := range existing.Interfaces {
+				if strings.EqualFold(e.Name, in.Name) && e.Version == in.Version {
+					return errf(ImplementationAlreadyExists, "service %s implements %s %s already", existing.Name, in.Name, in.Version)
+				}
+			}
+		}
+		existing.Interfaces = append(existing.Interfaces, d.Interfaces...)
+	} else {
+		c := *d
+		c.Interfaces = slices.Clone(d.Interfaces)
+		st.Services = append(st.Services, &c)
+	}
+	for _, in := range d.Interfaces {
+		key := strings.ToLower(in.Name)
+		if _, ok := st.Defaults[key]; ok {
+			continue
+		}
+		best := in.Version
+		for _, o := range d.Interfaces {
+			if strings.EqualFold(o.Name, in.Name) && best.Less(o.Version) {
+				best = o.Version
+			}
+		}
+		st.Defaults[key] = ref{Service: d.Name, Version: best, Scope: scope}
+	}
+	if err := r.save(scope); err != nil {
+		r.st[scope] = old
+		return err
+	}
+	r.cfg.Notify(Event{Type: ServiceAdded, Service: d.Name, Scope: scope})
+	return nil
+}
+
+// Remove unregisters a service from scope. Each interface it was the
+// default for gets the highest remaining version in scope (major, then
+// minor; equal versions go to the service name first in order), or no
+// default.
+func (r *Registry) Remove(name string, scope Scope) error {
+	if err := r.writable(scope); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.st[scope]
+	d := st.service(name)
+	if d == nil {
+		return errf(ComponentNotFound, "there is no service %s in the %s scope", name, scope)
+	}
+	old := st.clone()
+	st.Services = slices.DeleteFunc(st.Services, func(o *Descriptor) bool { return o == d })
+	for key, def := range st.Defaults {
+		if !strings.EqualFold(def.Service, d.Name) || def.Scope != scope {
+			continue
+		}
+		if best, ok := latest(st, scope, key); ok {
+			st.Defaults[key] = best
+		} else {
+			delete(st.Defaults, key)
+		}
+	}
+	if err := r.save(scope); err != nil {
+		r.st[scope] = old
+		return err
+	}
+	r.cfg.Notify(Event{Type: ServiceRemoved, Service: d.Name, Scope: scope})
+	return nil
+}
+
+// latest is the highest version of interface key registered in st.
+func latest(st *state, scope Scope, key string) (ref, bool) {
+	var best ref
+	found := false
+	for _, d := range st.Services {
+		for _, in := range d.Interfaces {
+			if strings.ToLower(in.Name) != key {
+				continue
+			}
+			if !found || best.Version.Less(in.Version) ||
+				(best.Version == in.Version && strings.ToLower(d.Name) < strings.ToLower(best.Service)) {
+				best, found = ref{Service: d.Name, Version: in.Version, Scope: scope}, true
+			}
+		}
+	}
+	return best, found
+}
+
+// Find lists the implementations matching f: in the user scope the
+// user's first, then the system's; in the system scope the system's only.
+func (r *Registry) Find(f Filter, scope Scope) ([]Implementation, error) {
+	if err := checkScope(scope); err != nil {
+		return nil, err
+	}
+	m, err := f.compile()
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Implementation
+	for _, s := range scopesFor(scope) {
+		var part []Implementation
+		for _, d := range r.st[s].Services {
+			for _, in := range d.Interfaces {
+				if m.match(d.Name, in) {
+					part = append(part, implOf(d, in, s))
+				}
+			}
+		}
+		slices.SortFunc(part, compareImpl)
+		out = append(out, part...)
+	}
+	return out, nil
+}
+
+func scopesFor(scope Scope) []Scope {
+	if scope == SystemScope {
+		return []Scope{SystemScope}
+	}
+	return []Scope{UserScope, SystemScope}
+}
+
+func compareImpl(a, b Implementation) int {
+	if c := strings.Compare(strings.ToLower(a.Service), strings.ToLower(b.Service)); c != 0 {
+		return c
+	}
+	if c := strings.Compare(strings.ToLower(a.Interface), strings.ToLower(b.Interface)); c != 0 {
+		return c
+	}
+	switch {
+	case a.Version == b.Version:
+		return 0
+	case a.Version.Less(b.Version):
+		return -1
+	}
+	return 1
+}
+
+func implOf(d *Descriptor, in Interface, scope Scope) Implementation {
+	return Implementation{Service: d.Name, Interface: in.Name, Version: in.Version, Scope: scope,
+		Description: in.Description, Capabilities: in.Capabilities, Properties: in.Properties,
+		FilePath: d.FilePath, IPCAddress: d.IPCAddress}
+}
+
+// lookup finds one implementation in scope.
+func (r *Registry) lookup(scope Scope, service, iface string, v Version) (Implementation, bool) {
+	d := r.st[scope].service(service)
+	if d == nil {
+		return Implementation{}, false
+	}
+	for _, in := range d.Interfaces {
+		if strings.EqualFold(in.Name, iface) && in.Version == v {
+			return implOf(d, in, scope), true
+		}
+	}
+	return Implementation{}, false
+}
+
+// Default returns the default implementation of iface. In the user
+// scope: the user's default, else the system's. A user default pointing
+// at a system implementation that is gone is dropped, and the latest
+// user implementation becomes the default.
+func (r *Registry) Default(iface string, scope Scope) (Implementation, error) {
+	if err := checkScope(scope); err != nil {
+		return Implementation{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := strings.ToLower(iface)
+	if scope == UserScope {
+		if def, ok := r.st[UserScope].Defaults[key]; ok {
+			if impl, ok := r.lookup(def.Scope, def.Service, iface, def.Version); ok {
+				return impl, nil
+			}
+			st := r.st[UserScope]
+			old := st.clone()
+			if best, ok := latest(st, UserScope, key); ok {
+				st.Defaults[key] = best
+			} else {
+				delete(st.Defaults, key)
+			}
+			if err := r.save(UserScope); err != nil {
+				r.st[UserScope] = old
+				return Implementation{}, err
+			}
+			if best, ok := st.Defaults[key]; ok {
+				impl, _ := r.lookup(UserScope, best.Service, iface, best.Version)
+				return impl, nil
+			}
+		}
+	}
+	if def, ok := r.st[SystemScope].Defaults[key]; ok {
+		if impl, ok := r.lookup(SystemScope, def.Service, iface, def.Version); ok {
+			return impl, nil
+		}
+	}
+	return Implementation{}, errf(ComponentNotFound, "no service implements %s", iface)
+}
+
+// SetDefault makes service the default for iface in scope: its newest
+// version of iface, or exactly version when given. A user default may
+// name a system service; a system default only a system service.
+func (r *Registry) SetDefault(service, iface string, version *Version, scope Scope) error {
+	if err := r.writable(scope); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var target *ref
+	for _, s := range scopesFor(scope) {
+		d := r.st[s].service(service)
+		if d == nil {
+			continue
+		}
+		for _, in := range d.Interfaces {
+			if !strings.EqualFold(in.Name, iface) || (version != nil && in.Version != *version) {
+				continue
+			}
+			if target == nil || target.Version.Less(in.Version) {
+				target = &ref{Service: d.Name, Version: in.Version, Scope: s}
+			}
+		}
+		if target != nil {
+			break
+		}
+	}
+	if target == nil {
+		what := iface
+		if version != nil {
+			what += " " + version.String()
+		}
+		where := "user or system"
+		if scope == SystemScope {
+			where = "system"
+		}
+		return errf(ComponentNotFound, "no %s service %s implements %s", where, service, what)
+	}
+	st := r.st[scope]
+	old := st.clone()
+	st.Defaults[strings.ToLower(iface)] = *target
+	if err := r.save(scope); err != nil {
+		r.st[scope] = old
+		return err
+	}
+	return nil
+}
+
+// Services lists the registered services of scope (user: the user's
+// then the system's), as registered.
+func (r *Registry) Services(scope Scope) ([]*Descriptor, error) {
+	if err := checkScope(scope); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*Descriptor
+	for _, s := range scopesFor(scope) {
+		for _, d := range r.st[s].Services {
+			c := *d
+			c.Interfaces = slices.Clone(d.Interfaces)
+			out = append(out, &c)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,309 @@
+package registry
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// desc builds a descriptor: ifaces are "name M.m [cap,cap] [k=v;k=v]".
+func desc(name, location string, ifaces ...string) *Descriptor {
+	d := &Descriptor{SFWVersion: "1.1", Name: name, IPCAddress: location}
+	for _, s := range ifaces {
+		f := strings.Fields(s)
+		v, err := parseVersion(descVersion, f[1])
+		if err != nil {
+			panic(err)
+		}
+		in := Interface{Name: f[0], Version: v}
+		for _, x := range f[2:] {
+			if strings.Contains(x, "=") {
+				in.Properties = map[string]string{}
+				for _, kv := range strings.Split(x, ";") {
+					k, v, _ := strings.Cut(kv, "=")
+					in.Properties[k] = v
+				}
+			} else if x != "-" {
+				in.Capabilities = strings.Split(x, ",")
+			}
+		}
+		d.Interfaces = append(d.Interfaces, in)
+	}
+	return d
+}
+
+func newReg(t *testing.T) (*Registry, *[]Event) {
+	t.Helper()
+	var evs []Event
+	dir := t.TempDir()
+	r, err := Open(Config{UserFile: filepath.Join(dir, "user.json"), SystemFile: filepath.Join(dir, "system.json"),
+		CanWriteSystem: func() bool { return true }, Notify: func(e Event) { evs = append(evs, e) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, &evs
+}
+
+func mustAdd(t *testing.T, r *Registry, d *Descriptor, s Scope) {
+	t.Helper()
+	if err := r.Add(d, s); err != nil {
+		t.Fatalf("add %s: %v", d.Name, err)
+	}
+}
+
+// names lists "service iface M.m" of implementations.
+func names(impls []Implementation) []string {
+	var out []string
+	for _, i := range impls {
+		out = append(out, fmt.Sprintf("%s %s %s", i.Service, i.Interface, i.Version))
+	}
+	return out
+}
+
+// Each filter rule, with a case that matches and one that must not.
+func TestFilterRules(t *testing.T) {
+	r, _ := newReg(t)
+	mustAdd(t, r, desc("Editor", "editor", "org.example.Edit 2.1 Net,Files lang=go", "org.example.View 1.0"), UserScope)
+	mustAdd(t, r, desc("OldEditor", "old", "org.example.Edit 1.9 -", "org.example.Edit 2.0 Files"), UserScope)
+	for _, c := range []struct {
+		name string
+		f    Filter
+		want []string
+	}{
+		{"empty matches all", Filter{}, []string{"Editor org.example.Edit 2.1", "Editor org.example.View 1.0", "OldEditor org.example.Edit 1.9", "OldEditor org.example.Edit 2.0"}},
+		{"service name, any case", Filter{Service: "editor"}, []string{"Editor org.example.Edit 2.1", "Editor org.example.View 1.0"}},
+		{"service name, no wildcard", Filter{Service: "Edit*"}, nil},
+		{"interface name, any case", Filter{Interface: "ORG.EXAMPLE.VIEW"}, []string{"Editor org.example.View 1.0"}},
+		{"interface name must be whole", Filter{Interface: "org.example"}, nil},
+		{"minimum version: same major, higher minor", Filter{Interface: "org.example.Edit", Version: "2.0"}, []string{"Editor org.example.Edit 2.1", "OldEditor org.example.Edit 2.0"}},
+		{"minimum version: higher major", Filter{Interface: "org.example.Edit", Version: "1.10"}, []string{"Editor org.example.Edit 2.1", "OldEditor org.example.Edit 2.0"}},
+		{"minimum version: too new", Filter{Interface: "org.example.Edit", Version: "2.2"}, nil},
+		{"exact version", Filter{Interface: "org.example.Edit", Version: "2.0", Exact: true}, []string{"OldEditor org.example.Edit 2.0"}},
+		{"exact version: none", Filter{Interface: "org.example.Edit", Version: "2.5", Exact: true}, nil},
+		{"version ignored without interface", Filter{Service: "OldEditor", Version: "9.9"}, []string{"OldEditor org.example.Edit 1.9", "OldEditor org.example.Edit 2.0"}},
+		{"MatchMinimum: filter caps within the interface's", Filter{Capabilities: []string{"Files"}}, []string{"Editor org.example.Edit 2.1", "OldEditor org.example.Edit 2.0"}},
+		{"MatchMinimum: a cap nobody has", Filter{Capabilities: []string{"Files", "Admin"}}, nil},
+		{"MatchMinimum: case matters", Filter{Capabilities: []string{"files"}}, nil},
+		{"MatchLoadable: interface caps within the filter's", Filter{Capabilities: []string{"Files"}, Loadable: true}, []string{"Editor org.example.View 1.0", "OldEditor org.example.Edit 1.9", "OldEditor org.example.Edit 2.0"}},
+		{"MatchLoadable: empty finds only needless", Filter{Loadable: true}, []string{"Editor org.example.View 1.0", "OldEditor org.example.Edit 1.9"}},
+		{"MatchLoadable: all caps", Filter{Capabilities: []string{"Net", "Files"}, Loadable: true}, []string{"Editor org.example.Edit 2.1", "Editor org.example.View 1.0", "OldEditor org.example.Edit 1.9", "OldEditor org.example.Edit 2.0"}},
+		{"property equal", Filter{Properties: map[string]string{"lang": "go"}}, []string{"Editor org.example.Edit 2.1"}},
+		{"property value case matters", Filter{Properties: map[string]string{"lang": "Go"}}, nil},
+		{"property missing", Filter{Properties: map[string]string{"os": "linux"}}, nil},
+		{"all criteria AND", Filter{Service: "Editor", Interface: "org.example.Edit", Version: "2.1", Capabilities: []string{"Net"}, Properties: map[string]string{"lang": "go"}}, []string{"Editor org.example.Edit 2.1"}},
+		{"AND: one fails", Filter{Service: "Editor", Interface: "org.example.View", Capabilities: []string{"Net"}}, nil},
+	} {
+		got, err := r.Find(c.f, UserScope)
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if !slices.Equal(names(got), c.want) {
+			t.Errorf("%s: got %q, want %q", c.name, names(got), c.want)
+		}
+	}
+	for _, bad := range []string{"1", "1.", "a.b", "01.0", "1.01", "-1.0", "1.0.0", " 1.0"} {
+		if _, err := r.Find(Filter{Interface: "org.example.Edit", Version: bad}, UserScope); CodeOf(err) != InvalidFilter {
+			t.Errorf("filter version %q: %v, want InvalidFilter", bad, err)
+		}
+	}
+	if got, err := r.Find(Filter{Interface: "org.example.Edit", Version: "0.0"}, UserScope); err != nil || len(got) != 3 {
+		t.Errorf("filter version 0.0 is valid: %q %v", names(got), err)
+	}
+}
+
+// User scope lists user results first, then system; system scope only
+// system; system-scope watchers never see user events.
+func TestScopes(t *testing.T) {
+	r, evs := newReg(t)
+	mustAdd(t, r, desc("Sys", "sys", "org.example.Edit 1.0"), SystemScope)
+	mustAdd(t, r, desc("Usr", "usr", "org.example.Edit 1.0"), UserScope)
+	got, _ := r.Find(Filter{}, UserScope)
+	if !slices.Equal(names(got), []string{"Usr org.example.Edit 1.0", "Sys org.example.Edit 1.0"}) || got[0].Scope != UserScope || got[1].Scope != SystemScope {
+		t.Fatalf("user scope: %q", names(got))
+	}
+	got, _ = r.Find(Filter{}, SystemScope)
+	if !slices.Equal(names(got), []string{"Sys org.example.Edit 1.0"}) {
+		t.Fatalf("system scope: %q", names(got))
+	}
+	want := []Event{{ServiceAdded, "Sys", SystemScope}, {ServiceAdded, "Usr", UserScope}}
+	if !slices.Equal(*evs, want) {
+		t.Fatalf("events %+v", *evs)
+	}
+	if err := r.Remove("Usr", UserScope); err != nil {
+		t.Fatal(err)
+	}
+	if (*evs)[2] != (Event{ServiceRemoved, "Usr", UserScope}) {
+		t.Fatalf("events %+v", *evs)
+	}
+	// The system scope is root's.
+	dir := t.TempDir()
+	r2, _ := Open(Config{SystemFile: filepath.Join(dir, "s.json"), CanWriteSystem: func() bool { return false }})
+	if err := r2.Add(desc("X", "x", "a.b 1.0"), SystemScope); CodeOf(err) != PermissionDenied {
+		t.Fatalf("non-root system add: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "s.json")); !os.IsNotExist(err) {
+		t.Fatal("a refused add wrote the system file")
+	}
+}
+
+func TestAddRefusals(t *testing.T) {
+	r, _ := newReg(t)
+	mustAdd(t, r, desc("A", "loc-a", "a.b 1.0"), UserScope)
+	for name, c := range map[string]struct {
+		d    *Descriptor
+		code string
+	}{
+		"location of another service":   {desc("B", "LOC-A", "x.y 1.0"), ServiceAlreadyExists},
+		"same service, other location":  {desc("A", "loc-z", "x.y 1.0"), ServiceAlreadyExists},
+		"same service+interface+version": {desc("a", "loc-a", "A.B 1.0"), ImplementationAlreadyExists},
+	} {
+		if err := r.Add(c.d, UserScope); CodeOf(err) != c.code {
+			t.Errorf("%s: %v, want %s", name, err, c.code)
+		}
+	}
+	// Incremental upgrade: same service, same location, new version.
+	mustAdd(t, r, desc("A", "loc-a", "a.b 1.1"), UserScope)
+	got, _ := r.Find(Filter{Service: "A"}, UserScope)
+	if !slices.Equal(names(got), []string{"A a.b 1.0", "A a.b 1.1"}) {
+		t.Fatalf("after the upgrade: %q", names(got))
+	}
+	if err := r.Remove("nobody", UserScope); CodeOf(err) != ComponentNotFound {
+		t.Fatalf("remove unknown: %v", err)
+	}
+}
+
+func defaultOf(t *testing.T, r *Registry, iface string, s Scope) string {
+	t.Helper()
+	impl, err := r.Default(iface, s)
+	if err != nil {
+		return "none"
+	}
+	return fmt.Sprintf("%s %s %s", impl.Service, impl.Version, impl.Scope)
+}
+
+func TestDefaults(t *testing.T) {
+	t.Run("first registrant wins, with its highest version", func(t *testing.T) {
+		r, _ := newReg(t)
+		mustAdd(t, r, desc("First", "f", "i.x 1.2", "i.x 1.5", "i.x 1.3"), UserScope)
+		mustAdd(t, r, desc("Second", "s", "i.x 3.0"), UserScope)
+		if got := defaultOf(t, r, "I.X", UserScope); got != "First 1.5 user" {
+			t.Fatalf("default %s", got)
+		}
+	})
+	t.Run("setInterfaceDefault picks the newest, or exactly the version given", func(t *testing.T) {
+		r, _ := newReg(t)
+		mustAdd(t, r, desc("First", "f", "i.x 1.0"), UserScope)
+		mustAdd(t, r, desc("Second", "s", "i.x 2.0", "i.x 2.4"), UserScope)
+		if err := r.SetDefault("second", "i.x", nil, UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Second 2.4 user" {
+			t.Fatalf("default %s", got)
+		}
+		v := Version{2, 0}
+		if err := r.SetDefault("Second", "i.x", &v, UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Second 2.0 user" {
+			t.Fatalf("default %s", got)
+		}
+		v = Version{9, 9}
+		if err := r.SetDefault("Second", "i.x", &v, UserScope); CodeOf(err) != ComponentNotFound {
+			t.Fatalf("a version the service lacks: %v", err)
+		}
+		if err := r.SetDefault("Nobody", "i.x", nil, UserScope); CodeOf(err) != ComponentNotFound {
+			t.Fatalf("an unknown service: %v", err)
+		}
+	})
+	t.Run("a user default may name a system service; a system default not a user one", func(t *testing.T) {
+		r, _ := newReg(t)
+		mustAdd(t, r, desc("Usr", "u", "i.x 1.0"), UserScope)
+		mustAdd(t, r, desc("Sys", "s", "i.x 1.0"), SystemScope)
+		if err := r.SetDefault("Sys", "i.x", nil, UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Sys 1.0 system" {
+			t.Fatalf("user default %s", got)
+		}
+		if err := r.SetDefault("Usr", "i.x", nil, SystemScope); CodeOf(err) != ComponentNotFound {
+			t.Fatalf("system default to a user service: %v", err)
+		}
+	})
+	t.Run("user scope falls back to the system default", func(t *testing.T) {
+		r, _ := newReg(t)
+		mustAdd(t, r, desc("Sys", "s", "i.x 1.0"), SystemScope)
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Sys 1.0 system" {
+			t.Fatalf("default %s", got)
+		}
+		if got := defaultOf(t, r, "i.y", UserScope); got != "none" {
+			t.Fatalf("unknown interface default %s", got)
+		}
+	})
+	t.Run("a user default to a vanished system implementation gives way to the latest user one", func(t *testing.T) {
+		r, _ := newReg(t)
+		mustAdd(t, r, desc("Sys", "s", "i.x 3.0"), SystemScope)
+		mustAdd(t, r, desc("UsrOld", "u1", "i.x 1.0"), UserScope)
+		mustAdd(t, r, desc("UsrNew", "u2", "i.x 1.7"), UserScope)
+		if err := r.SetDefault("Sys", "i.x", nil, UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Remove("Sys", SystemScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "UsrNew 1.7 user" {
+			t.Fatalf("default %s", got)
+		}
+	})
+	t.Run("removal falls back to the highest remaining version, ties by name", func(t *testing.T) {
+		r, _ := newReg(t)
+		mustAdd(t, r, desc("Dflt", "d", "i.x 5.0"), UserScope)
+		mustAdd(t, r, desc("Zed", "z", "i.x 2.3"), UserScope)
+		mustAdd(t, r, desc("Abe", "a", "i.x 2.3"), UserScope)
+		mustAdd(t, r, desc("Low", "l", "i.x 2.10"), UserScope)
+		if err := r.Remove("Dflt", UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Low 2.10 user" {
+			t.Fatalf("after removal: %s", got)
+		}
+		r.Remove("Low", UserScope)
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Abe 2.3 user" {
+			t.Fatalf("tie: %s", got)
+		}
+		r.Remove("Abe", UserScope)
+		r.Remove("Zed", UserScope)
+		if got := defaultOf(t, r, "i.x", UserScope); got != "none" {
+			t.Fatalf("none left: %s", got)
+		}
+	})
+}
+
+// The registry survives a restart; a corrupt file is reported, not
+// silently emptied.
+func TestDurable(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{UserFile: filepath.Join(dir, "user.json"), SystemFile: filepath.Join(dir, "system.json"), CanWriteSystem: func() bool { return true }}
+	r, _ := Open(cfg)
+	mustAdd(t, r, desc("A", "a", "i.x 1.0", "i.y 2.0 Cap k=v"), UserScope)
+	mustAdd(t, r, desc("B", "b", "i.x 1.5"), UserScope)
+	r.SetDefault("B", "i.x", nil, UserScope)
+	r2, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := r2.Find(Filter{Capabilities: []string{"Cap"}, Properties: map[string]string{"k": "v"}}, UserScope)
+	if !slices.Equal(names(got), []string{"A i.y 2.0"}) {
+		t.Fatalf("after a restart: %q", names(got))
+	}
+	if d := defaultOf(t, r2, "i.x", UserScope); d != "B 1.5 user" {
+		t.Fatalf("default after a restart: %s", d)
+	}
+	os.WriteFile(cfg.UserFile, []byte("{not json"), 0o644)
+	if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("corrupt file: %v", err)
+	}
+}
