@@ -157,8 +157,8 @@ func TestAddRefusals(t *testing.T) {
 		d    *Descriptor
 		code string
 	}{
-		"location of another service":   {desc("B", "LOC-A", "x.y 1.0"), ServiceAlreadyExists},
-		"same service, other location":  {desc("A", "loc-z", "x.y 1.0"), ServiceAlreadyExists},
+		"location of another service":    {desc("B", "LOC-A", "x.y 1.0"), ServiceAlreadyExists},
+		"same service, other location":   {desc("A", "loc-z", "x.y 1.0"), ServiceAlreadyExists},
 		"same service+interface+version": {desc("a", "loc-a", "A.B 1.0"), ImplementationAlreadyExists},
 	} {
 		if err := r.Add(c.d, UserScope); CodeOf(err) != c.code {
