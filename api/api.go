@@ -250,6 +250,9 @@ const (
 	EventNewLocalConnection  = "NewLocalConnection"      // accepting side: connection_id
 	EventConnectionClosed    = "ConnectionClosed"        // connection_id, error, message
 	EventParametersRequested = "ParametersRequested"     // request, tube, service, contact, room; handler = the generator's client
+
+	EventServiceAdded   = "ServiceAdded"   // service, scope
+	EventServiceRemoved = "ServiceRemoved" // service, scope
 )
 
 // ParamsAnswer is the body of POST /v1/params/{request}: a generator's
@@ -286,6 +289,8 @@ type Event struct {
 	Member  string `json:"member,omitempty"`
 	Joined  *bool  `json:"joined,omitempty"`
 	Deleted bool   `json:"deleted,omitempty"`
+
+	Scope string `json:"scope,omitempty"` // ServiceAdded, ServiceRemoved (with Service)
 
 	From string `json:"from,omitempty"` // MessageReceived
 	Kind string `json:"kind,omitempty"`

@@ -107,6 +107,7 @@ Accounts and connection: tube account, tube connect, tube disconnect, tube statu
 Contacts and rooms:      tube contact, tube room, tube message
 Tubes:                   tube export, unexport, offer, accept, handle, open,
                          tube tubes, connections, whois, close
+Services:                tube services add, remove, list, find, default
 Try it:                  tube demo`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
@@ -119,6 +120,7 @@ Try it:                  tube demo`,
 		contactCmd(e), roomCmd(e), messageCmd(e),
 		exportCmd(e), unexportCmd(e), offerCmd(e), acceptCmd(e), handleCmd(e), openCmd(e),
 		tubesCmd(e), connectionsCmd(e), whoisCmd(e), closeCmd(e),
+		servicesCmd(e),
 		demoCmd(e), versionCmd(e),
 	)
 	return root

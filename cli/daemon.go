@@ -21,6 +21,7 @@ func daemonCmd(e *env) *cobra.Command {
 		logLevel, logFormat     string
 		turnAddr, turnUser      string
 		turnSecret              string
+		systemServices          string
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -54,7 +55,7 @@ it issues; --turn names another one (an operator's coturn, say) with
 			}
 			reg := node.NewRegistry()
 			d, err := node.StartDaemon(ctx, node.DaemonConfig{StateDir: state, Socket: socket, Logger: log, Registerer: reg,
-				PeerListen: peerListen, TURN: turn})
+				PeerListen: peerListen, TURN: turn, SystemServices: systemServices})
 			if err != nil {
 				return err
 			}
@@ -78,6 +79,7 @@ it issues; --turn names another one (an operator's coturn, say) with
 	cmd.Flags().StringVar(&state, "state", "", "state directory (default $XDG_STATE_HOME/tube or ~/.local/state/tube)")
 	cmd.Flags().StringVar(&http, "http", "", "HOST:PORT to serve Prometheus metrics on (/metrics)")
 	cmd.Flags().StringVar(&peerListen, "peer-listen", "", "HOST:PORT where contacts' daemons reach this one directly for tubes (default: every address, a free port per account)")
+	cmd.Flags().StringVar(&systemServices, "system-services", "", "the system scope's service registry file (default "+daemon.DefaultSystemServices+")")
 	cmd.Flags().StringVar(&turnAddr, "turn", "", "HOST:PORT of a TURN server to relay through instead of the relay's own")
 	cmd.Flags().StringVar(&turnUser, "turn-user", "", "with --turn: long-term credential USER:PASSWORD")
 	cmd.Flags().StringVar(&turnSecret, "turn-secret", "", "with --turn: the server's TURN REST shared secret")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/connection"
+	"github.com/tubes-dev/tubes/registry"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -36,6 +37,9 @@ type Config struct {
 	// TURN, when set, is the TURN server every account relays through
 	// instead of the one its relay announces (an operator's coturn, say).
 	TURN *TURNServer
+	// SystemServices is the system scope's service registry file
+	// (default /var/lib/tube/services.json; only root may change it).
+	SystemServices string
 }
 
 // TURNServer is an external TURN server: static long-term credentials
@@ -60,6 +64,8 @@ type Daemon struct {
 	ctx       context.Context // set by Run; account loops run under it
 	loops     sync.WaitGroup
 	paramReqs map[string]paramReq // pending parameters-generator requests
+
+	services *registry.Registry
 }
 
 // New loads the state directory.
@@ -82,6 +88,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger.With("component", "daemon"), store: st, accounts: map[string]*account{}, paramReqs: map[string]paramReq{}}
 	d.metrics = newMetrics(cfg.Registerer, d)
+	if err := d.openServices(); err != nil {
+		return nil, err
+	}
 	saved, err := st.load()
 	if err != nil {
 		return nil, err

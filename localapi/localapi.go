@@ -272,6 +272,7 @@ func (s *Server) routes() {
 		return d.Send(r.Context(), r.PathValue("name"), req)
 	})
 	s.tubeRoutes()
+	s.serviceRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, tperr.New(tperr.NotImplemented, "the local API has no %s %s", r.Method, r.URL.Path))
 	})

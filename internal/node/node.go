@@ -68,6 +68,9 @@ type DaemonConfig struct {
 	PeerListen string             // where peer links are accepted (default ":0")
 	SocketDir  string             // parent of automatic tube sockets (default <StateDir>/sockets)
 	TURN       *daemon.TURNServer // an external TURN server (default: the relay's)
+	// SystemServices is the system scope's registry file (default
+	// daemon.DefaultSystemServices).
+	SystemServices string
 }
 
 // Daemon is a running daemon serving its local API.
@@ -98,6 +101,8 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 		PeerListen: cfg.PeerListen,
 		SocketDir:  cfg.SocketDir,
 		TURN:       cfg.TURN,
+
+		SystemServices: cfg.SystemServices,
 	})
 	if err != nil {
 		return nil, err

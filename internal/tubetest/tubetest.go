@@ -104,6 +104,9 @@ func StartDaemonConfig(t testing.TB, cfg node.DaemonConfig) *Daemon {
 	if cfg.PeerListen == "" {
 		cfg.PeerListen = "127.0.0.1:0"
 	}
+	if cfg.SystemServices == "" {
+		cfg.SystemServices = filepath.Join(cfg.StateDir, "system-services.json")
+	}
 	n, err := node.StartDaemon(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start daemon: %v", err)

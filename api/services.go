@@ -1,0 +1,34 @@
+package api
+
+import "github.com/tubes-dev/tubes/registry"
+
+// The service framework's types are the registry's: a service descriptor,
+// an interface implementation, a filter.
+type (
+	ServiceDescriptor = registry.Descriptor
+	Implementation    = registry.Implementation
+	ServiceFilter     = registry.Filter
+)
+
+// AddServiceRequest is the body of POST /v1/services: a Qt Service
+// Framework XML descriptor, the file it came from (named in errors) and
+// the scope, "user" (default) or "system".
+type AddServiceRequest struct {
+	XML   string `json:"xml"`
+	File  string `json:"file,omitempty"`
+	Scope string `json:"scope,omitempty"`
+}
+
+// FindServicesRequest is the body of POST /v1/services/find.
+type FindServicesRequest struct {
+	Filter ServiceFilter `json:"filter"`
+	Scope  string        `json:"scope,omitempty"`
+}
+
+// SetDefaultRequest is the body of PUT /v1/services/defaults/{interface}:
+// make service the default (its newest version, or exactly version).
+type SetDefaultRequest struct {
+	Service string `json:"service"`
+	Version string `json:"version,omitempty"`
+	Scope   string `json:"scope,omitempty"`
+}

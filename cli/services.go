@@ -1,0 +1,175 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tubes-dev/tubes/api"
+)
+
+func servicesCmd(e *env) *cobra.Command {
+	var scope string
+	cmd := &cobra.Command{
+		Use:   "services",
+		Short: "The service registry: Qt Service Framework descriptors, filters and defaults",
+		Long: `The service registry. Services are described by Qt Service Framework XML
+descriptors (SFW 1.0 and 1.1, accepted unchanged): a name, a <filepath> or an
+<ipcaddress>, and interfaces with major.minor versions, capabilities and custom
+properties. The user scope (default) is yours; the system scope is shared and
+only root may change it. Lookups in the user scope list your services first,
+then the system's.`,
+	}
+	cmd.PersistentFlags().StringVar(&scope, "scope", "", "user (default) or system")
+	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		if scope != "" && scope != "user" && scope != "system" {
+			return usagef("--scope is user or system, not %q", scope)
+		}
+		return nil
+	}
+
+	add := &cobra.Command{
+		Use:   "add FILE.xml",
+		Short: "Register the service a descriptor describes",
+		Args:  exactArgs(1, "a descriptor FILE.xml"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			d, err := e.client().AddService(cmd.Context(), string(b), args[0], scope)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(d)
+			}
+			fmt.Fprintf(e.stdout, "registered %s (%d interface implementations)\n", d.Name, len(d.Interfaces))
+			return nil
+		},
+	}
+	jsonFlag(add, e)
+
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Unregister a service",
+		Args:  exactArgs(1, "a service NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return e.client().RemoveService(cmd.Context(), args[0], scope)
+		},
+	}
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List registered services",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ds, err := e.client().Services(cmd.Context(), scope)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(ds)
+			}
+			tw := e.table()
+			fmt.Fprintln(tw, "SERVICE\tLOCATION\tINTERFACES")
+			for _, d := range ds {
+				var ifs []string
+				for _, in := range d.Interfaces {
+					ifs = append(ifs, in.Name+" "+in.Version.String())
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", d.Name, d.Location(), strings.Join(ifs, ", "))
+			}
+			return tw.Flush()
+		},
+	}
+	jsonFlag(list, e)
+
+	var f api.ServiceFilter
+	var props []string
+	find := &cobra.Command{
+		Use:   "find",
+		Short: "List the interface implementations a filter selects (all criteria must hold)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, p := range props {
+				k, v, ok := strings.Cut(p, "=")
+				if !ok || k == "" {
+					return usagef("--property %q is not KEY=VALUE", p)
+				}
+				if f.Properties == nil {
+					f.Properties = map[string]string{}
+				}
+				f.Properties[k] = v
+			}
+			if f.Version != "" && f.Interface == "" {
+				return usagef("--version needs --interface (versions belong to interfaces)")
+			}
+			impls, err := e.client().FindServices(cmd.Context(), f, scope)
+			if err != nil {
+				return err
+			}
+			return e.printImpls(impls)
+		},
+	}
+	ff := find.Flags()
+	ff.StringVar(&f.Service, "service", "", "service name (exact, any case)")
+	ff.StringVar(&f.Interface, "interface", "", "interface name (exact, any case)")
+	ff.StringVar(&f.Version, "version", "", "with --interface: at least this major.minor (same major)")
+	ff.BoolVar(&f.Exact, "exact", false, "with --version: exactly that version")
+	ff.StringArrayVar(&f.Capabilities, "capability", nil, "the interface must have this capability (repeatable)")
+	ff.BoolVar(&f.Loadable, "loadable", false, "instead: the interface may need only the --capability ones")
+	ff.StringArrayVar(&props, "property", nil, "custom property KEY=VALUE the interface must have (repeatable)")
+	jsonFlag(find, e)
+
+	var version string
+	def := &cobra.Command{
+		Use:   "default INTERFACE [SERVICE]",
+		Short: "Show the default implementation of an interface, or make SERVICE its default",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 || len(args) > 2 {
+				return usagef("%s needs an INTERFACE and, to set it, a SERVICE", cmd.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var impl api.Implementation
+			var err error
+			if len(args) == 2 {
+				impl, err = e.client().SetDefaultService(cmd.Context(), args[0], args[1], version, scope)
+			} else {
+				if version != "" {
+					return usagef("--version goes with a SERVICE to make the default")
+				}
+				impl, err = e.client().DefaultService(cmd.Context(), args[0], scope)
+			}
+			if err != nil {
+				return err
+			}
+			return e.printImpls([]api.Implementation{impl})
+		},
+	}
+	def.Flags().StringVar(&version, "version", "", "with SERVICE: that exact version, not its newest")
+	jsonFlag(def, e)
+
+	cmd.AddCommand(add, remove, list, find, def)
+	return cmd
+}
+
+func (e *env) printImpls(impls []api.Implementation) error {
+	if e.jsonOut {
+		return e.printJSON(impls)
+	}
+	tw := e.table()
+	fmt.Fprintln(tw, "SERVICE\tINTERFACE\tVERSION\tSCOPE\tCAPABILITIES\tLOCATION")
+	for _, i := range impls {
+		loc := i.FilePath
+		if loc == "" {
+			loc = i.IPCAddress
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Service, i.Interface, i.Version, i.Scope, strings.Join(i.Capabilities, ","), loc)
+	}
+	return tw.Flush()
+}

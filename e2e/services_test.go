@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/tubetest"
+	"github.com/tubes-dev/tubes/localclient"
+)
+
+// The registry through the CLI: add descriptors (user and system scope),
+// list and find with filters (JSON compared with golden files), defaults,
+// remove; malformed descriptors refused with file, line and rule; and the
+// registry survives a daemon restart.
+func TestServicesCLI(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "daemon.sock")
+	sys := filepath.Join(dir, "system-services.json")
+	startDaemon := func() *proc {
+		p := start(t, nil, "daemon", "--state", dir, "--socket", sock, "--system-services", sys)
+		p.waitLine("daemon: ")
+		return p
+	}
+	d := startDaemon()
+	env := []string{"TUBE_SOCKET=" + sock}
+	descs := "../registry/testdata/descriptors/"
+	mustRun(t, env, "services", "add", descs+"testservice.xml")
+	mustRun(t, env, "services", "add", descs+"filestorage-1.0.xml", "--scope", "system")
+
+	golden := func(name, got string) {
+		t.Helper()
+		path := filepath.Join("testdata", name)
+		if os.Getenv("UPDATE_GOLDEN") != "" {
+			os.MkdirAll("testdata", 0o755)
+			os.WriteFile(path, []byte(got), 0o644)
+			return
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (UPDATE_GOLDEN=1 go test ./e2e writes it)", err)
+		}
+		if !bytes.Equal(bytes.TrimSpace(want), bytes.TrimSpace([]byte(got))) {
+			t.Errorf("%s:\n%s\nwant\n%s", name, got, want)
+		}
+	}
+	golden("services-list.json", mustRun(t, env, "services", "list", "--json"))
+	golden("services-find-location.json", mustRun(t, env, "services", "find", "--interface", "com.nokia.qt.ilocation", "--version", "1.5", "--json"))
+	golden("services-find-capability.json", mustRun(t, env, "services", "find", "--capability", "ReadUserData", "--json"))
+
+	var impls []struct{ Service, Interface, Version, Scope string }
+	json.Unmarshal([]byte(mustRun(t, env, "services", "find", "--loadable", "--capability", "ReadUserData", "--json")), &impls)
+	if len(impls) != 3 || impls[0].Scope != "user" {
+		t.Fatalf("loadable with ReadUserData: %+v", impls)
+	}
+	json.Unmarshal([]byte(mustRun(t, env, "services", "find", "--scope", "system", "--json")), &impls)
+	if len(impls) != 1 || impls[0].Service != "FileStorage" {
+		t.Fatalf("system scope: %+v", impls)
+	}
+	if out := mustRun(t, env, "services", "default", "com.nokia.qt.ILocation"); !strings.Contains(out, "TestService") || !strings.Contains(out, "1.5") {
+		t.Fatalf("default:\n%s", out)
+	}
+	mustRun(t, env, "services", "default", "com.nokia.qt.ILocation", "TestService", "--version", "1.4")
+	if out := mustRun(t, env, "services", "default", "com.nokia.qt.ILocation", "--json"); !strings.Contains(out, `"version": "1.4"`) {
+		t.Fatalf("default after setting 1.4:\n%s", out)
+	}
+
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"services", "add", "../registry/testdata/bad/duplicate-interface.xml"}, 1, "duplicate-interface.xml:9"},
+		{[]string{"services", "add", descs + "testservice.xml"}, 1, "ImplementationAlreadyExists"},
+		{[]string{"services", "find", "--interface", "a.b", "--version", "1.x"}, 1, "InvalidFilter"},
+		{[]string{"services", "find", "--version", "1.0"}, 2, "--version needs --interface"},
+		{[]string{"services", "remove", "NoSuchService"}, 1, "ComponentNotFound"},
+		{[]string{"services", "list", "--scope", "galaxy"}, 2, "--scope is user or system"},
+	} {
+		code, out := run(t, env, c.args...)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("tube %s: exit %d %s; want exit %d and %q", strings.Join(c.args, " "), code, out, c.code, c.want)
+		}
+	}
+
+	// Changes reach the event stream with their scope.
+	c := localclient.New(sock)
+	defer c.Close()
+	ev := tubetest.Record(t, c, "")
+	mustRun(t, env, "services", "remove", "FileStorage", "--scope", "system")
+	e := ev.MustWait("ServiceRemoved", func(e api.Event) bool { return e.Type == api.EventServiceRemoved })
+	if e.Service != "FileStorage" || e.Scope != "system" {
+		t.Fatalf("event %+v", e)
+	}
+	mustRun(t, env, "services", "add", descs+"filestorage-1.0.xml", "--scope", "system")
+	ev.MustWait("ServiceAdded", func(e api.Event) bool { return e.Type == api.EventServiceAdded && e.Service == "FileStorage" })
+
+	// A restart keeps the registry, the default included.
+	d.stop()
+	startDaemon()
+	if out := mustRun(t, env, "services", "default", "com.nokia.qt.ILocation", "--json"); !strings.Contains(out, `"version": "1.4"`) {
+		t.Fatalf("default after a restart:\n%s", out)
+	}
+	mustRun(t, env, "services", "remove", "TestService")
+	if out := mustRun(t, env, "services", "list"); strings.Contains(out, "TestService") || !strings.Contains(out, "FileStorage") {
+		t.Fatalf("after remove:\n%s", out)
+	}
+}

@@ -1,0 +1,54 @@
+package localclient
+
+import (
+	"context"
+	"net/url"
+
+	"github.com/tubes-dev/tubes/api"
+)
+
+func scopeQuery(scope string) string {
+	if scope == "" {
+		return ""
+	}
+	return "?scope=" + url.QueryEscape(scope)
+}
+
+// AddService registers a Qt Service Framework XML descriptor (file names
+// it in errors) in scope ("user" or "system"; "" is user).
+func (c *Client) AddService(ctx context.Context, xml, file, scope string) (*api.ServiceDescriptor, error) {
+	var out api.ServiceDescriptor
+	return &out, c.do(ctx, "POST", "/v1/services", nil, api.AddServiceRequest{XML: xml, File: file, Scope: scope}, &out)
+}
+
+// RemoveService unregisters a service from scope.
+func (c *Client) RemoveService(ctx context.Context, name, scope string) error {
+	return c.do(ctx, "DELETE", "/v1/services/"+url.PathEscape(name)+scopeQuery(scope), nil, nil, nil)
+}
+
+// Services lists the registered services of scope (user: the user's, then
+// the system's).
+func (c *Client) Services(ctx context.Context, scope string) ([]*api.ServiceDescriptor, error) {
+	var out []*api.ServiceDescriptor
+	return out, c.do(ctx, "GET", "/v1/services"+scopeQuery(scope), nil, nil, &out)
+}
+
+// FindServices lists the implementations f selects in scope.
+func (c *Client) FindServices(ctx context.Context, f api.ServiceFilter, scope string) ([]api.Implementation, error) {
+	var out []api.Implementation
+	return out, c.do(ctx, "POST", "/v1/services/find", nil, api.FindServicesRequest{Filter: f, Scope: scope}, &out)
+}
+
+// DefaultService returns the default implementation of iface.
+func (c *Client) DefaultService(ctx context.Context, iface, scope string) (api.Implementation, error) {
+	var out api.Implementation
+	return out, c.do(ctx, "GET", "/v1/services/defaults/"+url.PathEscape(iface)+scopeQuery(scope), nil, nil, &out)
+}
+
+// SetDefaultService makes service the default for iface (its newest
+// version, or exactly version when not "").
+func (c *Client) SetDefaultService(ctx context.Context, iface, service, version, scope string) (api.Implementation, error) {
+	var out api.Implementation
+	return out, c.do(ctx, "PUT", "/v1/services/defaults/"+url.PathEscape(iface), nil,
+		api.SetDefaultRequest{Service: service, Version: version, Scope: scope}, &out)
+}
