@@ -79,6 +79,29 @@ type state struct {
 	Services []*Descriptor `json:"services"`
 	// Defaults maps a lower-case interface name to its default.
 	Defaults map[string]ref `json:"defaults"`
+
+	// byIface indexes implementations by lower-case interface name, in
+	// result order; rebuilt after a change.
+	byIface map[string][]implRef
+}
+
+type implRef struct {
+	d *Descriptor
+	i int
+}
+
+// index returns the implementations of interface key.
+func (st *state) index(key string) []implRef {
+	if st.byIface == nil {
+		st.byIface = map[string][]implRef{}
+		for _, d := range st.Services {
+			for i, in := range d.Interfaces {
+				k := strings.ToLower(in.Name)
+				st.byIface[k] = append(st.byIface[k], implRef{d, i})
+			}
+		}
+	}
+	return st.byIface[key]
 }
 
 func (st *state) service(name string) *Descriptor {
@@ -239,10 +262,15 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 			}
 		}
 		existing.Interfaces = append(existing.Interfaces, d.Interfaces...)
+		sortInterfaces(existing.Interfaces)
 	} else {
 		c := *d
 		c.Interfaces = slices.Clone(d.Interfaces)
-		st.Services = append(st.Services, &c)
+		sortInterfaces(c.Interfaces)
+		i, _ := slices.BinarySearchFunc(st.Services, strings.ToLower(c.Name), func(o *Descriptor, name string) int {
+			return strings.Compare(strings.ToLower(o.Name), name)
+		})
+		st.Services = slices.Insert(st.Services, i, &c)
 	}
 	for _, in := range d.Interfaces {
 		key := strings.ToLower(in.Name)
@@ -261,6 +289,7 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 		r.st[scope] = old
 		return err
 	}
+	st.byIface = nil
 	r.cfg.Notify(Event{Type: ServiceAdded, Service: d.Name, Scope: scope})
 	return nil
 }
@@ -296,6 +325,7 @@ func (r *Registry) Remove(name string, scope Scope) error {
 		r.st[scope] = old
 		return err
 	}
+	st.byIface = nil
 	r.cfg.Notify(Event{Type: ServiceRemoved, Service: d.Name, Scope: scope})
 	return nil
 }
@@ -332,16 +362,24 @@ func (r *Registry) Find(f Filter, scope Scope) ([]Implementation, error) {
 	defer r.mu.Unlock()
 	var out []Implementation
 	for _, s := range scopesFor(scope) {
-		var part []Implementation
-		for _, d := range r.st[s].Services {
+		// Services are kept in name order, their interfaces in name and
+		// version order: results come out sorted.
+		st := r.st[s]
+		if f.Interface != "" {
+			for _, ref := range st.index(strings.ToLower(f.Interface)) {
+				if in := ref.d.Interfaces[ref.i]; m.match(ref.d.Name, in) {
+					out = append(out, implOf(ref.d, in, s))
+				}
+			}
+			continue
+		}
+		for _, d := range st.Services {
 			for _, in := range d.Interfaces {
 				if m.match(d.Name, in) {
-					part = append(part, implOf(d, in, s))
+					out = append(out, implOf(d, in, s))
 				}
 			}
 		}
-		slices.SortFunc(part, compareImpl)
-		out = append(out, part...)
 	}
 	return out, nil
 }
@@ -353,20 +391,21 @@ func scopesFor(scope Scope) []Scope {
 	return []Scope{UserScope, SystemScope}
 }
 
-func compareImpl(a, b Implementation) int {
-	if c := strings.Compare(strings.ToLower(a.Service), strings.ToLower(b.Service)); c != 0 {
-		return c
-	}
-	if c := strings.Compare(strings.ToLower(a.Interface), strings.ToLower(b.Interface)); c != 0 {
-		return c
-	}
-	switch {
-	case a.Version == b.Version:
-		return 0
-	case a.Version.Less(b.Version):
-		return -1
-	}
-	return 1
+// sortInterfaces orders a service's interfaces by name (any case), then
+// version.
+func sortInterfaces(ins []Interface) {
+	slices.SortStableFunc(ins, func(a, b Interface) int {
+		if c := strings.Compare(strings.ToLower(a.Name), strings.ToLower(b.Name)); c != 0 {
+			return c
+		}
+		switch {
+		case a.Version == b.Version:
+			return 0
+		case a.Version.Less(b.Version):
+			return -1
+		}
+		return 1
+	})
 }
 
 func implOf(d *Descriptor, in Interface, scope Scope) Implementation {

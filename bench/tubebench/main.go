@@ -390,6 +390,9 @@ func (b *bench) run() error {
 		}
 	}
 	err = b.relayRows(ctx, r)
+	if err == nil {
+		err = b.registryRows()
+	}
 	b.report()
 	return err
 }
