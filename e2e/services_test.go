@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/internal/tubetest"
@@ -108,5 +109,46 @@ func TestServicesCLI(t *testing.T) {
 	mustRun(t, env, "services", "remove", "TestService")
 	if out := mustRun(t, env, "services", "list"); strings.Contains(out, "TestService") || !strings.Contains(out, "FileStorage") {
 		t.Fatalf("after remove:\n%s", out)
+	}
+}
+
+// A daemon SIGKILLed while registering leaves the registry before or
+// after the change, never corrupt: after each kill a new daemon loads it,
+// and the service is either there whole or not there.
+func TestServicesSurviveKill(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "daemon.sock")
+	env := []string{"TUBE_SOCKET=" + sock}
+	xml, err := os.ReadFile("../registry/testdata/descriptors/testservice.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 8 {
+		d := start(t, nil, "daemon", "--state", dir, "--socket", sock, "--system-services", filepath.Join(dir, "sys.json"))
+		d.waitLine("daemon: ")
+		c := localclient.New(sock)
+		var list []struct{ Name string }
+		json.Unmarshal([]byte(mustRun(t, env, "services", "list", "--json")), &list)
+		if len(list) > 1 {
+			t.Fatalf("round %d: %d services", round, len(list))
+		}
+		if len(list) == 1 {
+			mustRun(t, env, "services", "remove", "TestService")
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.AddService(t.Context(), string(xml), "testservice.xml", "")
+		}()
+		time.Sleep(time.Duration(round) * 300 * time.Microsecond)
+		d.kill()
+		<-done
+		c.Close()
+	}
+	d := start(t, nil, "daemon", "--state", dir, "--socket", sock, "--system-services", filepath.Join(dir, "sys.json"))
+	d.waitLine("daemon: ")
+	out := mustRun(t, env, "services", "list", "--json")
+	if !json.Valid([]byte(out)) {
+		t.Fatalf("list after the kills: %s", out)
 	}
 }
