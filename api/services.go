@@ -32,3 +32,25 @@ type SetDefaultRequest struct {
 	Version string `json:"version,omitempty"`
 	Scope   string `json:"scope,omitempty"`
 }
+
+// Publication is a service published to a contact or a room.
+type Publication struct {
+	Service string `json:"service"`
+	To      string `json:"to,omitempty"`
+	Room    string `json:"room,omitempty"`
+}
+
+// BrowseRequest is the body of POST /v1/accounts/{name}/browse: what a
+// contact, or the members of a room, publish to us, through a filter.
+type BrowseRequest struct {
+	Contact string        `json:"contact,omitempty"`
+	Room    string        `json:"room,omitempty"`
+	Filter  ServiceFilter `json:"filter"`
+}
+
+// RemoteImplementation is an implementation a contact publishes.
+type RemoteImplementation struct {
+	Implementation
+	Publisher string `json:"publisher"`
+	Room      string `json:"room,omitempty"` // published to this room
+}

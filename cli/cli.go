@@ -107,7 +107,8 @@ Accounts and connection: tube account, tube connect, tube disconnect, tube statu
 Contacts and rooms:      tube contact, tube room, tube message
 Tubes:                   tube export, unexport, offer, accept, handle, open,
                          tube tubes, connections, whois, close
-Services:                tube services add, remove, list, find, default
+Services:                tube services add, remove, list, find, default,
+                         publish, unpublish, publications, browse
 Try it:                  tube demo`,
 		SilenceErrors: true,
 		SilenceUsage:  true,

@@ -87,25 +87,15 @@ then the system's.`,
 	}
 	jsonFlag(list, e)
 
-	var f api.ServiceFilter
-	var props []string
+	var ff filterFlags
 	find := &cobra.Command{
 		Use:   "find",
 		Short: "List the interface implementations a filter selects (all criteria must hold)",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			for _, p := range props {
-				k, v, ok := strings.Cut(p, "=")
-				if !ok || k == "" {
-					return usagef("--property %q is not KEY=VALUE", p)
-				}
-				if f.Properties == nil {
-					f.Properties = map[string]string{}
-				}
-				f.Properties[k] = v
-			}
-			if f.Version != "" && f.Interface == "" {
-				return usagef("--version needs --interface (versions belong to interfaces)")
+			f, err := ff.filter()
+			if err != nil {
+				return err
 			}
 			impls, err := e.client().FindServices(cmd.Context(), f, scope)
 			if err != nil {
@@ -114,14 +104,7 @@ then the system's.`,
 			return e.printImpls(impls)
 		},
 	}
-	ff := find.Flags()
-	ff.StringVar(&f.Service, "service", "", "service name (exact, any case)")
-	ff.StringVar(&f.Interface, "interface", "", "interface name (exact, any case)")
-	ff.StringVar(&f.Version, "version", "", "with --interface: at least this major.minor (same major)")
-	ff.BoolVar(&f.Exact, "exact", false, "with --version: exactly that version")
-	ff.StringArrayVar(&f.Capabilities, "capability", nil, "the interface must have this capability (repeatable)")
-	ff.BoolVar(&f.Loadable, "loadable", false, "instead: the interface may need only the --capability ones")
-	ff.StringArrayVar(&props, "property", nil, "custom property KEY=VALUE the interface must have (repeatable)")
+	ff.add(find)
 	jsonFlag(find, e)
 
 	var version string
@@ -155,7 +138,145 @@ then the system's.`,
 	jsonFlag(def, e)
 
 	cmd.AddCommand(add, remove, list, find, def)
+	cmd.AddCommand(publishCmds(e)...)
 	return cmd
+}
+
+// filterFlags are the criteria of find and browse.
+type filterFlags struct {
+	f     api.ServiceFilter
+	props []string
+}
+
+func (ff *filterFlags) add(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVar(&ff.f.Service, "service", "", "service name (exact, any case)")
+	fs.StringVar(&ff.f.Interface, "interface", "", "interface name (exact, any case)")
+	fs.StringVar(&ff.f.Version, "version", "", "with --interface: at least this major.minor (same major)")
+	fs.BoolVar(&ff.f.Exact, "exact", false, "with --version: exactly that version")
+	fs.StringArrayVar(&ff.f.Capabilities, "capability", nil, "the interface must have this capability (repeatable)")
+	fs.BoolVar(&ff.f.Loadable, "loadable", false, "instead: the interface may need only the --capability ones")
+	fs.StringArrayVar(&ff.props, "property", nil, "custom property KEY=VALUE the interface must have (repeatable)")
+}
+
+func (ff *filterFlags) filter() (api.ServiceFilter, error) {
+	f := ff.f
+	for _, p := range ff.props {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return f, usagef("--property %q is not KEY=VALUE", p)
+		}
+		if f.Properties == nil {
+			f.Properties = map[string]string{}
+		}
+		f.Properties[k] = v
+	}
+	if f.Version != "" && f.Interface == "" {
+		return f, usagef("--version needs --interface (versions belong to interfaces)")
+	}
+	return f, nil
+}
+
+// publishCmds are publish, unpublish, publications and browse.
+func publishCmds(e *env) []*cobra.Command {
+	var to, room string
+	target := func(cmd *cobra.Command) {
+		cmd.Flags().StringVar(&to, "to", "", "a CONTACT")
+		cmd.Flags().StringVar(&room, "room", "", "a ROOM (its members)")
+		cmd.Flags().StringVar(&e.account, "account", "", "account to act as (default: the daemon's only account)")
+	}
+	one := func(cmd *cobra.Command) error {
+		if (to == "") == (room == "") {
+			return usagef("%s needs --to CONTACT or --room ROOM, exactly one", cmd.CommandPath())
+		}
+		return nil
+	}
+	publish := &cobra.Command{
+		Use:   "publish NAME (--to CONTACT | --room ROOM)",
+		Short: "Let a contact or a room's members discover a registered service",
+		Args:  exactArgs(1, "a service NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := one(cmd); err != nil {
+				return err
+			}
+			_, err := e.client().Publish(cmd.Context(), e.account, api.Publication{Service: args[0], To: to, Room: room})
+			return err
+		},
+	}
+	target(publish)
+	unpublish := &cobra.Command{
+		Use:   "unpublish NAME (--to CONTACT | --room ROOM)",
+		Short: "Withdraw a publication",
+		Args:  exactArgs(1, "a service NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := one(cmd); err != nil {
+				return err
+			}
+			return e.client().Unpublish(cmd.Context(), e.account, api.Publication{Service: args[0], To: to, Room: room})
+		},
+	}
+	target(unpublish)
+	pubs := &cobra.Command{
+		Use:   "publications",
+		Short: "List what you publish, to whom",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ps, err := e.client().Publications(cmd.Context(), e.account)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(ps)
+			}
+			tw := e.table()
+			fmt.Fprintln(tw, "SERVICE\tTO\tROOM")
+			for _, p := range ps {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Service, p.To, p.Room)
+			}
+			return tw.Flush()
+		},
+	}
+	pubs.Flags().StringVar(&e.account, "account", "", "account to act as")
+	jsonFlag(pubs, e)
+	var ff filterFlags
+	browse := &cobra.Command{
+		Use:   "browse (CONTACT | --room ROOM)",
+		Short: "List what a contact, or a room's members, publish to you, through a filter",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if (len(args) == 1) == (room != "") || len(args) > 1 {
+				return usagef("%s needs a CONTACT or --room ROOM, exactly one", cmd.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := ff.filter()
+			if err != nil {
+				return err
+			}
+			req := api.BrowseRequest{Room: room, Filter: f}
+			if len(args) == 1 {
+				req.Contact = args[0]
+			}
+			impls, err := e.client().Browse(cmd.Context(), e.account, req)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(impls)
+			}
+			tw := e.table()
+			fmt.Fprintln(tw, "PUBLISHER\tROOM\tSERVICE\tINTERFACE\tVERSION\tCAPABILITIES")
+			for _, i := range impls {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Publisher, i.Room, i.Service, i.Interface, i.Version, strings.Join(i.Capabilities, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	browse.Flags().StringVar(&room, "room", "", "a ROOM: ask its members")
+	browse.Flags().StringVar(&e.account, "account", "", "account to act as")
+	ff.add(browse)
+	jsonFlag(browse, e)
+	return []*cobra.Command{publish, unpublish, pubs, browse}
 }
 
 func (e *env) printImpls(impls []api.Implementation) error {

@@ -448,7 +448,7 @@ func (a *account) onMessage(kind string, data []byte) {
 	case rendezvous.KindMessage:
 		var m rendezvous.Message
 		err = json.Unmarshal(data, &m)
-		if err == nil && a.tubeMessage(kind, m) {
+		if err == nil && (a.tubeMessage(kind, m) || a.serviceMessage(m)) {
 			return
 		}
 		ev.Type, ev.From, ev.Room, ev.Kind, ev.Body = api.EventMessageReceived, m.From, m.Room, m.Kind, m.Body

@@ -66,6 +66,7 @@ type Daemon struct {
 	paramReqs map[string]paramReq // pending parameters-generator requests
 
 	services *registry.Registry
+	pubs     *pubState
 }
 
 // New loads the state directory.
@@ -89,6 +90,9 @@ func New(cfg Config) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: cfg.Logger.With("component", "daemon"), store: st, accounts: map[string]*account{}, paramReqs: map[string]paramReq{}}
 	d.metrics = newMetrics(cfg.Registerer, d)
 	if err := d.openServices(); err != nil {
+		return nil, err
+	}
+	if err := d.openPublications(); err != nil {
 		return nil, err
 	}
 	saved, err := st.load()

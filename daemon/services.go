@@ -23,6 +23,9 @@ func (d *Daemon) openServices() error {
 		SystemFile: sys,
 		Notify: func(e registry.Event) {
 			d.bus.Publish(api.Event{Type: e.Type, Service: e.Service, Scope: string(e.Scope)})
+			if e.Type == registry.ServiceRemoved {
+				go d.withdrawRemoved(e.Service)
+			}
 		},
 	})
 	if err != nil {

@@ -32,6 +32,30 @@ func (s *Server) serviceRoutes() {
 	s.handle("GET /v1/services/defaults/{interface}", func(r *http.Request) (any, error) {
 		return d.DefaultService(r.PathValue("interface"), r.URL.Query().Get("scope"))
 	})
+	s.handle("GET /v1/accounts/{name}/publications", func(r *http.Request) (any, error) {
+		return d.Publications(r.PathValue("name"))
+	})
+	s.handle("POST /v1/accounts/{name}/publications", func(r *http.Request) (any, error) {
+		var p api.Publication
+		if err := decodeRequired(r, &p, "service", func() bool { return p.Service != "" }); err != nil {
+			return nil, err
+		}
+		return d.Publish(r.Context(), r.PathValue("name"), p)
+	})
+	s.handle("POST /v1/accounts/{name}/publications/withdraw", func(r *http.Request) (any, error) {
+		var p api.Publication
+		if err := decodeRequired(r, &p, "service", func() bool { return p.Service != "" }); err != nil {
+			return nil, err
+		}
+		return nil, d.Unpublish(r.Context(), r.PathValue("name"), p)
+	})
+	s.handle("POST /v1/accounts/{name}/browse", func(r *http.Request) (any, error) {
+		var req api.BrowseRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return d.Browse(r.Context(), r.PathValue("name"), req)
+	})
 	s.handle("PUT /v1/services/defaults/{interface}", func(r *http.Request) (any, error) {
 		var req api.SetDefaultRequest
 		if err := decodeRequired(r, &req, "service", func() bool { return req.Service != "" }); err != nil {

@@ -52,3 +52,30 @@ func (c *Client) SetDefaultService(ctx context.Context, iface, service, version,
 	return out, c.do(ctx, "PUT", "/v1/services/defaults/"+url.PathEscape(iface), nil,
 		api.SetDefaultRequest{Service: service, Version: version, Scope: scope}, &out)
 }
+
+func accountPath(account string) string { return "/v1/accounts/" + acct(account) }
+
+// Publish makes a registered service visible to a contact (p.To) or a
+// room (p.Room); account "" is the daemon's only account.
+func (c *Client) Publish(ctx context.Context, account string, p api.Publication) (api.Publication, error) {
+	var out api.Publication
+	return out, c.do(ctx, "POST", accountPath(account)+"/publications", nil, p, &out)
+}
+
+// Unpublish withdraws a publication.
+func (c *Client) Unpublish(ctx context.Context, account string, p api.Publication) error {
+	return c.do(ctx, "POST", accountPath(account)+"/publications/withdraw", nil, p, nil)
+}
+
+// Publications lists an account's publications.
+func (c *Client) Publications(ctx context.Context, account string) ([]api.Publication, error) {
+	var out []api.Publication
+	return out, c.do(ctx, "GET", accountPath(account)+"/publications", nil, nil, &out)
+}
+
+// Browse asks a contact, or a room's members, what they publish to us,
+// through a filter.
+func (c *Client) Browse(ctx context.Context, account string, req api.BrowseRequest) ([]api.RemoteImplementation, error) {
+	var out []api.RemoteImplementation
+	return out, c.do(ctx, "POST", accountPath(account)+"/browse", nil, req, &out)
+}

@@ -421,3 +421,49 @@ func clip(s string) string {
 	}
 	return s
 }
+
+// Validate checks a descriptor that did not come from XML (one a contact
+// published, in its JSON form) against the rules Parse applies.
+func Validate(d *Descriptor) error {
+	bad := func(rule, format string, a ...any) error {
+		return &ParseError{File: "descriptor", Rule: rule, Msg: fmt.Sprintf(format, a...)}
+	}
+	switch {
+	case d == nil:
+		return bad(RuleMalformedXML, "no descriptor")
+	case d.SFWVersion != "1.0" && d.SFWVersion != "1.1":
+		return bad(RuleSFWVersion, "SFW version %q is not supported (1.0 or 1.1)", clip(d.SFWVersion))
+	case strings.TrimSpace(d.Name) == "" || len(d.Name) > 255:
+		return bad(RuleServiceName, "the service has no name, or one longer than 255 bytes")
+	case d.FilePath != "" && d.IPCAddress != "":
+		return bad(RuleTwoLocations, "service %s has both a filepath and an ipcaddress", clip(d.Name))
+	case d.FilePath == "" && d.IPCAddress == "":
+		return bad(RuleLocation, "service %s has neither a filepath nor an ipcaddress", clip(d.Name))
+	case len(d.Interfaces) == 0 || len(d.Interfaces) > 1024:
+		return bad(RuleNoInterface, "service %s declares %d interfaces (1 to 1024)", clip(d.Name), len(d.Interfaces))
+	}
+	seen := map[string]bool{}
+	for _, in := range d.Interfaces {
+		key := strings.ToLower(in.Name) + "\x00" + in.Version.String()
+		switch {
+		case strings.TrimSpace(in.Name) == "":
+			return bad(RuleInterfaceName, "an interface of %s has no name", clip(d.Name))
+		case in.Version.Major < 1 || in.Version.Minor < 0:
+			return bad(RuleVersion, "interface %s: version %s must have major at least 1", clip(in.Name), in.Version)
+		case seen[key]:
+			return bad(RuleDuplicateIface, "interface %s %s is declared twice", clip(in.Name), in.Version)
+		}
+		seen[key] = true
+		for _, c := range in.Capabilities {
+			if c == "" || strings.ContainsAny(c, ", \t\n") {
+				return bad(RuleCapabilities, "interface %s: capability %q", clip(in.Name), clip(c))
+			}
+		}
+		for k := range in.Properties {
+			if k == "" {
+				return bad(RuleDuplicateProperty, "interface %s: a custom property without a key", clip(in.Name))
+			}
+		}
+	}
+	return nil
+}

@@ -154,3 +154,37 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// Descriptors that arrive as JSON (published by a contact) obey the same
+// rules; every parsed descriptor passes.
+func TestValidate(t *testing.T) {
+	files, _ := filepath.Glob("testdata/descriptors/*.xml")
+	for _, file := range files {
+		d, err := parseFile(t, file)
+		if err != nil || Validate(d) != nil {
+			t.Fatalf("%s: %v %v", file, err, Validate(d))
+		}
+	}
+	ok := func() *Descriptor {
+		return &Descriptor{SFWVersion: "1.1", Name: "S", IPCAddress: "s", Interfaces: []Interface{{Name: "a.b", Version: Version{1, 0}}}}
+	}
+	for rule, mutate := range map[string]func(d *Descriptor){
+		RuleSFWVersion:        func(d *Descriptor) { d.SFWVersion = "3" },
+		RuleServiceName:       func(d *Descriptor) { d.Name = " " },
+		RuleTwoLocations:      func(d *Descriptor) { d.FilePath = "/bin/s" },
+		RuleLocation:          func(d *Descriptor) { d.IPCAddress = "" },
+		RuleNoInterface:       func(d *Descriptor) { d.Interfaces = nil },
+		RuleInterfaceName:     func(d *Descriptor) { d.Interfaces[0].Name = "" },
+		RuleVersion:           func(d *Descriptor) { d.Interfaces[0].Version = Version{0, 9} },
+		RuleDuplicateIface:    func(d *Descriptor) { d.Interfaces = append(d.Interfaces, Interface{Name: "A.B", Version: Version{1, 0}}) },
+		RuleCapabilities:      func(d *Descriptor) { d.Interfaces[0].Capabilities = []string{"a,b"} },
+		RuleDuplicateProperty: func(d *Descriptor) { d.Interfaces[0].Properties = map[string]string{"": "v"} },
+	} {
+		d := ok()
+		mutate(d)
+		var pe *ParseError
+		if err := Validate(d); !errors.As(err, &pe) || pe.Rule != rule {
+			t.Errorf("%s: %v", rule, err)
+		}
+	}
+}

@@ -96,3 +96,21 @@ func subset(a, b []string) bool {
 	}
 	return true
 }
+
+// Select applies f to descriptors that are not in a registry (a contact's
+// published services), in their order, reporting scope on each result.
+func Select(f Filter, ds []*Descriptor, scope Scope) ([]Implementation, error) {
+	m, err := f.compile()
+	if err != nil {
+		return nil, err
+	}
+	var out []Implementation
+	for _, d := range ds {
+		for _, in := range d.Interfaces {
+			if m.match(d.Name, in) {
+				out = append(out, implOf(d, in, scope))
+			}
+		}
+	}
+	return out, nil
+}

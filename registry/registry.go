@@ -16,10 +16,11 @@ import (
 // Scope is where a service is registered: for one user or the system.
 type Scope string
 
-// Scopes.
+// Scopes. RemoteScope marks what contacts publish.
 const (
 	UserScope   Scope = "user"
 	SystemScope Scope = "system"
+	RemoteScope Scope = "remote"
 )
 
 // Error codes, Qt's QServiceManager errors.

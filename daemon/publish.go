@@ -1,0 +1,424 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/atomicfile"
+	"github.com/tubes-dev/tubes/registry"
+	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// Publication and discovery of services. A publisher sends the
+// descriptor of a service it publishes to the contact or room
+// (svc.published) and withdraws it (svc.withdrawn); a browser asks a
+// contact or a room's members what they publish to it (svc.browse) and
+// each answers with its catalog (svc.catalog). Descriptors received are
+// validated like registered ones; only what is published to the asker
+// (or to the room it asks in) is ever sent.
+const (
+	kindPublished = "svc.published"
+	kindWithdrawn = "svc.withdrawn"
+	kindBrowse    = "svc.browse"
+	kindCatalog   = "svc.catalog"
+
+	maxCatalog    = 256
+	browseTimeout = 5 * time.Second
+	roomWait      = 2 * time.Second
+)
+
+type publishedMsg struct {
+	Service *registry.Descriptor `json:"service"`
+}
+
+type withdrawnMsg struct {
+	Service string `json:"service"`
+}
+
+type browseMsg struct {
+	ID string `json:"id"`
+}
+
+type catalogMsg struct {
+	ID       string                 `json:"id"`
+	Services []*registry.Descriptor `json:"services"`
+}
+
+// catalogAnswer is one member's answer to a browse.
+type catalogAnswer struct {
+	from, room string
+	services   []*registry.Descriptor
+}
+
+// pubState is the daemon's publications, per account, and what contacts
+// published to it (in memory: a browse asks afresh).
+type pubState struct {
+	mu      sync.Mutex
+	file    string
+	pubs    map[string][]api.Publication                          // account → publications
+	remote  map[string]map[string]map[string]*registry.Descriptor // account → source → service → descriptor
+	browses map[string]chan catalogAnswer
+}
+
+func (d *Daemon) openPublications() error {
+	p := &pubState{file: filepath.Join(d.cfg.StateDir, "publications.json"), pubs: map[string][]api.Publication{},
+		remote: map[string]map[string]map[string]*registry.Descriptor{}, browses: map[string]chan catalogAnswer{}}
+	b, err := os.ReadFile(p.file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	default:
+		if err := json.Unmarshal(b, &p.pubs); err != nil {
+			return tperr.New(tperr.InvalidArgument, "%s is corrupt: %v", p.file, err)
+		}
+	}
+	d.pubs = p
+	return nil
+}
+
+// savePubs writes the publications; callers hold pubs.mu.
+func (p *pubState) save() error {
+	b, err := json.MarshalIndent(p.pubs, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(p.file, append(b, '\n'), 0o600)
+}
+
+func isServiceKind(kind string) bool { return strings.HasPrefix(kind, "svc.") }
+
+// publishedDescriptor finds a registered service (user scope, then system).
+func (d *Daemon) publishedDescriptor(name string) (*registry.Descriptor, bool) {
+	ds, _ := d.services.Services(registry.UserScope)
+	for _, s := range ds {
+		if strings.EqualFold(s.Name, name) {
+			return s, true
+		}
+	}
+	return nil, false
+}
+
+// Publish makes a registered service visible to a contact or a room.
+func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (api.Publication, error) {
+	if (p.To == "") == (p.Room == "") {
+		return p, tperr.New(tperr.InvalidArgument, "a service is published to a contact (to) or a room (room), exactly one")
+	}
+	a, c, err := d.live(name)
+	if err != nil {
+		return p, err
+	}
+	desc, ok := d.publishedDescriptor(p.Service)
+	if !ok {
+		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
+	}
+	p.Service = desc.Name
+	body, _ := json.Marshal(publishedMsg{Service: desc})
+	if _, err := c.Send(ctx, p.To, p.Room, kindPublished, body); err != nil {
+		return p, err
+	}
+	d.pubs.mu.Lock()
+	defer d.pubs.mu.Unlock()
+	if !slices.Contains(d.pubs.pubs[a.name], p) {
+		d.pubs.pubs[a.name] = append(d.pubs.pubs[a.name], p)
+		if err := d.pubs.save(); err != nil {
+			d.pubs.pubs[a.name] = d.pubs.pubs[a.name][:len(d.pubs.pubs[a.name])-1]
+			return p, err
+		}
+	}
+	d.log.Info("service published", "account", a.name, "service", p.Service, "to", p.To, "room", p.Room)
+	return p, nil
+}
+
+// Unpublish withdraws a publication.
+func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) error {
+	a, err := d.account(name)
+	if err != nil {
+		return err
+	}
+	d.pubs.mu.Lock()
+	list := d.pubs.pubs[a.name]
+	i := slices.IndexFunc(list, func(q api.Publication) bool {
+		return strings.EqualFold(q.Service, p.Service) && q.To == p.To && q.Room == p.Room
+	})
+	if i < 0 {
+		d.pubs.mu.Unlock()
+		return tperr.New(tperr.NotFound, "%s does not publish %s there (tube services publications)", a.name, p.Service)
+	}
+	q := list[i]
+	d.pubs.pubs[a.name] = slices.Delete(slices.Clone(list), i, i+1)
+	err = d.pubs.save()
+	if err != nil {
+		d.pubs.pubs[a.name] = list
+	}
+	d.pubs.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	d.sendWithdrawn(ctx, a, q)
+	return nil
+}
+
+func (d *Daemon) sendWithdrawn(ctx context.Context, a *account, p api.Publication) {
+	c, err := a.conn()
+	if err == nil {
+		body, _ := json.Marshal(withdrawnMsg{Service: p.Service})
+		_, err = c.Send(ctx, p.To, p.Room, kindWithdrawn, body)
+	}
+	if err != nil {
+		a.log.Info("withdrawal not delivered", "service", p.Service, "to", p.To, "room", p.Room, "err", err)
+	}
+}
+
+// withdrawRemoved withdraws the publications of a service that left the
+// registry.
+func (d *Daemon) withdrawRemoved(service string) {
+	if _, still := d.publishedDescriptor(service); still {
+		return // the same name remains in the other scope
+	}
+	d.pubs.mu.Lock()
+	gone := map[string][]api.Publication{}
+	for acct, list := range d.pubs.pubs {
+		keep := list[:0:0]
+		for _, p := range list {
+			if strings.EqualFold(p.Service, service) {
+				gone[acct] = append(gone[acct], p)
+			} else {
+				keep = append(keep, p)
+			}
+		}
+		d.pubs.pubs[acct] = keep
+	}
+	if len(gone) > 0 {
+		d.pubs.save()
+	}
+	d.pubs.mu.Unlock()
+	for acct, ps := range gone {
+		a, err := d.account(acct)
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		for _, p := range ps {
+			d.sendWithdrawn(ctx, a, p)
+		}
+		cancel()
+	}
+}
+
+// Publications lists an account's publications.
+func (d *Daemon) Publications(name string) ([]api.Publication, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return nil, err
+	}
+	d.pubs.mu.Lock()
+	defer d.pubs.mu.Unlock()
+	return append([]api.Publication{}, d.pubs.pubs[a.name]...), nil
+}
+
+// Browse asks a contact, or a room's members, what they publish to us,
+// and returns what f selects.
+func (d *Daemon) Browse(ctx context.Context, name string, req api.BrowseRequest) ([]api.RemoteImplementation, error) {
+	if (req.Contact == "") == (req.Room == "") {
+		return nil, tperr.New(tperr.InvalidArgument, "browse a contact or a room, exactly one")
+	}
+	if _, err := registry.Select(req.Filter, nil, registry.RemoteScope); err != nil {
+		return nil, serviceErr(err)
+	}
+	a, c, err := d.live(name)
+	if err != nil {
+		return nil, err
+	}
+	id := browseID()
+	ch := make(chan catalogAnswer, 64)
+	d.pubs.mu.Lock()
+	d.pubs.browses[id] = ch
+	d.pubs.mu.Unlock()
+	defer func() {
+		d.pubs.mu.Lock()
+		delete(d.pubs.browses, id)
+		d.pubs.mu.Unlock()
+	}()
+	body, _ := json.Marshal(browseMsg{ID: id})
+	got, err := c.Send(ctx, req.Contact, req.Room, kindBrowse, body)
+	if err != nil {
+		return nil, err
+	}
+	wait := browseTimeout
+	if req.Room != "" {
+		wait = roomWait
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	var answers []catalogAnswer
+collect:
+	for len(answers) < len(got) {
+		select {
+		case ans := <-ch:
+			if slices.Contains(got, ans.from) {
+				answers = append(answers, ans)
+			}
+		case <-timer.C:
+			break collect
+		case <-ctx.Done():
+			return nil, tperr.New(tperr.Cancelled, "browse cancelled")
+		}
+	}
+	if req.Contact != "" && len(answers) == 0 {
+		return nil, tperr.New(tperr.NetworkError, "%s did not answer within %s (is it online?)", req.Contact, wait)
+	}
+	out := []api.RemoteImplementation{}
+	slices.SortFunc(answers, func(x, y catalogAnswer) int { return strings.Compare(x.from, y.from) })
+	for _, ans := range answers {
+		d.setRemote(a.name, source(ans.from, ans.room), ans.services)
+		impls, _ := registry.Select(req.Filter, ans.services, registry.RemoteScope)
+		for _, impl := range impls {
+			out = append(out, api.RemoteImplementation{Implementation: impl, Publisher: ans.from, Room: ans.room})
+		}
+	}
+	return out, nil
+}
+
+func source(from, room string) string {
+	if room == "" {
+		return "contact:" + from
+	}
+	return "room:" + room + "/" + from
+}
+
+func browseID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// setRemote replaces what a source publishes to an account.
+func (d *Daemon) setRemote(acct, src string, ds []*registry.Descriptor) {
+	d.pubs.mu.Lock()
+	defer d.pubs.mu.Unlock()
+	if d.pubs.remote[acct] == nil {
+		d.pubs.remote[acct] = map[string]map[string]*registry.Descriptor{}
+	}
+	m := map[string]*registry.Descriptor{}
+	for _, s := range ds {
+		m[strings.ToLower(s.Name)] = s
+	}
+	d.pubs.remote[acct][src] = m
+}
+
+// serviceMessage handles svc.* deliveries; it reports whether it took m.
+func (a *account) serviceMessage(m rendezvous.Message) bool {
+	if !isServiceKind(m.Kind) {
+		return false
+	}
+	if err := a.d.onServiceMessage(a, m); err != nil {
+		a.log.Warn("ignored a service message", "from", m.From, "room", m.Room, "kind", m.Kind, "err", err)
+	}
+	return true
+}
+
+func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
+	switch m.Kind {
+	case kindPublished:
+		var p publishedMsg
+		if err := json.Unmarshal(m.Body, &p); err != nil {
+			return err
+		}
+		if err := registry.Validate(p.Service); err != nil {
+			return err
+		}
+		d.pubs.mu.Lock()
+		if d.pubs.remote[a.name] == nil {
+			d.pubs.remote[a.name] = map[string]map[string]*registry.Descriptor{}
+		}
+		src := source(m.From, m.Room)
+		if d.pubs.remote[a.name][src] == nil {
+			d.pubs.remote[a.name][src] = map[string]*registry.Descriptor{}
+		}
+		d.pubs.remote[a.name][src][strings.ToLower(p.Service.Name)] = p.Service
+		d.pubs.mu.Unlock()
+		d.bus.Publish(api.Event{Type: api.EventServiceAdded, Account: a.name, Service: p.Service.Name,
+			Contact: m.From, Room: m.Room, Scope: string(registry.RemoteScope)})
+	case kindWithdrawn:
+		var w withdrawnMsg
+		if err := json.Unmarshal(m.Body, &w); err != nil || w.Service == "" || len(w.Service) > 255 {
+			return errors.New("malformed withdrawal")
+		}
+		d.pubs.mu.Lock()
+		delete(d.pubs.remote[a.name][source(m.From, m.Room)], strings.ToLower(w.Service))
+		d.pubs.mu.Unlock()
+		d.bus.Publish(api.Event{Type: api.EventServiceRemoved, Account: a.name, Service: w.Service,
+			Contact: m.From, Room: m.Room, Scope: string(registry.RemoteScope)})
+	case kindBrowse:
+		var b browseMsg
+		if err := json.Unmarshal(m.Body, &b); err != nil || b.ID == "" || len(b.ID) > 64 {
+			return errors.New("malformed browse request")
+		}
+		go d.answerBrowse(a, m.From, m.Room, b.ID)
+	case kindCatalog:
+		var c catalogMsg
+		if err := json.Unmarshal(m.Body, &c); err != nil || len(c.Services) > maxCatalog {
+			return errors.New("malformed catalog")
+		}
+		for _, s := range c.Services {
+			if err := registry.Validate(s); err != nil {
+				return err
+			}
+		}
+		d.pubs.mu.Lock()
+		ch := d.pubs.browses[c.ID]
+		d.pubs.mu.Unlock()
+		if ch == nil {
+			return errors.New("a catalog nobody asked for")
+		}
+		select {
+		case ch <- catalogAnswer{from: m.From, room: m.Room, services: c.Services}:
+		default:
+		}
+	default:
+		return errors.New("unknown kind")
+	}
+	return nil
+}
+
+// answerBrowse sends from what we publish to it: our publications to it
+// as a contact, or to the room it asks in.
+func (d *Daemon) answerBrowse(a *account, from, room, id string) {
+	d.pubs.mu.Lock()
+	var names []string
+	for _, p := range d.pubs.pubs[a.name] {
+		if (room == "" && p.To == from) || (room != "" && p.Room == room) {
+			names = append(names, p.Service)
+		}
+	}
+	d.pubs.mu.Unlock()
+	out := []*registry.Descriptor{}
+	for _, n := range names {
+		if desc, ok := d.publishedDescriptor(n); ok && len(out) < maxCatalog {
+			out = append(out, desc)
+		}
+	}
+	body, _ := json.Marshal(catalogMsg{ID: id, Services: out})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := a.conn()
+	if err == nil {
+		_, err = c.Send(ctx, from, room, kindCatalog, body)
+	}
+	if err != nil {
+		a.log.Info("catalog not delivered", "to", from, "room", room, "err", err)
+	}
+}

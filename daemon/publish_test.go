@@ -1,0 +1,118 @@
+package daemon_test
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/tubetest"
+	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// Alice publishes a registered service to bob and to a room; bob and a
+// room member discover it with filters, are told of additions and
+// removals, and never see what alice did not publish to them.
+func TestPublishAndBrowse(t *testing.T) {
+	ctx := context.Background()
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	alice, bob, carol := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	carol.Register(t, "carol", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	if _, err := alice.C.CreateRoom(ctx, "alice", "lab"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.C.JoinRoom(ctx, "carol", "lab"); err != nil {
+		t.Fatal(err)
+	}
+	bobEv, carolEv := tubetest.Record(t, bob.C, "bob"), tubetest.Record(t, carol.C, "carol")
+
+	for _, f := range []string{"testservice.xml", "filestorage-1.0.xml"} {
+		b, err := os.ReadFile("../registry/testdata/descriptors/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.C.AddService(ctx, string(b), f, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "NoSuchService", To: "bob"}); tperr.Name(err) != tperr.NotFound {
+		t.Fatalf("publish an unknown service: %v", err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "testservice", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	ev := bobEv.MustWait("ServiceAdded", func(e api.Event) bool { return e.Type == api.EventServiceAdded })
+	if ev.Service != "TestService" || ev.Contact != "alice" || ev.Scope != "remote" || ev.Room != "" {
+		t.Fatalf("bob's event %+v", ev)
+	}
+
+	browse := func(who *tubetest.Daemon, name string, req api.BrowseRequest) []string {
+		t.Helper()
+		impls, err := who.C.Browse(ctx, name, req)
+		if err != nil {
+			t.Fatalf("%s browses %+v: %v", name, req, err)
+		}
+		var out []string
+		for _, i := range impls {
+			out = append(out, i.Publisher+" "+i.Room+" "+i.Service+" "+i.Interface+" "+i.Version.String())
+		}
+		return out
+	}
+	got := browse(bob, "bob", api.BrowseRequest{Contact: "alice", Filter: api.ServiceFilter{Interface: "com.nokia.qt.ilocation", Version: "1.5"}})
+	if !slices.Equal(got, []string{"alice  TestService com.nokia.qt.ILocation 1.5"}) {
+		t.Fatalf("bob's filtered browse: %q", got)
+	}
+	if got := browse(bob, "bob", api.BrowseRequest{Contact: "alice", Filter: api.ServiceFilter{Interface: "com.nokia.qt.ILocation", Version: "2.0"}}); len(got) != 0 {
+		t.Fatalf("a filter nothing matches: %q", got)
+	}
+	// All of TestService, and nothing of FileStorage, which alice did not publish.
+	got = browse(bob, "bob", api.BrowseRequest{Contact: "alice"})
+	if len(got) != 3 || slices.ContainsFunc(got, func(s string) bool { return strings.Contains(s, "FileStorage") }) {
+		t.Fatalf("bob sees: %q", got)
+	}
+	if _, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice", Filter: api.ServiceFilter{Interface: "x", Version: "1.x"}}); tperr.Name(err) != tperr.InvalidArgument {
+		t.Fatalf("invalid filter version: %v", err)
+	}
+
+	// The room: nothing until alice publishes to it.
+	if got := browse(carol, "carol", api.BrowseRequest{Room: "lab"}); len(got) != 0 {
+		t.Fatalf("carol sees before publication: %q", got)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "TestService", Room: "lab"}); err != nil {
+		t.Fatal(err)
+	}
+	ev = carolEv.MustWait("ServiceAdded", func(e api.Event) bool { return e.Type == api.EventServiceAdded })
+	if ev.Service != "TestService" || ev.Contact != "alice" || ev.Room != "lab" {
+		t.Fatalf("carol's event %+v", ev)
+	}
+	if got := browse(carol, "carol", api.BrowseRequest{Room: "lab", Filter: api.ServiceFilter{Capabilities: []string{"ReadUserData"}}}); !slices.Equal(got, []string{"alice lab TestService com.nokia.qt.ISysInfo 2.3"}) {
+		t.Fatalf("carol's room browse: %q", got)
+	}
+	// carol is not alice's contact: she cannot ask alice directly.
+	if _, err := carol.C.Browse(ctx, "carol", api.BrowseRequest{Contact: "alice"}); err == nil {
+		t.Fatal("a non-contact browsed alice directly")
+	}
+
+	// Unregistering withdraws it everywhere.
+	if err := alice.C.RemoveService(ctx, "TestService", ""); err != nil {
+		t.Fatal(err)
+	}
+	for who, e := range map[string]*tubetest.Events{"bob": bobEv, "carol": carolEv} {
+		ev := e.MustWait(who+" ServiceRemoved", func(e api.Event) bool { return e.Type == api.EventServiceRemoved && e.Scope == "remote" })
+		if ev.Service != "TestService" || ev.Contact != "alice" {
+			t.Fatalf("%s's removal event %+v", who, ev)
+		}
+	}
+	if got := browse(bob, "bob", api.BrowseRequest{Contact: "alice"}); len(got) != 0 {
+		t.Fatalf("bob still sees: %q", got)
+	}
+	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 0 {
+		t.Fatalf("publications left: %+v", ps)
+	}
+}
