@@ -188,3 +188,26 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDescriptorJSON: descriptors contacts publish arrive as JSON; any
+// bytes decode or fail cleanly, and what Validate accepts is usable.
+func FuzzDescriptorJSON(f *testing.F) {
+	files, _ := filepath.Glob("testdata/golden/*.json")
+	for _, file := range files {
+		b, _ := os.ReadFile(file)
+		f.Add(b)
+	}
+	f.Add([]byte(`{"sfw_version":"1.1","name":"S","ipcaddress":"s","interfaces":[{"name":"a","version":"0.1"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var d Descriptor
+		if json.Unmarshal(b, &d) != nil || Validate(&d) != nil {
+			return
+		}
+		if _, err := Select(Filter{Interface: d.Interfaces[0].Name}, []*Descriptor{&d}, RemoteScope); err != nil {
+			t.Fatal(err)
+		}
+		if d.Location() == "" {
+			t.Fatal("validated without a location")
+		}
+	})
+}
