@@ -268,9 +268,14 @@ func openCmd(e *env) *cobra.Command {
 	var req api.OpenRequest
 	var uids []uint
 	cmd := &cobra.Command{
-		Use:   "open CONTACT/SERVICE",
-		Short: "Ask a contact for a tube to a service it exported for you (a reverse tube); prints the local address",
-		Args:  exactArgs(1, "CONTACT/SERVICE"),
+		Use:   "open CONTACT/SERVICE | CONTACT/INTERFACE[@M.m]",
+		Short: "Ask a contact for a tube to a service it exported or published for you (a reverse tube); prints the local address",
+		Long: `Ask a contact for a tube to one of its services (a reverse tube) and print the
+local address to connect to. SERVICE is a name the contact exported for you
+(tube export --allow). INTERFACE[@M.m] looks through what the contact
+publishes to you (tube services publish) and opens the service with the
+highest version of that interface, at least M.m.`,
+		Args: exactArgs(1, "CONTACT/SERVICE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			contact, service, ok := strings.Cut(args[0], "/")
 			if !ok || contact == "" || service == "" {

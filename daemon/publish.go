@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,11 +71,16 @@ type pubState struct {
 	pubs    map[string][]api.Publication                          // account → publications
 	remote  map[string]map[string]map[string]*registry.Descriptor // account → source → service → descriptor
 	browses map[string]chan catalogAnswer
+	// auto: exports made for published services (account → service),
+	// dropped when a publication changes so the next request re-reads
+	// who may reach it.
+	auto map[string]map[string]bool
 }
 
 func (d *Daemon) openPublications() error {
 	p := &pubState{file: filepath.Join(d.cfg.StateDir, "publications.json"), pubs: map[string][]api.Publication{},
-		remote: map[string]map[string]map[string]*registry.Descriptor{}, browses: map[string]chan catalogAnswer{}}
+		remote: map[string]map[string]map[string]*registry.Descriptor{}, browses: map[string]chan catalogAnswer{},
+		auto: map[string]map[string]bool{}}
 	b, err := os.ReadFile(p.file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -167,6 +173,7 @@ func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) 
 	if err != nil {
 		return err
 	}
+	d.dropAutoExport(a.name, q.Service)
 	d.sendWithdrawn(ctx, a, q)
 	return nil
 }
@@ -210,6 +217,7 @@ func (d *Daemon) withdrawRemoved(service string) {
 		if err != nil {
 			continue
 		}
+		d.dropAutoExport(acct, service)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		for _, p := range ps {
 			d.sendWithdrawn(ctx, a, p)
@@ -421,4 +429,97 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	if err != nil {
 		a.log.Info("catalog not delivered", "to", from, "room", room, "err", err)
 	}
+}
+
+// publishedExport is the export that serves a service account publishes,
+// when its descriptor's ipcaddress is a TCP HOST:PORT or a Unix socket
+// path (services started on demand, <filepath>, need activation).
+func (d *Daemon) publishedExport(account, service string) (api.Export, bool) {
+	desc, ok := d.publishedDescriptor(service)
+	if !ok {
+		return api.Export{}, false
+	}
+	e := api.Export{Service: desc.Name}
+	if ap, err := netip.ParseAddrPort(desc.IPCAddress); err == nil {
+		e.TCP = ap.String()
+	} else if strings.HasPrefix(desc.IPCAddress, "/") {
+		e.Unix = desc.IPCAddress
+	} else {
+		return api.Export{}, false
+	}
+	d.pubs.mu.Lock()
+	for _, p := range d.pubs.pubs[account] {
+		if !strings.EqualFold(p.Service, service) {
+			continue
+		}
+		if p.To != "" {
+			e.Allow = append(e.Allow, p.To)
+		} else {
+			e.AllowRooms = append(e.AllowRooms, p.Room)
+		}
+	}
+	d.pubs.mu.Unlock()
+	if len(e.Allow)+len(e.AllowRooms) == 0 {
+		return api.Export{}, false
+	}
+	d.pubs.mu.Lock()
+	if d.pubs.auto[account] == nil {
+		d.pubs.auto[account] = map[string]bool{}
+	}
+	d.pubs.auto[account][desc.Name] = true
+	d.pubs.mu.Unlock()
+	return e, true
+}
+
+// dropAutoExport removes the export made for a published service, if
+// any, after its publications changed.
+func (d *Daemon) dropAutoExport(account, service string) {
+	d.pubs.mu.Lock()
+	var name string
+	for n := range d.pubs.auto[account] {
+		if strings.EqualFold(n, service) {
+			name = n
+		}
+	}
+	delete(d.pubs.auto[account], name)
+	d.pubs.mu.Unlock()
+	if name != "" {
+		if err := d.Unexport(account, name); err != nil {
+			d.log.Debug("published service export not removed", "service", name, "err", err)
+		}
+	}
+}
+
+// resolveOpen turns "INTERFACE@M.m" (or an interface name) in a
+// reverse-tube request into the service the contact publishes that
+// implements it: the highest version the filter selects (ties to the
+// first service name). A plain name that no interface matches is taken
+// as a service name.
+func (d *Daemon) resolveOpen(ctx context.Context, name string, req *api.OpenRequest) error {
+	iface, version, hasVersion := strings.Cut(req.Service, "@")
+	if !hasVersion && !strings.Contains(iface, ".") {
+		return nil
+	}
+	impls, err := d.Browse(ctx, name, api.BrowseRequest{Contact: req.Contact, Filter: api.ServiceFilter{Interface: iface, Version: version}})
+	if err != nil {
+		if hasVersion {
+			return err
+		}
+		return nil
+	}
+	if len(impls) == 0 {
+		if hasVersion {
+			return tperr.New(tperr.NotFound, "%s publishes no service implementing %s %s or later", req.Contact, iface, version)
+		}
+		return nil
+	}
+	best := impls[0]
+	for _, i := range impls[1:] {
+		if best.Version.Less(i.Version) {
+			best = i
+		}
+	}
+	d.log.Info("interface resolved", "contact", req.Contact, "interface", iface, "version", version, "service", best.Service, "implementation", best.Version.String())
+	req.Service = best.Service
+	return nil
 }

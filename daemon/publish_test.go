@@ -2,10 +2,14 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/internal/tubetest"
@@ -114,5 +118,64 @@ func TestPublishAndBrowse(t *testing.T) {
 	}
 	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 0 {
 		t.Fatalf("publications left: %+v", ps)
+	}
+}
+
+// tube open CONTACT/INTERFACE@M.m resolves through what the contact
+// publishes (the highest version the filter selects) and reaches the
+// service over a reverse tube; an interface nobody publishes in that
+// version is NotFound.
+func TestOpenByInterface(t *testing.T) {
+	ctx := context.Background()
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	for name, v := range map[string]string{"EchoOld": "1.2", "EchoNew": "1.5"} {
+		prefix := name
+		ln := tubetest.ServeTCP(t, func(c net.Conn) {
+			defer c.Close()
+			b := make([]byte, 5)
+			if _, err := io.ReadFull(c, b); err == nil {
+				fmt.Fprintf(c, "%s:%s", prefix, b)
+			}
+		})
+		xml := fmt.Sprintf(`<SFW version="1.1"><service><name>%s</name><ipcaddress>%s</ipcaddress>
+<interface><name>org.example.Echo</name><version>%s</version></interface></service></SFW>`, name, ln.Addr(), v)
+		if _, err := alice.C.AddService(ctx, xml, name+".xml", ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: name, To: "bob"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Echo@1.0"})
+	if err != nil {
+		t.Fatalf("open by interface: %v", err)
+	}
+	c, err := net.Dial("tcp", tb.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "hello")
+	got, _ := io.ReadAll(c)
+	if string(got) != "EchoNew:hello" {
+		t.Fatalf("the tube reached %q, want EchoNew (1.5, the highest)", got)
+	}
+	if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Echo@2.0"}); tperr.Name(err) != tperr.NotFound {
+		t.Fatalf("open a version nobody publishes: %v", err)
+	}
+	// Withdrawn publications close the way in, also for a service
+	// reached before (its export goes with the publication).
+	for _, name := range []string{"EchoOld", "EchoNew"} {
+		if err := alice.C.Unpublish(ctx, "alice", api.Publication{Service: name, To: "bob"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: name}); tperr.Name(err) != tperr.PermissionDenied {
+			t.Fatalf("opened %s, no longer published: %v", name, err)
+		}
 	}
 }

@@ -104,7 +104,8 @@ func (a *account) newTubes() error {
 		Generate: func(ctx context.Context, client string, req tube.ParamsRequest) (map[string]api.Value, error) {
 			return a.d.generate(ctx, a.name, client, req)
 		},
-		TURN: a.turnConfig,
+		TURN:      a.turnConfig,
+		Published: func(service string) (api.Export, bool) { return a.d.publishedExport(a.name, service) },
 		Need: func(rooms, contacts bool) {
 			for tok, on := range map[string]bool{api.InterestRooms: rooms, api.InterestContactList: contacts} {
 				if on {
@@ -324,6 +325,9 @@ func (d *Daemon) AddHandler(name, client string, req api.HandleRequest) (string,
 func (d *Daemon) Open(ctx context.Context, name string, req api.OpenRequest) (api.Tube, error) {
 	m, err := d.tubesOf(name)
 	if err != nil {
+		return api.Tube{}, err
+	}
+	if err := d.resolveOpen(ctx, name, &req); err != nil {
 		return api.Tube{}, err
 	}
 	return m.Open(ctx, req)

@@ -91,6 +91,10 @@ type Config struct {
 	// TURN gives the TURN server and credentials for the account's relay
 	// allocation; nil means tubes go direct only.
 	TURN func(ctx context.Context) (turnclient.Config, error)
+	// Published gives the export of a service the account publishes
+	// (service framework) when a reverse-tube request names one that is
+	// not exported; its Allow and AllowRooms say who it is published to.
+	Published func(service string) (api.Export, bool)
 }
 
 // Manager holds one account's exports, tubes and peer links.
@@ -1141,6 +1145,16 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 		m.mu.Lock()
 		e := m.exports[r.Service]
 		m.mu.Unlock()
+		if e == nil && m.cfg.Published != nil {
+			if pe, ok := m.cfg.Published(r.Service); ok {
+				if _, err := m.Export("", pe); err != nil {
+					m.log.Warn("published service not exported", "service", r.Service, "err", err)
+				}
+				m.mu.Lock()
+				e = m.exports[r.Service]
+				m.mu.Unlock()
+			}
+		}
 		if e == nil || !m.mayRequest(ctx, e, from) {
 			refuse(tperr.PermissionDenied, fmt.Sprintf("%s has not exported %s for %s", m.cfg.Account, r.Service, from))
 			return
