@@ -169,14 +169,16 @@ func TestValidate(t *testing.T) {
 		return &Descriptor{SFWVersion: "1.1", Name: "S", IPCAddress: "s", Interfaces: []Interface{{Name: "a.b", Version: Version{1, 0}}}}
 	}
 	for rule, mutate := range map[string]func(d *Descriptor){
-		RuleSFWVersion:        func(d *Descriptor) { d.SFWVersion = "3" },
-		RuleServiceName:       func(d *Descriptor) { d.Name = " " },
-		RuleTwoLocations:      func(d *Descriptor) { d.FilePath = "/bin/s" },
-		RuleLocation:          func(d *Descriptor) { d.IPCAddress = "" },
-		RuleNoInterface:       func(d *Descriptor) { d.Interfaces = nil },
-		RuleInterfaceName:     func(d *Descriptor) { d.Interfaces[0].Name = "" },
-		RuleVersion:           func(d *Descriptor) { d.Interfaces[0].Version = Version{0, 9} },
-		RuleDuplicateIface:    func(d *Descriptor) { d.Interfaces = append(d.Interfaces, Interface{Name: "A.B", Version: Version{1, 0}}) },
+		RuleSFWVersion:    func(d *Descriptor) { d.SFWVersion = "3" },
+		RuleServiceName:   func(d *Descriptor) { d.Name = " " },
+		RuleTwoLocations:  func(d *Descriptor) { d.FilePath = "/bin/s" },
+		RuleLocation:      func(d *Descriptor) { d.IPCAddress = "" },
+		RuleNoInterface:   func(d *Descriptor) { d.Interfaces = nil },
+		RuleInterfaceName: func(d *Descriptor) { d.Interfaces[0].Name = "" },
+		RuleVersion:       func(d *Descriptor) { d.Interfaces[0].Version = Version{0, 9} },
+		RuleDuplicateIface: func(d *Descriptor) {
+			d.Interfaces = append(d.Interfaces, Interface{Name: "A.B", Version: Version{1, 0}})
+		},
 		RuleCapabilities:      func(d *Descriptor) { d.Interfaces[0].Capabilities = []string{"a,b"} },
 		RuleDuplicateProperty: func(d *Descriptor) { d.Interfaces[0].Properties = map[string]string{"": "v"} },
 	} {
