@@ -273,6 +273,22 @@ func (m *Manager) updateNeed() {
 	}
 }
 
+// checkOfferer ends an incoming room tube whose offerer has left the
+// room already: room events reach us only once updateNeed subscribed to
+// them, so a leave just before that would go unseen.
+func (m *Manager) checkOfferer(t *tube) {
+	ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
+	defer cancel()
+	members, err := m.cfg.Signaller.RoomMembers(ctx, t.room)
+	if err != nil || slices.Contains(members, t.peer) {
+		return
+	}
+	m.mu.Lock()
+	m.endTube(t, tperr.Cancelled, t.peer+", who offered the tube, left room "+t.room)
+	m.mu.Unlock()
+	m.updateNeed()
+}
+
 // ---- exports
 
 // Export exports a local service; client is the calling local-API client
@@ -551,7 +567,12 @@ func (m *Manager) onOffer(from, room string, body []byte) error {
 	m.emit(api.Event{Type: api.EventNewTube, TubeID: t.id, Service: t.service, Contact: from, Room: room,
 		Direction: "incoming", State: StateName(t.state), StateCode: u32(t.state)})
 	m.log.Info("tube offered to us", "tube", t.id, "service", t.service, "from", from, "room", room)
-	go m.updateNeed()
+	go func() {
+		m.updateNeed()
+		if room != "" {
+			m.checkOfferer(t)
+		}
+	}()
 	if o.Request != "" {
 		if p := m.opens[o.Request]; p != nil && p.contact == from && room == "" {
 			delete(m.opens, o.Request)
