@@ -97,8 +97,8 @@ type Client struct {
 	nonce    string
 	txs      map[[stun.TransactionIDSize]byte]chan *stun.Message
 	attempts []Attempt
-	notify   chan struct{} // signalled when attempts grows
-	perms    map[netip.Addr]bool
+	notify   chan struct{}            // signalled when attempts grows
+	perms    map[netip.Addr]time.Time // permitted IP → when last asked for
 	data     map[*Conn]struct{}
 	closed   bool
 	err      error
@@ -125,7 +125,7 @@ func Allocate(ctx context.Context, cfg Config) (*Client, error) {
 		cfg: cfg, log: cfg.Logger, ctrl: ctrl,
 		txs:    map[[stun.TransactionIDSize]byte]chan *stun.Message{},
 		notify: make(chan struct{}, 1),
-		perms:  map[netip.Addr]bool{},
+		perms:  map[netip.Addr]time.Time{},
 		data:   map[*Conn]struct{}{},
 		done:   make(chan struct{}),
 	}
@@ -177,18 +177,52 @@ func (c *Client) Permit(ctx context.Context, ips ...netip.Addr) error {
 	if len(ips) == 0 {
 		return nil
 	}
-	attrs := make([]stun.Setter, 0, len(ips))
-	for _, ip := range ips {
-		attrs = append(attrs, peerAttr(netip.AddrPortFrom(ip.Unmap(), 0)))
-	}
-	if _, err := c.request(ctx, stun.MethodCreatePermission, attrs...); err != nil {
-		return err
+	for i := 0; i < len(ips); i += permBatch {
+		var attrs []stun.Setter
+		for _, ip := range ips[i:min(i+permBatch, len(ips))] {
+			attrs = append(attrs, peerAttr(netip.AddrPortFrom(ip.Unmap(), 0)))
+		}
+		if _, err := c.request(ctx, stun.MethodCreatePermission, attrs...); err != nil {
+			return err
+		}
 	}
 	c.mu.Lock()
+	now := time.Now()
 	for _, ip := range ips {
-		c.perms[ip.Unmap()] = true
+		c.perms[ip.Unmap()] = now
 	}
 	c.mu.Unlock()
+	return nil
+}
+
+// Permissions the client keeps refreshing: those asked for within
+// permKeep, at most maxPerms, sent permBatch to a request (a TURN
+// server reads a bounded frame; pion's is 1,600 bytes).
+const (
+	permKeep  = 10 * time.Minute
+	maxPerms  = 1024
+	permBatch = 32
+)
+
+// refreshPerms renews the permissions still wanted, forgetting the rest.
+func (c *Client) refreshPerms(ctx context.Context) error {
+	c.mu.Lock()
+	var ips []stun.Setter
+	for ip, at := range c.perms {
+		if time.Since(at) > permKeep || len(ips) >= maxPerms {
+			delete(c.perms, ip)
+			continue
+		}
+		ips = append(ips, peerAttr(netip.AddrPortFrom(ip, 0)))
+	}
+	c.mu.Unlock()
+	for len(ips) > 0 {
+		n := min(len(ips), permBatch)
+		if _, err := c.request(ctx, stun.MethodCreatePermission, ips[:n]...); err != nil {
+			return err
+		}
+		ips = ips[n:]
+	}
 	return nil
 }
 
@@ -426,14 +460,10 @@ func (c *Client) keepAlive() {
 		res, err := c.request(ctx, stun.MethodRefresh, lifetimeAttr(c.cfg.Lifetime))
 		if err == nil {
 			c.lifetime = lifetimeOf(res, c.cfg.Lifetime)
-			c.mu.Lock()
-			var ips []stun.Setter
-			for ip := range c.perms {
-				ips = append(ips, peerAttr(netip.AddrPortFrom(ip, 0)))
-			}
-			c.mu.Unlock()
-			if len(ips) > 0 {
-				_, err = c.request(ctx, stun.MethodCreatePermission, ips...)
+			// A refused permission (a peer the server filters, say)
+			// costs only that permission, not the allocation.
+			if perr := c.refreshPerms(ctx); perr != nil && !errors.Is(perr, ErrClosed) {
+				c.log.Info("TURN permission refresh failed", "err", perr)
 			}
 		}
 		cancel()

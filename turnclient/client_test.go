@@ -207,3 +207,28 @@ func serverMessages() [][]byte {
 		&stun.ErrorCodeAttribute{Code: 446, Reason: []byte("Connection Already Exists")})
 	return [][]byte{att.Raw, e.Raw}
 }
+
+// Many permissions (one per accepter address over a long allocation) are
+// refreshed in batches a server can read, so the allocation survives.
+func TestManyPermissionsRefresh(t *testing.T) {
+	s, err := relay.Start(relay.Config{Listen: "127.0.0.1:0", Users: map[string]string{"alice": "secret"}, AllowPeers: []string{"198.18.0.0/15"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := allocate(t, s.Addr(), "alice", "secret")
+	ctx := ctxT(t)
+	for i := range 300 {
+		if err := c.Permit(ctx, netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.RefreshPerms(ctx); err != nil {
+		t.Fatalf("refresh of 300 permissions: %v", err)
+	}
+	select {
+	case <-c.Done():
+		t.Fatalf("the allocation ended: %v", c.Err())
+	default:
+	}
+}

@@ -1,6 +1,7 @@
 package turnclient
 
 import (
+	"context"
 	"log/slog"
 
 	"github.com/pion/stun/v4"
@@ -21,3 +22,6 @@ func DecodeForFuzz(b []byte) {
 	c := &Client{log: slog.New(slog.DiscardHandler), notify: make(chan struct{}, 1)}
 	c.onAttempt(m)
 }
+
+// RefreshPerms runs the permission refresh now.
+func (c *Client) RefreshPerms(ctx context.Context) error { return c.refreshPerms(ctx) }
