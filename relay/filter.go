@@ -16,6 +16,38 @@ import (
 // IPv4-compatible or NAT64 IPv6 addresses. Operators widen it with Allow.
 type PeerFilter struct {
 	allow []netip.Prefix
+	// self are the relay host's own addresses: a peer there would reach
+	// services listening on every interface of the relay host (and the
+	// relay itself), whatever firewall guards them from outside.
+	self map[netip.Addr]bool
+}
+
+// DenySelf refuses the given addresses of the relay host too (unless an
+// allowed prefix names them).
+func (f *PeerFilter) DenySelf(addrs ...netip.Addr) {
+	if f.self == nil {
+		f.self = map[netip.Addr]bool{}
+	}
+	for _, a := range addrs {
+		if a.IsValid() {
+			f.self[normalize(a)] = true
+		}
+	}
+}
+
+// hostAddrs are the addresses of this host's interfaces.
+func hostAddrs() []netip.Addr {
+	var out []netip.Addr
+	ifs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	for _, a := range ifs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
 }
 
 // NewPeerFilter returns the default filter widened by the allowed
@@ -87,6 +119,8 @@ func (f *PeerFilter) Allowed(ip netip.Addr) (bool, string) {
 		}
 	}
 	switch {
+	case f.self[n]:
+		return false, "an address of the relay host itself"
 	case n.IsUnspecified():
 		return false, "unspecified address"
 	case n.IsLoopback():

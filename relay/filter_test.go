@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/tubes-dev/tubes/relay"
@@ -71,5 +72,25 @@ func TestPeerFilterAllow(t *testing.T) {
 		if _, err := relay.NewPeerFilter([]string{bad}); err == nil {
 			t.Errorf("--allow-peer %q accepted", bad)
 		}
+	}
+}
+
+// The relay host's own addresses are refused (a peer there would reach
+// the host's services from inside), unless an operator allows them.
+func TestFilterDeniesSelf(t *testing.T) {
+	f, _ := relay.NewPeerFilter(nil)
+	f.DenySelf(netip.MustParseAddr("198.18.0.1"))
+	for _, s := range []string{"198.18.0.1", "::ffff:198.18.0.1"} {
+		if ok, why := f.Allowed(netip.MustParseAddr(s)); ok || !strings.Contains(why, "relay host") {
+			t.Errorf("%s: allowed=%v (%s)", s, ok, why)
+		}
+	}
+	if ok, _ := f.Allowed(netip.MustParseAddr("198.18.0.2")); !ok {
+		t.Error("another public address refused")
+	}
+	g, _ := relay.NewPeerFilter([]string{"198.18.0.1/32"})
+	g.DenySelf(netip.MustParseAddr("198.18.0.1"))
+	if ok, _ := g.Allowed(netip.MustParseAddr("198.18.0.1")); !ok {
+		t.Error("--allow-peer does not override the self rule")
 	}
 }

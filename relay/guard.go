@@ -88,6 +88,12 @@ func (s *Server) check(f []byte, tuple string, tcp bool) (answer, req []byte) {
 			r = &refusal{stun.CodeAllocMismatch, "no allocation on this connection"}
 		case kind != "tcp":
 			r = &refusal{stun.CodeBadRequest, "Connect needs a TCP allocation"}
+		default:
+			// pion leaves a Connect to port 0 unanswered.
+			var peer stun.XORMappedAddress
+			if peer.GetFromAs(m, stun.AttrXORPeerAddress) == nil && peer.Port == 0 {
+				r = &refusal{stun.CodeBadRequest, "peer port 0"}
+			}
 		}
 	case stun.MethodRefresh, stun.MethodCreatePermission, stun.MethodChannelBind:
 		if _, ok := s.allocationKind(tuple); !ok {

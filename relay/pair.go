@@ -61,6 +61,10 @@ func (s *Server) copyPair(dst, src *net.TCPConn, user string) (int64, error) {
 	}
 }
 
+// maxPendingConnects bounds the Connect requests a control connection
+// remembers until answered.
+const maxPendingConnects = 16
+
 // spliceMin is the backlog worth a splice(2) rather than a copy.
 const spliceMin = 64 << 10
 
@@ -225,7 +229,11 @@ func (c *guardConn) noteIncoming(req []byte) {
 			if c.connects == nil {
 				c.connects = map[[stun.TransactionIDSize]byte]netip.AddrPort{}
 			}
-			c.connects[m.TransactionID] = xorAddrPort(peer)
+			// pion answers Connects one at a time; a few pending are
+			// plenty (an unpaired connection is still relayed, by pion).
+			if len(c.connects) < maxPendingConnects {
+				c.connects[m.TransactionID] = xorAddrPort(peer)
+			}
 			c.cmu.Unlock()
 		}
 	case methodBind:

@@ -191,3 +191,41 @@ func TestEndRightAfterData(t *testing.T) {
 		to.Close()
 	}
 }
+
+// A relay listening on every address (the usual deployment) still makes
+// outgoing connections for Connect.
+func TestConnectFromWildcardRelay(t *testing.T) {
+	s, err := Start(Config{Listen: "0.0.0.0:0", External: "127.0.0.1", Users: map[string]string{"alice": "secret"}, AllowPeers: []string{"127.0.0.0/8"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.PublicAddr(), Username: "alice", Password: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		p, err := ln.Accept()
+		if err == nil {
+			io.Copy(p, p)
+		}
+	}()
+	out, err := c.Connect(ctx, netip.MustParseAddrPort(ln.Addr().String()))
+	if err != nil {
+		t.Fatalf("Connect through a wildcard relay: %v", err)
+	}
+	defer out.Close()
+	out.Write([]byte("ping"))
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(out, b); err != nil || string(b) != "ping" {
+		t.Fatalf("echo: %q %v", b, err)
+	}
+}

@@ -147,6 +147,8 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.extIP = ext
+	ea, _ := netip.AddrFromSlice(ext)
+	s.filter.DenySelf(append(hostAddrs(), ea, s.bindIP)...)
 
 	gen := &generator{s: s}
 	perm := func(client net.Addr, peer net.IP) bool {
@@ -353,8 +355,11 @@ func (g *generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	if la, ok := c.LocalAddr.(*net.TCPAddr); ok {
 		port = la.Port
 	}
-	d := net.Dialer{Timeout: connectTimeout, Control: reuseport.Control,
-		LocalAddr: &net.TCPAddr{IP: net.IP(g.s.bindIP.AsSlice()), Port: port}}
+	local := &net.TCPAddr{Port: port} // any address (a wildcard listener) ...
+	if !g.s.bindIP.IsUnspecified() {
+		local.IP = net.IP(g.s.bindIP.AsSlice()) // ... or the one it listens on
+	}
+	d := net.Dialer{Timeout: connectTimeout, Control: reuseport.Control, LocalAddr: local}
 	conn, err := d.Dial(c.Network, peer.String())
 	if err != nil {
 		g.s.releasePending(c.UserID)
