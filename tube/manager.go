@@ -119,6 +119,7 @@ type Manager struct {
 	closed   bool
 
 	allocMu     sync.Mutex         // one allocation at a time
+	offering    int                // offers being made (they may use the allocation; guarded by mu)
 	alloc       *turnclient.Client // while we offer tubes (guarded by mu)
 	allocServer string
 	permits     map[string]chan permittedMsg // relay permission requests awaiting answers
@@ -427,6 +428,15 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	if req.To != "" && keys[req.To] == nil {
 		return api.Tube{}, tperr.New(tperr.PermissionDenied, "%s is not your contact: tubes are offered to contacts who approved you (tube contact add %s)", req.To, req.To)
 	}
+	m.mu.Lock()
+	m.offering++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.offering--
+		m.releaseAllocation() // if the offer failed and nothing else needs it
+		m.mu.Unlock()
+	}()
 	relay, err := m.relayFor(ctx, wantPath(req.Path))
 	if err != nil {
 		return api.Tube{}, err

@@ -24,6 +24,10 @@ import (
 // permitTimeout bounds the permission round trip through the rendezvous.
 const permitTimeout = 10 * time.Second
 
+// maxRelayedHandshakes bounds relayed connections being bound and
+// verified at once.
+const maxRelayedHandshakes = 16
+
 // relayFor returns what an offer says about the relay path, allocating
 // when needed. With want == relay, no allocation is an error; otherwise
 // the tube simply goes without one.
@@ -90,22 +94,35 @@ func (m *Manager) allocation(ctx context.Context) (*turnclient.Client, string, e
 func (m *Manager) acceptRelayed(c *turnclient.Client) {
 	defer func() {
 		m.mu.Lock()
-		lost := m.alloc == c // not released by us
-		if lost {
+		lost := m.alloc == c && m.ctx.Err() == nil // not released by us
+		if m.alloc == c {
 			m.alloc = nil
 		}
 		m.mu.Unlock()
+		if m.ctx.Err() != nil {
+			c.Close() // the account is going away
+		}
 		m.log.Info("relay allocation ended", "relayed", c.RelayedAddr().String(), "why", c.Err())
 		if lost {
 			go m.reallocate()
 		}
 	}()
+	// Unverified relayed connections cost a data connection and a TLS
+	// handshake each: only so many at a time (the server closes an
+	// attempt not bound within 30 s).
+	sem := make(chan struct{}, maxRelayedHandshakes)
 	for {
 		a, err := c.NextAttempt(m.ctx)
 		if err != nil {
 			return
 		}
+		select {
+		case sem <- struct{}{}:
+		case <-m.ctx.Done():
+			return
+		}
 		go func() {
+			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(m.ctx, linkTimeout)
 			defer cancel()
 			d, err := c.Bind(ctx, a)
@@ -189,7 +206,7 @@ func (m *Manager) reallocate() {
 // releaseAllocation ends the allocation once no outgoing tube needs it.
 // Callers hold m.mu.
 func (m *Manager) releaseAllocation() {
-	if m.alloc == nil {
+	if m.alloc == nil || m.offering > 0 {
 		return
 	}
 	for _, t := range m.tubes {

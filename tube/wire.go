@@ -207,6 +207,7 @@ func decodePermitted(data []byte) (permittedMsg, error) {
 	if len(m.Message) > maxMessageLen || (m.Error != "" && !tperr.IsName(m.Error)) {
 		return m, tperr.New(tperr.InvalidArgument, "malformed relay permission answer")
 	}
+	m.Message = clip(m.Message)
 	return m, nil
 }
 
