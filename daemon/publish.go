@@ -35,7 +35,8 @@ const (
 	kindBrowse    = "svc.browse"
 	kindCatalog   = "svc.catalog"
 
-	maxCatalog    = 256
+	maxCatalog    = 256  // services one publisher shows us
+	maxSources    = 4096 // publishers (contact, or room member) remembered per account
 	browseTimeout = 5 * time.Second
 	roomWait      = 2 * time.Second
 )
@@ -71,16 +72,11 @@ type pubState struct {
 	pubs    map[string][]api.Publication                          // account → publications
 	remote  map[string]map[string]map[string]*registry.Descriptor // account → source → service → descriptor
 	browses map[string]chan catalogAnswer
-	// auto: exports made for published services (account → service),
-	// dropped when a publication changes so the next request re-reads
-	// who may reach it.
-	auto map[string]map[string]bool
 }
 
 func (d *Daemon) openPublications() error {
 	p := &pubState{file: filepath.Join(d.cfg.StateDir, "publications.json"), pubs: map[string][]api.Publication{},
-		remote: map[string]map[string]map[string]*registry.Descriptor{}, browses: map[string]chan catalogAnswer{},
-		auto: map[string]map[string]bool{}}
+		remote: map[string]map[string]map[string]*registry.Descriptor{}, browses: map[string]chan catalogAnswer{}}
 	b, err := os.ReadFile(p.file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -173,7 +169,6 @@ func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) 
 	if err != nil {
 		return err
 	}
-	d.dropAutoExport(a.name, q.Service)
 	d.sendWithdrawn(ctx, a, q)
 	return nil
 }
@@ -217,7 +212,6 @@ func (d *Daemon) withdrawRemoved(service string) {
 		if err != nil {
 			continue
 		}
-		d.dropAutoExport(acct, service)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		for _, p := range ps {
 			d.sendWithdrawn(ctx, a, p)
@@ -272,11 +266,13 @@ func (d *Daemon) Browse(ctx context.Context, name string, req api.BrowseRequest)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	var answers []catalogAnswer
+	answered := map[string]bool{}
 collect:
 	for len(answers) < len(got) {
 		select {
 		case ans := <-ch:
-			if slices.Contains(got, ans.from) {
+			if slices.Contains(got, ans.from) && !answered[ans.from] {
+				answered[ans.from] = true
 				answers = append(answers, ans)
 			}
 		case <-timer.C:
@@ -353,10 +349,21 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 			d.pubs.remote[a.name] = map[string]map[string]*registry.Descriptor{}
 		}
 		src := source(m.From, m.Room)
-		if d.pubs.remote[a.name][src] == nil {
-			d.pubs.remote[a.name][src] = map[string]*registry.Descriptor{}
+		cat := d.pubs.remote[a.name][src]
+		if cat == nil {
+			if len(d.pubs.remote[a.name]) >= maxSources {
+				d.pubs.mu.Unlock()
+				return errors.New("too many publishers remembered")
+			}
+			cat = map[string]*registry.Descriptor{}
+			d.pubs.remote[a.name][src] = cat
 		}
-		d.pubs.remote[a.name][src][strings.ToLower(p.Service.Name)] = p.Service
+		key := strings.ToLower(p.Service.Name)
+		if _, known := cat[key]; !known && len(cat) >= maxCatalog {
+			d.pubs.mu.Unlock()
+			return errors.New("a publisher's catalog is full")
+		}
+		cat[key] = p.Service
 		d.pubs.mu.Unlock()
 		d.bus.Publish(api.Event{Type: api.EventServiceAdded, Account: a.name, Service: p.Service.Name,
 			Contact: m.From, Room: m.Room, Scope: string(registry.RemoteScope)})
@@ -462,32 +469,7 @@ func (d *Daemon) publishedExport(account, service string) (api.Export, bool) {
 	if len(e.Allow)+len(e.AllowRooms) == 0 {
 		return api.Export{}, false
 	}
-	d.pubs.mu.Lock()
-	if d.pubs.auto[account] == nil {
-		d.pubs.auto[account] = map[string]bool{}
-	}
-	d.pubs.auto[account][desc.Name] = true
-	d.pubs.mu.Unlock()
 	return e, true
-}
-
-// dropAutoExport removes the export made for a published service, if
-// any, after its publications changed.
-func (d *Daemon) dropAutoExport(account, service string) {
-	d.pubs.mu.Lock()
-	var name string
-	for n := range d.pubs.auto[account] {
-		if strings.EqualFold(n, service) {
-			name = n
-		}
-	}
-	delete(d.pubs.auto[account], name)
-	d.pubs.mu.Unlock()
-	if name != "" {
-		if err := d.Unexport(account, name); err != nil {
-			d.log.Debug("published service export not removed", "service", name, "err", err)
-		}
-	}
 }
 
 // resolveOpen turns "INTERFACE@M.m" (or an interface name) in a

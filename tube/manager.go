@@ -1177,6 +1177,9 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 		e := m.exports[r.Service]
 		m.mu.Unlock()
 		if e == nil && m.cfg.Published != nil {
+			// A published service is exported for this one offer, with
+			// who it is published to now; the tube keeps the export,
+			// the export list does not.
 			if pe, ok := m.cfg.Published(r.Service); ok {
 				if _, err := m.Export("", pe); err != nil {
 					m.log.Warn("published service not exported", "service", r.Service, "err", err)
@@ -1184,6 +1187,13 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 				m.mu.Lock()
 				e = m.exports[r.Service]
 				m.mu.Unlock()
+				defer func() {
+					m.mu.Lock()
+					if m.exports[r.Service] == e {
+						delete(m.exports, r.Service)
+					}
+					m.mu.Unlock()
+				}()
 			}
 		}
 		if e == nil || !m.mayRequest(ctx, e, from) {
