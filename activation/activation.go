@@ -96,6 +96,9 @@ func New(cfg Config) *Unit {
 	return &Unit{cfg: cfg, log: cfg.Logger.With("service", cfg.Name)}
 }
 
+// Name is the service's name.
+func (u *Unit) Name() string { return u.cfg.Name }
+
 // Status reports the unit's state.
 func (u *Unit) Status() Status {
 	u.mu.Lock()

@@ -1,6 +1,9 @@
 package api
 
-import "github.com/tubes-dev/tubes/registry"
+import (
+	"github.com/tubes-dev/tubes/activation"
+	"github.com/tubes-dev/tubes/registry"
+)
 
 // The service framework's types are the registry's: a service descriptor,
 // an interface implementation, a filter.
@@ -54,3 +57,7 @@ type RemoteImplementation struct {
 	Publisher string `json:"publisher"`
 	Room      string `json:"room,omitempty"` // published to this room
 }
+
+// ActivationStatus is what a service started on demand is doing, and
+// what went wrong last (GET /v1/services/activations).
+type ActivationStatus = activation.Status

@@ -137,7 +137,28 @@ then the system's.`,
 	def.Flags().StringVar(&version, "version", "", "with SERVICE: that exact version, not its newest")
 	jsonFlag(def, e)
 
-	cmd.AddCommand(add, remove, list, find, def)
+	acts := &cobra.Command{
+		Use:   "activations",
+		Short: "Services started on demand: running or not, clients, starts, last failure",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			as, err := e.client().Activations(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(as)
+			}
+			tw := e.table()
+			fmt.Fprintln(tw, "SERVICE\tRUNNING\tPID\tCLIENTS\tSTARTS\tLAST ERROR")
+			for name, s := range as {
+				fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%d\t%s\n", name, s.Running, s.PID, s.Clients, s.Starts, s.LastError)
+			}
+			return tw.Flush()
+		},
+	}
+	jsonFlag(acts, e)
+	cmd.AddCommand(add, remove, list, find, def, acts)
 	cmd.AddCommand(publishCmds(e)...)
 	return cmd
 }

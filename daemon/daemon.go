@@ -67,6 +67,7 @@ type Daemon struct {
 
 	services *registry.Registry
 	pubs     *pubState
+	acts     activations
 }
 
 // New loads the state directory.
@@ -126,7 +127,10 @@ func (d *Daemon) Start(ctx context.Context) {
 }
 
 // Wait waits until every account loop has stopped (after Start's ctx ends).
-func (d *Daemon) Wait() { d.loops.Wait() }
+func (d *Daemon) Wait() {
+	d.loops.Wait()
+	d.closeActivations()
+}
 
 // Run is Start, then Wait once ctx ends.
 func (d *Daemon) Run(ctx context.Context) error {

@@ -451,6 +451,13 @@ func (d *Daemon) publishedExport(account, service string) (api.Export, bool) {
 		e.TCP = ap.String()
 	} else if strings.HasPrefix(desc.IPCAddress, "/") {
 		e.Unix = desc.IPCAddress
+	} else if desc.FilePath != "" {
+		addr, err := d.activated(desc)
+		if err != nil {
+			d.log.Warn("on-demand service unavailable", "service", desc.Name, "err", err)
+			return api.Export{}, false
+		}
+		e.TCP = addr
 	} else {
 		return api.Export{}, false
 	}

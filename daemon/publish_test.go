@@ -1,11 +1,14 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -178,4 +181,74 @@ func TestOpenByInterface(t *testing.T) {
 			t.Fatalf("opened %s, no longer published: %v", name, err)
 		}
 	}
+}
+
+// A published service with a <filepath> starts on the first connection
+// through a tube, with its socket passed systemd-style, serves it with
+// every byte checked, and stops once idle.
+func TestOpenAutostartedService(t *testing.T) {
+	ctx := context.Background()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "service.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	xml := `<SFW version="1.1"><service><name>Hasher</name><filepath>` + script + `</filepath>
+<interface><name>org.example.Hash</name><version>1.0</version><customproperty key="idle">1</customproperty></interface></service></SFW>`
+	if _, err := alice.C.AddService(ctx, xml, "hasher.xml", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Hasher", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if acts, _ := alice.C.Activations(ctx); acts["Hasher"].Starts != 0 {
+		t.Fatalf("started before any connection: %+v", acts)
+	}
+	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Hash@1.0"})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	data := bytes.Repeat([]byte("autostart "), 100000)
+	c, err := net.Dial("tcp", tb.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.Write(data)
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	c.Close()
+	var pid int
+	var sum string
+	var n int
+	if _, serr := fmt.Sscanf(string(got), "activated %d %s %d", &pid, &sum, &n); serr != nil || err != nil ||
+		sum != fmt.Sprintf("%x", sha256.Sum256(data)) || n != len(data) {
+		t.Fatalf("the autostarted service answered %q (%v)", got, err)
+	}
+	st := statusOf(t, alice, "Hasher")
+	if st.Starts != 1 || st.PID != pid {
+		t.Fatalf("activation status %+v, service pid %d", st, pid)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for statusOf(t, alice, "Hasher").Running {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle service did not stop")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func statusOf(t *testing.T, d *tubetest.Daemon, service string) api.ActivationStatus {
+	t.Helper()
+	acts, err := d.C.Activations(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return acts[service]
 }

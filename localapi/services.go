@@ -29,6 +29,7 @@ func (s *Server) serviceRoutes() {
 		}
 		return d.FindServices(req)
 	})
+	s.handle("GET /v1/services/activations", func(r *http.Request) (any, error) { return d.Activations(), nil })
 	s.handle("GET /v1/services/defaults/{interface}", func(r *http.Request) (any, error) {
 		return d.DefaultService(r.PathValue("interface"), r.URL.Query().Get("scope"))
 	})

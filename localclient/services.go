@@ -79,3 +79,9 @@ func (c *Client) Browse(ctx context.Context, account string, req api.BrowseReque
 	var out []api.RemoteImplementation
 	return out, c.do(ctx, "POST", accountPath(account)+"/browse", nil, req, &out)
 }
+
+// Activations reports the services started on demand (by name).
+func (c *Client) Activations(ctx context.Context) (map[string]api.ActivationStatus, error) {
+	var out map[string]api.ActivationStatus
+	return out, c.do(ctx, "GET", "/v1/services/activations", nil, nil, &out)
+}

@@ -1,0 +1,48 @@
+package daemon_test
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+)
+
+// The test binary doubles as a socket-activated service (see
+// activatedService) when ACTIVATED_SERVICE is set.
+func TestMain(m *testing.M) {
+	if os.Getenv("ACTIVATED_SERVICE") != "" {
+		activatedService()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// activatedService serves the listening socket it was given as fd 3
+// (LISTEN_FDS=1, LISTEN_PID its own): each connection gets back
+// "activated PID SHA256 N" for what it sent up to its half-close.
+func activatedService() {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") != "1" {
+		os.Exit(3)
+	}
+	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	if err != nil {
+		os.Exit(4)
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			h := sha256.New()
+			n, err := io.Copy(h, c)
+			if err == nil {
+				fmt.Fprintf(c, "activated %d %x %d", os.Getpid(), h.Sum(nil), n)
+			}
+		}()
+	}
+}
