@@ -342,6 +342,23 @@ func (d *Daemon) Disconnect(name string) error {
 	return d.save()
 }
 
+// WaitDisconnected waits (up to 5 s) until a disconnected account's
+// connection has ended, and returns it.
+func (d *Daemon) WaitDisconnected(ctx context.Context, name string) (api.Account, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return api.Account{}, err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := a.snapshot()
+		if s.Status == connection.Disconnected.String() || time.Now().After(deadline) || ctx.Err() != nil {
+			return s, nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // WaitSettled waits for the account's next connection attempt to end, or
 // returns at once if it is connected or not trying.
 func (d *Daemon) WaitSettled(ctx context.Context, name string) (api.Account, error) {

@@ -182,7 +182,7 @@ func (s *Server) routes() {
 		if err := d.Disconnect(name); err != nil {
 			return nil, err
 		}
-		return d.Account(name)
+		return d.WaitDisconnected(r.Context(), name)
 	})
 	s.handle("POST /v1/accounts/{name}/handles/request", func(r *http.Request) (any, error) {
 		var req api.HandlesRequest
