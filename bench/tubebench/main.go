@@ -44,6 +44,7 @@ var (
 	out        = flag.String("out", "", "also write the Markdown report here")
 	echoServe  = flag.String("serve-echo", "", "internal: run an echo server on this address")
 	turnEcho   = flag.String("turn-echo", "", "internal: allocate on this TURN server and echo every peer's connection")
+	actEcho    = flag.Bool("activated-echo", false, "internal: run as a socket-activated echo service")
 )
 
 func main() {
@@ -52,6 +53,10 @@ func main() {
 	log.SetPrefix("tubebench: ")
 	if *echoServe != "" {
 		serveEcho(*echoServe)
+		return
+	}
+	if *actEcho {
+		serveActivatedEcho()
 		return
 	}
 	if *turnEcho != "" {
@@ -392,6 +397,9 @@ func (b *bench) run() error {
 	err = b.relayRows(ctx, r)
 	if err == nil {
 		err = b.registryRows()
+	}
+	if err == nil {
+		err = b.activationRows()
 	}
 	b.report()
 	return err
