@@ -239,6 +239,10 @@ func (u *Unit) waitAccepted(ln *net.TCPListener, exited chan struct{}) error {
 		return err
 	}
 	deadline := time.Now().Add(u.cfg.StartTimeout)
+	// An empty queue means accepted once our connection was seen in it;
+	// seen empty at once, look again shortly: the handshake's last ACK
+	// may not have reached the listener yet.
+	seen, zeros := false, 0
 	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 20*time.Millisecond) {
 		select {
 		case <-exited:
@@ -259,7 +263,9 @@ func (u *Unit) waitAccepted(ln *net.TCPListener, exited chan struct{}) error {
 		if cerr != nil || gerr != nil {
 			continue // the listener closed: the service is gone (above)
 		}
-		if queued == 0 {
+		if queued > 0 {
+			seen = true
+		} else if zeros++; seen || zeros >= 2 {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -384,4 +390,59 @@ func reset(c net.Conn) {
 		tc.SetLinger(0)
 	}
 	c.Close()
+}
+
+// Connect returns a connection the service has accepted (starting it if
+// needed), for a caller that relays it itself (the tube manager), and
+// done, to call once that connection has ended. When the service does
+// not take it, the error says why (wrapping ErrRefused).
+func (u *Unit) Connect() (conn net.Conn, done func(), err error) {
+	if u.cfg.Mode == PerClient {
+		return u.connectPerClient()
+	}
+	c, err := u.connectShared()
+	if err != nil {
+		return nil, nil, err
+	}
+	var once sync.Once
+	return c, func() { once.Do(u.release) }, nil
+}
+
+// connectPerClient starts one process with one end of a socket pair as
+// its connection (descriptor 3) and returns the other end.
+func (u *Unit) connectPerClient() (net.Conn, func(), error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	theirs := os.NewFile(uintptr(fds[1]), "service")
+	ours := os.NewFile(uintptr(fds[0]), "client")
+	defer ours.Close()
+	defer theirs.Close()
+	c, err := net.FileConn(ours)
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := u.command(theirs)
+	u.mu.Lock()
+	u.status.Starts++
+	u.status.LastStart = time.Now()
+	if err := cmd.Start(); err != nil {
+		err = u.fail("cannot start %s: %v", u.cfg.Path, err)
+		u.mu.Unlock()
+		c.Close()
+		return nil, nil, err
+	}
+	u.clients++
+	u.mu.Unlock()
+	go func() {
+		werr := cmd.Wait()
+		u.mu.Lock()
+		u.clients--
+		if werr != nil {
+			u.status.LastError = fmt.Sprintf("a per-client instance exited: %v", werr)
+		}
+		u.mu.Unlock()
+	}()
+	return c, func() {}, nil
 }

@@ -71,6 +71,20 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 	return ln.Addr().String(), nil
 }
 
+// connectActivated connects a tube to a service started on demand, so
+// that a service that does not take the connection is refused
+// (ConnectionRefused), not cut after a connection seemed made.
+func (d *Daemon) connectActivated(service string) (net.Conn, func(), bool, error) {
+	d.acts.mu.Lock()
+	a := d.acts.units[strings.ToLower(service)]
+	d.acts.mu.Unlock()
+	if a == nil {
+		return nil, nil, false, nil
+	}
+	c, done, err := a.unit.Connect()
+	return c, done, true, err
+}
+
 // Activations reports the on-demand services and what they are doing.
 func (d *Daemon) Activations() map[string]api.ActivationStatus {
 	d.acts.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,4 +253,46 @@ func statusOf(t *testing.T, d *tubetest.Daemon, service string) api.ActivationSt
 		t.Fatal(err)
 	}
 	return acts[service]
+}
+
+// An on-demand service that cannot start refuses the tube connection:
+// the application sees a reset, the tube reports ConnectionRefused, and
+// the activation status says why.
+func TestAutostartFailureRefused(t *testing.T) {
+	ctx := context.Background()
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	bobEv := tubetest.Record(t, bob.C, "bob")
+	xml := `<SFW version="1.1"><service><name>Broken</name><filepath>/nonexistent/broken-service</filepath>
+<interface><name>org.example.Broken</name><version>1.0</version></interface></service></SFW>`
+	if _, err := alice.C.AddService(ctx, xml, "broken.xml", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Broken", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Broken@1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", tb.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.Write([]byte("hello"))
+	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the application got %v, want a reset", err)
+	}
+	ev := bobEv.MustWait("ConnectionClosed", func(e api.Event) bool { return e.Type == api.EventConnectionClosed && e.TubeID == tb.ID })
+	if ev.Error != tperr.ConnectionRefused {
+		t.Fatalf("closed with %s (%s), want ConnectionRefused", ev.Error, ev.Message)
+	}
+	if st := statusOf(t, alice, "Broken"); !strings.Contains(st.LastError, "exit status 127") {
+		t.Fatalf("activation status %+v", st)
+	}
 }

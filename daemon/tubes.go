@@ -106,6 +106,7 @@ func (a *account) newTubes() error {
 		},
 		TURN:      a.turnConfig,
 		Published: func(service string) (api.Export, bool) { return a.d.publishedExport(a.name, service) },
+		Connect:   a.d.connectActivated,
 		Need: func(rooms, contacts bool) {
 			for tok, on := range map[string]bool{api.InterestRooms: rooms, api.InterestContactList: contacts} {
 				if on {

@@ -91,6 +91,10 @@ type Config struct {
 	// TURN gives the TURN server and credentials for the account's relay
 	// allocation; nil means tubes go direct only.
 	TURN func(ctx context.Context) (turnclient.Config, error)
+	// Connect, when it knows service, connects to it itself (a service
+	// started on demand: the error then means it did not take the
+	// connection) and gives done, called when the connection ends.
+	Connect func(service string) (conn net.Conn, done func(), ok bool, err error)
 	// Published gives the export of a service the account publishes
 	// (service framework) when a reverse-tube request names one that is
 	// not exported; its Allow and AllowRooms say who it is published to.
@@ -892,7 +896,21 @@ func (m *Manager) onStream(peer, path string, st *peerlink.Stream, meta []byte) 
 
 // connectService connects a tube connection to the exported service.
 func (m *Manager) connectService(t *tube, c *tconn, e *export) {
-	svc, err := dialService(m.ctx, e)
+	var svc net.Conn
+	var err error
+	done := func() {}
+	if m.cfg.Connect != nil {
+		var ok bool
+		var d func()
+		if svc, d, ok, err = m.cfg.Connect(t.service); ok && err == nil {
+			done = d
+		}
+		if !ok {
+			svc, err = dialService(m.ctx, e)
+		}
+	} else {
+		svc, err = dialService(m.ctx, e)
+	}
 	if err == nil && e.ProxyProtocol {
 		err = m.writeProxyHeader(svc, t, c)
 		if err != nil {
@@ -915,6 +933,7 @@ func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 	if t.conns[c.id] != c { // the tube or connection ended meanwhile
 		m.mu.Unlock()
 		abort(svc)
+		done()
 		return
 	}
 	if a, ok := svc.LocalAddr().(*net.TCPAddr); ok {
@@ -923,7 +942,7 @@ func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 	m.emit(api.Event{Type: api.EventNewRemoteConnection, TubeID: t.id, Service: t.service, ConnectionID: u32(c.id),
 		Contact: c.contact, Room: t.room, Source: c.source})
 	m.mu.Unlock()
-	c.st.Splice(svc, func(err error) { m.connClosed(t, c.id, err) })
+	c.st.Splice(svc, func(err error) { done(); m.connClosed(t, c.id, err) })
 }
 
 // writeProxyHeader sends a PROXY protocol v2 header naming the contact,
