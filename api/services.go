@@ -61,3 +61,11 @@ type RemoteImplementation struct {
 // ActivationStatus is what a service started on demand is doing, and
 // what went wrong last (GET /v1/services/activations).
 type ActivationStatus = activation.Status
+
+// Grant gives a contact capabilities: a published service whose
+// interfaces name capabilities is reachable only by contacts holding them
+// all (POST /v1/accounts/{name}/grants; .../grants/revoke takes back).
+type Grant struct {
+	Contact      string   `json:"contact"`
+	Capabilities []string `json:"capabilities"`
+}

@@ -108,7 +108,8 @@ Contacts and rooms:      tube contact, tube room, tube message
 Tubes:                   tube export, unexport, offer, accept, handle, open,
                          tube tubes, connections, whois, close
 Services:                tube services add, remove, list, find, default,
-                         publish, unpublish, publications, browse, activations
+                         publish, unpublish, publications, browse, activations,
+                         grant, revoke, grants
 Try it:                  tube demo`,
 		SilenceErrors: true,
 		SilenceUsage:  true,

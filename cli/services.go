@@ -297,7 +297,55 @@ func publishCmds(e *env) []*cobra.Command {
 	browse.Flags().StringVar(&e.account, "account", "", "account to act as")
 	ff.add(browse)
 	jsonFlag(browse, e)
-	return []*cobra.Command{publish, unpublish, pubs, browse}
+	grantCmd := func(revoke bool) *cobra.Command {
+		use, short := "grant CONTACT CAPABILITY...", "Grant a contact capabilities the services you publish may require"
+		if revoke {
+			use, short = "revoke CONTACT CAPABILITY...", "Take capabilities back from a contact"
+		}
+		c := &cobra.Command{
+			Use:   use,
+			Short: short,
+			Args: func(cmd *cobra.Command, args []string) error {
+				if len(args) < 2 {
+					return usagef("%s needs a CONTACT and at least one CAPABILITY", cmd.CommandPath())
+				}
+				return nil
+			},
+			RunE: func(cmd *cobra.Command, args []string) error {
+				g, err := e.client().Grant(cmd.Context(), e.account, api.Grant{Contact: args[0], Capabilities: args[1:]}, revoke)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "%s\t%s\n", g.Contact, strings.Join(g.Capabilities, ","))
+				return nil
+			},
+		}
+		c.Flags().StringVar(&e.account, "account", "", "account to act as")
+		return c
+	}
+	grants := &cobra.Command{
+		Use:   "grants",
+		Short: "List the capabilities granted to contacts",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			gs, err := e.client().Grants(cmd.Context(), e.account)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(gs)
+			}
+			tw := e.table()
+			fmt.Fprintln(tw, "CONTACT\tCAPABILITIES")
+			for _, g := range gs {
+				fmt.Fprintf(tw, "%s\t%s\n", g.Contact, strings.Join(g.Capabilities, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	grants.Flags().StringVar(&e.account, "account", "", "account to act as")
+	jsonFlag(grants, e)
+	return []*cobra.Command{publish, unpublish, pubs, browse, grantCmd(false), grantCmd(true), grants}
 }
 
 func (e *env) printImpls(impls []api.Implementation) error {

@@ -441,9 +441,14 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 // publishedExport is the export that serves a service account publishes,
 // when its descriptor's ipcaddress is a TCP HOST:PORT or a Unix socket
 // path (services started on demand, <filepath>, need activation).
-func (d *Daemon) publishedExport(account, service string) (api.Export, bool) {
+func (d *Daemon) publishedExport(account, service, from string) (api.Export, bool) {
 	desc, ok := d.publishedDescriptor(service)
 	if !ok {
+		return api.Export{}, false
+	}
+	if missing := d.missingCaps(account, from, desc); len(missing) > 0 {
+		d.log.Info("a contact lacks the capabilities a service requires", "account", account, "contact", from,
+			"service", desc.Name, "missing", missing)
 		return api.Export{}, false
 	}
 	e := api.Export{Service: desc.Name}

@@ -296,3 +296,52 @@ func TestAutostartFailureRefused(t *testing.T) {
 		t.Fatalf("activation status %+v", st)
 	}
 }
+
+// A published service whose interface requires a capability is reached
+// only by contacts granted it; revoking takes the access back.
+func TestCapabilityGrants(t *testing.T) {
+	ctx := context.Background()
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	ln := tubetest.ServeTCP(t, func(c net.Conn) { io.Copy(c, c); c.Close() })
+	xml := `<SFW version="1.1"><service><name>Vault</name><ipcaddress>` + ln.Addr().String() + `</ipcaddress>
+<interface><name>org.example.Vault</name><version>1.0</version><capabilities>ReadSecrets,Audit</capabilities></interface></service></SFW>`
+	if _, err := alice.C.AddService(ctx, xml, "vault.xml", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Vault", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	open := func() error {
+		_, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "Vault"})
+		return err
+	}
+	if err := open(); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("no capability granted: %v", err)
+	}
+	if _, err := alice.C.Grant(ctx, "alice", api.Grant{Contact: "bob", Capabilities: []string{"ReadSecrets"}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := open(); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("one of two capabilities granted: %v", err)
+	}
+	g, err := alice.C.Grant(ctx, "alice", api.Grant{Contact: "bob", Capabilities: []string{"Audit"}}, false)
+	if err != nil || !slices.Equal(g.Capabilities, []string{"Audit", "ReadSecrets"}) {
+		t.Fatalf("grant: %+v %v", g, err)
+	}
+	if err := open(); err != nil {
+		t.Fatalf("both capabilities granted: %v", err)
+	}
+	if _, err := alice.C.Grant(ctx, "alice", api.Grant{Contact: "bob", Capabilities: []string{"Audit"}}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := open(); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("after revoking one: %v", err)
+	}
+	if gs, _ := alice.C.Grants(ctx, "alice"); len(gs) != 1 || !slices.Equal(gs[0].Capabilities, []string{"ReadSecrets"}) {
+		t.Fatalf("grants %+v", gs)
+	}
+}

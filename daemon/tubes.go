@@ -105,7 +105,7 @@ func (a *account) newTubes() error {
 			return a.d.generate(ctx, a.name, client, req)
 		},
 		TURN:      a.turnConfig,
-		Published: func(service string) (api.Export, bool) { return a.d.publishedExport(a.name, service) },
+		Published: func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
 		Connect:   a.d.connectActivated,
 		Need: func(rooms, contacts bool) {
 			for tok, on := range map[string]bool{api.InterestRooms: rooms, api.InterestContactList: contacts} {

@@ -50,6 +50,16 @@ func (s *Server) serviceRoutes() {
 		}
 		return nil, d.Unpublish(r.Context(), r.PathValue("name"), p)
 	})
+	s.handle("GET /v1/accounts/{name}/grants", func(r *http.Request) (any, error) { return d.Grants(r.PathValue("name")) })
+	for path, revoke := range map[string]bool{"POST /v1/accounts/{name}/grants": false, "POST /v1/accounts/{name}/grants/revoke": true} {
+		s.handle(path, func(r *http.Request) (any, error) {
+			var g api.Grant
+			if err := decodeRequired(r, &g, "contact", func() bool { return g.Contact != "" }); err != nil {
+				return nil, err
+			}
+			return d.Grant(r.PathValue("name"), g, revoke)
+		})
+	}
 	s.handle("POST /v1/accounts/{name}/browse", func(r *http.Request) (any, error) {
 		var req api.BrowseRequest
 		if err := decode(r, &req); err != nil {

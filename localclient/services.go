@@ -85,3 +85,20 @@ func (c *Client) Activations(ctx context.Context) (map[string]api.ActivationStat
 	var out map[string]api.ActivationStatus
 	return out, c.do(ctx, "GET", "/v1/services/activations", nil, nil, &out)
 }
+
+// Grant gives a contact capabilities (revoke takes them back); it
+// returns what the contact holds now.
+func (c *Client) Grant(ctx context.Context, account string, g api.Grant, revoke bool) (api.Grant, error) {
+	path := accountPath(account) + "/grants"
+	if revoke {
+		path += "/revoke"
+	}
+	var out api.Grant
+	return out, c.do(ctx, "POST", path, nil, g, &out)
+}
+
+// Grants lists an account's grants.
+func (c *Client) Grants(ctx context.Context, account string) ([]api.Grant, error) {
+	var out []api.Grant
+	return out, c.do(ctx, "GET", accountPath(account)+"/grants", nil, nil, &out)
+}

@@ -98,7 +98,9 @@ type Config struct {
 	// Published gives the export of a service the account publishes
 	// (service framework) when a reverse-tube request names one that is
 	// not exported; its Allow and AllowRooms say who it is published to.
-	Published func(service string) (api.Export, bool)
+	// from is the contact asking: the daemon also checks it holds the
+	// capabilities the service requires.
+	Published func(service, from string) (api.Export, bool)
 }
 
 // Manager holds one account's exports, tubes and peer links.
@@ -1199,7 +1201,7 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 			// A published service is exported for this one offer, with
 			// who it is published to now; the tube keeps the export,
 			// the export list does not.
-			if pe, ok := m.cfg.Published(r.Service); ok {
+			if pe, ok := m.cfg.Published(r.Service, from); ok {
 				if _, err := m.Export("", pe); err != nil {
 					m.log.Warn("published service not exported", "service", r.Service, "err", err)
 				}
