@@ -49,6 +49,9 @@ type Config struct {
 
 // Status is what a unit is doing, and what went wrong last.
 type Status struct {
+	// Socket is where local clients reach the service (set by the
+	// daemon, which owns it).
+	Socket    string    `json:"socket,omitempty"`
 	Running   bool      `json:"running"`
 	PID       int       `json:"pid,omitempty"`
 	Clients   int       `json:"clients"`
@@ -311,12 +314,12 @@ func stop(cmd *exec.Cmd) {
 
 // servePerClient runs one process for conn, given conn as descriptor 3.
 func (u *Unit) servePerClient(conn net.Conn) error {
-	tc, ok := conn.(*net.TCPConn)
+	fc, ok := conn.(interface{ File() (*os.File, error) })
 	if !ok {
 		reset(conn)
-		return fmt.Errorf("%w: per-client services take TCP connections", ErrRefused)
+		return fmt.Errorf("%w: per-client services take socket connections", ErrRefused)
 	}
-	f, err := tc.File()
+	f, err := fc.File()
 	if err != nil {
 		reset(conn)
 		return err

@@ -1,14 +1,21 @@
 package daemon
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tubes-dev/tubes/activation"
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/ucred"
 	"github.com/tubes-dev/tubes/registry"
 )
 
@@ -19,9 +26,11 @@ import (
 // per-client) and the idle stop of a shared one ("idle": seconds).
 
 type activated struct {
-	unit *activation.Unit
-	ln   net.Listener
-	path string
+	unit   *activation.Unit
+	ln     net.Listener // loopback, for tubes
+	local  net.Listener // Unix socket, for local clients (uid/gid filtered)
+	socket string
+	path   string
 }
 
 type activations struct {
@@ -38,8 +47,7 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 	if a := d.acts.units[key]; a != nil && a.path == desc.FilePath {
 		return a.ln.Addr().String(), nil
 	} else if a != nil {
-		a.ln.Close()
-		a.unit.Close()
+		a.close()
 	}
 	cfg := activation.Config{Name: desc.Name, Path: desc.FilePath, Logger: d.log}
 	for _, in := range desc.Interfaces {
@@ -64,11 +72,136 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 			go u.Serve(c)
 		}
 	}()
+	act := &activated{unit: u, ln: ln, path: desc.FilePath}
+	if err := d.serveLocal(act, desc); err != nil {
+		d.log.Warn("on-demand service has no local socket", "service", desc.Name, "err", err)
+	}
 	if d.acts.units == nil {
 		d.acts.units = map[string]*activated{}
 	}
-	d.acts.units[key] = &activated{unit: u, ln: ln, path: desc.FilePath}
+	d.acts.units[key] = act
 	return ln.Addr().String(), nil
+}
+
+func (a *activated) close() {
+	a.ln.Close()
+	if a.local != nil {
+		a.local.Close()
+		os.Remove(a.socket)
+	}
+	a.unit.Close()
+}
+
+// localSocketDir holds the local sockets of on-demand services: a
+// directory of this uid (and daemon: named after its state directory)
+// that other users may enter; the sockets' uid and gid filter decides
+// who gets in. tube services activations shows the sockets.
+func (d *Daemon) localSocketDir() (string, error) {
+	sum := sha256.Sum256([]byte(d.cfg.StateDir))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("tube-%d-services-%x", os.Getuid(), sum[:4]))
+	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+		return "", err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return "", err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o022 != 0 {
+		return "", fmt.Errorf("%s is not a directory of ours that only we can write", dir)
+	}
+	return dir, nil
+}
+
+// serveLocal gives an on-demand service a Unix socket for local clients:
+// this uid, and the uids and gids its interfaces' custom properties
+// "allow-uid" and "allow-gid" (comma lists) name.
+func (d *Daemon) serveLocal(act *activated, desc *registry.Descriptor) error {
+	dir, err := d.localSocketDir()
+	if err != nil {
+		return err
+	}
+	uids, gids := []uint32{uint32(os.Getuid())}, []uint32{}
+	for _, in := range desc.Interfaces {
+		uids = append(uids, ids(in.Properties["allow-uid"])...)
+		gids = append(gids, ids(in.Properties["allow-gid"])...)
+	}
+	path := filepath.Join(dir, safeName(desc.Name)+".sock")
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		ln.Close()
+		return err
+	}
+	act.local, act.socket = ln, path
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			cred, err := ucred.Peer(c.(*net.UnixConn))
+			if err != nil || !(slices.Contains(uids, cred.UID) || slices.Contains(gids, cred.GID)) {
+				d.log.Info("a local client refused by the service's uid/gid filter", "service", desc.Name,
+					"uid", cred.UID, "gid", cred.GID, "err", err)
+				c.Close()
+				continue
+			}
+			go act.unit.Serve(c)
+		}
+	}()
+	return nil
+}
+
+// ids parses a comma list of numeric ids.
+func ids(s string) []uint32 {
+	var out []uint32
+	for _, f := range strings.Split(s, ",") {
+		if n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32); err == nil {
+			out = append(out, uint32(n))
+		}
+	}
+	return out
+}
+
+// safeName turns a service name into a file name.
+func safeName(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '/' || r == 0 || r < ' ' {
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+// syncActivations gives every registered <filepath> service its unit
+// (sockets ready, nothing started) and ends those of services gone.
+func (d *Daemon) syncActivations() {
+	ds, _ := d.services.Services(registry.UserScope)
+	want := map[string]*registry.Descriptor{}
+	for _, desc := range ds {
+		if desc.FilePath != "" {
+			if _, dup := want[strings.ToLower(desc.Name)]; !dup {
+				want[strings.ToLower(desc.Name)] = desc
+			}
+		}
+	}
+	for _, desc := range want {
+		if _, err := d.activated(desc); err != nil {
+			d.log.Warn("on-demand service not set up", "service", desc.Name, "err", err)
+		}
+	}
+	d.acts.mu.Lock()
+	defer d.acts.mu.Unlock()
+	for k, a := range d.acts.units {
+		if want[k] == nil {
+			a.close()
+			delete(d.acts.units, k)
+		}
+	}
 }
 
 // connectActivated connects a tube to a service started on demand, so
@@ -91,7 +224,9 @@ func (d *Daemon) Activations() map[string]api.ActivationStatus {
 	defer d.acts.mu.Unlock()
 	out := map[string]api.ActivationStatus{}
 	for _, a := range d.acts.units {
-		out[a.unit.Name()] = a.unit.Status()
+		st := a.unit.Status()
+		st.Socket = a.socket
+		out[a.unit.Name()] = st
 	}
 	return out
 }
@@ -101,8 +236,7 @@ func (d *Daemon) closeActivations() {
 	d.acts.mu.Lock()
 	defer d.acts.mu.Unlock()
 	for k, a := range d.acts.units {
-		a.ln.Close()
-		a.unit.Close()
+		a.close()
 		delete(d.acts.units, k)
 	}
 }

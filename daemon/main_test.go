@@ -8,6 +8,10 @@ import (
 	"os"
 	"strconv"
 	"testing"
+
+	"github.com/tubes-dev/tubes/internal/node"
+	"github.com/tubes-dev/tubes/internal/testenv"
+	"github.com/tubes-dev/tubes/internal/tubetest"
 )
 
 // The test binary doubles as a socket-activated service (see
@@ -45,4 +49,12 @@ func activatedService() {
 			}
 		}()
 	}
+}
+
+// testenvRoot requires root (another uid runs a client).
+func testenvRoot(t *testing.T) { testenv.MustHaveRoot(t) }
+
+// nodeConfig is a daemon configuration logging to log.
+func nodeConfig(log *tubetest.LogBuffer) node.DaemonConfig {
+	return node.DaemonConfig{Logger: log.Logger()}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -344,4 +345,101 @@ func TestCapabilityGrants(t *testing.T) {
 	if gs, _ := alice.C.Grants(ctx, "alice"); len(gs) != 1 || !slices.Equal(gs[0].Capabilities, []string{"ReadSecrets"}) {
 		t.Fatalf("grants %+v", gs)
 	}
+}
+
+// An on-demand service has a local socket: this uid, and the uids its
+// "allow-uid" property names, get in (starting the service); another
+// uid is refused and logged.
+func TestLocalUIDFilter(t *testing.T) {
+	testenvRoot(t)
+	ctx := context.Background()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "tube-local-") // reachable by uid 65534, unlike t.TempDir
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	log := &tubetest.LogBuffer{}
+	alice := tubetest.StartDaemonConfig(t, nodeConfig(log))
+	add := func(name, allow string) string {
+		script := filepath.Join(dir, name+".sh")
+		os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+		xml := `<SFW version="1.1"><service><name>` + name + `</name><filepath>` + script + `</filepath>
+<interface><name>org.example.Local</name><version>1.0</version>` + allow + `</interface></service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, name+".xml", ""); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if s := statusOf(t, alice, name).Socket; s != "" {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has no local socket", name)
+			}
+		}
+	}
+	private := add("Private", "")
+	shared := add("Shared", `<customproperty key="allow-uid">65534</customproperty>`)
+	if statusOf(t, alice, "Private").Starts != 0 {
+		t.Fatal("started before any connection")
+	}
+	// Our own uid gets in and starts it.
+	c, err := net.Dial("unix", private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("own uid"))
+	c.(*net.UnixConn).CloseWrite()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, _ := io.ReadAll(c); !strings.HasPrefix(string(b), "activated ") {
+		t.Fatalf("own uid: %q", b)
+	}
+	c.Close()
+	// uid 65534 (running a copy of this binary it can read): refused by
+	// Private, let into Shared.
+	bin := filepath.Join(dir, "helper.test")
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(bin, b, 0o755)
+	for sock, want := range map[string]string{private: "refused", shared: "activated"} {
+		cmd := exec.Command(bin, "-test.run=^TestHelperLocalDial$")
+		cmd.Env = []string{"TUBE_HELPER_LOCAL=" + sock}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, _ := cmd.CombinedOutput()
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("uid 65534 on %s: %s, want %s", filepath.Base(sock), out, want)
+		}
+	}
+	if !strings.Contains(log.String(), "uid/gid filter") || !strings.Contains(log.String(), "uid=65534") {
+		t.Fatalf("the refusal is not logged:\n%s", log.String())
+	}
+}
+
+// TestHelperLocalDial runs as another uid for TestLocalUIDFilter.
+func TestHelperLocalDial(t *testing.T) {
+	sock := os.Getenv("TUBE_HELPER_LOCAL")
+	if sock == "" {
+		return
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		fmt.Println("refused:", err)
+		return
+	}
+	defer c.Close()
+	c.Write([]byte("other uid"))
+	c.(*net.UnixConn).CloseWrite()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, _ := io.ReadAll(c)
+	if len(b) == 0 {
+		fmt.Println("refused: closed")
+		return
+	}
+	fmt.Println(string(b))
 }

@@ -26,12 +26,14 @@ func (d *Daemon) openServices() error {
 			if e.Type == registry.ServiceRemoved {
 				go d.withdrawRemoved(e.Service)
 			}
+			go d.syncActivations()
 		},
 	})
 	if err != nil {
 		return err
 	}
 	d.services = r
+	d.syncActivations()
 	return nil
 }
 
