@@ -175,6 +175,10 @@ const (
 	InterestPresence    = "im.telepathy1.Connection.Interface.Presence"
 	InterestContactList = "im.telepathy1.Connection.Interface.ContactList"
 	InterestRooms       = "im.tubes1.Connection.Interface.Rooms"
+	// InterestServices: what contacts and rooms publish (ServiceAdded and
+	// ServiceRemoved of scope remote) is reported only while a client
+	// holds it.
+	InterestServices = "im.tubes1.ServiceFramework"
 )
 
 // Contact is one entry of the contact list.

@@ -95,7 +95,7 @@ func newAccount(d *Daemon, st accountState, key *identity.Key) (*account, error)
 		}
 		return rendezvous.NormalizeName(kind, id)
 	}
-	a.interests.Known = func(tok string) bool { _, ok := interestKinds[tok]; return ok }
+	a.interests.Known = func(tok string) bool { _, ok := interestKinds[tok]; return ok || tok == api.InterestServices }
 	if err := a.newTubes(); err != nil {
 		return nil, err
 	}
@@ -361,6 +361,9 @@ func (a *account) connected(c *rendezvous.Client) {
 	}
 	// Interest registered before Connected is applied now.
 	for _, tok := range a.interests.Tokens() {
+		if interestKinds[tok] == "" {
+			continue // kept by the daemon, not a network subscription
+		}
 		if err := c.Watch(interestKinds[tok], true); err != nil {
 			a.log.Warn("subscribe", "token", tok, "err", err)
 		}
@@ -483,6 +486,9 @@ func (a *account) dropClient(client string) {
 }
 
 func (a *account) watch(tok string, on bool) {
+	if interestKinds[tok] == "" {
+		return // kept by the daemon, not a network subscription
+	}
 	c, err := a.conn()
 	if err != nil {
 		return // applied when connected

@@ -365,8 +365,10 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 		}
 		cat[key] = p.Service
 		d.pubs.mu.Unlock()
-		d.bus.Publish(api.Event{Type: api.EventServiceAdded, Account: a.name, Service: p.Service.Name,
-			Contact: m.From, Room: m.Room, Scope: string(registry.RemoteScope)})
+		if a.interests.Wanted(api.InterestServices) {
+			d.bus.Publish(api.Event{Type: api.EventServiceAdded, Account: a.name, Service: p.Service.Name,
+				Contact: m.From, Room: m.Room, Scope: string(registry.RemoteScope)})
+		}
 	case kindWithdrawn:
 		var w withdrawnMsg
 		if err := json.Unmarshal(m.Body, &w); err != nil || w.Service == "" || len(w.Service) > 255 {
@@ -375,8 +377,10 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 		d.pubs.mu.Lock()
 		delete(d.pubs.remote[a.name][source(m.From, m.Room)], strings.ToLower(w.Service))
 		d.pubs.mu.Unlock()
-		d.bus.Publish(api.Event{Type: api.EventServiceRemoved, Account: a.name, Service: w.Service,
-			Contact: m.From, Room: m.Room, Scope: string(registry.RemoteScope)})
+		if a.interests.Wanted(api.InterestServices) {
+			d.bus.Publish(api.Event{Type: api.EventServiceRemoved, Account: a.name, Service: w.Service,
+				Contact: m.From, Room: m.Room, Scope: string(registry.RemoteScope)})
+		}
 	case kindBrowse:
 		var b browseMsg
 		if err := json.Unmarshal(m.Body, &b); err != nil || b.ID == "" || len(b.ID) > 64 {

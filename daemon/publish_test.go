@@ -41,6 +41,12 @@ func TestPublishAndBrowse(t *testing.T) {
 		t.Fatal(err)
 	}
 	bobEv, carolEv := tubetest.Record(t, bob.C, "bob"), tubetest.Record(t, carol.C, "carol")
+	// Remote service changes are reported to clients that hold the interest.
+	for who, d := range map[string]*tubetest.Daemon{"bob": bob, "carol": carol} {
+		if err := d.C.AddClientInterest(ctx, who, api.InterestServices); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	for _, f := range []string{"testservice.xml", "filestorage-1.0.xml"} {
 		b, err := os.ReadFile("../registry/testdata/descriptors/" + f)
@@ -124,6 +130,20 @@ func TestPublishAndBrowse(t *testing.T) {
 	}
 	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 0 {
 		t.Fatalf("publications left: %+v", ps)
+	}
+
+	// Without the interest, bob is not told (the catalog still answers).
+	if err := bob.C.RemoveClientInterest(ctx, "bob", api.InterestServices); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "FileStorage", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := browse(bob, "bob", api.BrowseRequest{Contact: "alice"}); len(got) != 1 {
+		t.Fatalf("bob's browse after the new publication: %q", got)
+	}
+	if _, ok := bobEv.Wait(func(e api.Event) bool { return e.Type == api.EventServiceAdded && e.Service == "FileStorage" }, 300*time.Millisecond); ok {
+		t.Fatal("bob was told of a publication without holding the interest")
 	}
 }
 

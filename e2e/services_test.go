@@ -92,13 +92,40 @@ func TestServicesCLI(t *testing.T) {
 	c := localclient.New(sock)
 	defer c.Close()
 	ev := tubetest.Record(t, c, "")
+	sysStream, err := c.EventsIn(t.Context(), "", "system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sysStream.Close()
 	mustRun(t, env, "services", "remove", "FileStorage", "--scope", "system")
 	e := ev.MustWait("ServiceRemoved", func(e api.Event) bool { return e.Type == api.EventServiceRemoved })
 	if e.Service != "FileStorage" || e.Scope != "system" {
 		t.Fatalf("event %+v", e)
 	}
+	// A user change between two system ones.
+	extra := filepath.Join(t.TempDir(), "extra.xml")
+	os.WriteFile(extra, []byte(`<SFW version="1.1"><service><name>Extra</name><ipcaddress>extra</ipcaddress>
+<interface><name>org.example.Extra</name><version>1.0</version></interface></service></SFW>`), 0o644)
+	mustRun(t, env, "services", "add", extra)
+	ev.MustWait("user ServiceAdded", func(e api.Event) bool { return e.Type == api.EventServiceAdded && e.Service == "Extra" })
 	mustRun(t, env, "services", "add", descs+"filestorage-1.0.xml", "--scope", "system")
 	ev.MustWait("ServiceAdded", func(e api.Event) bool { return e.Type == api.EventServiceAdded && e.Service == "FileStorage" })
+	// The system-scope watcher saw both system changes and not the user one.
+	var seen []string
+	for len(seen) < 2 {
+		select {
+		case e := <-sysStream.C():
+			if e.Type == api.EventServiceAdded || e.Type == api.EventServiceRemoved {
+				if e.Scope != "system" {
+					t.Fatalf("a system-scope watcher got %+v", e)
+				}
+				seen = append(seen, e.Type)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the system-scope watcher saw %v", seen)
+		}
+	}
+	mustRun(t, env, "services", "remove", "Extra")
 
 	// A restart keeps the registry, the default included.
 	d.stop()

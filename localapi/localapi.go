@@ -438,6 +438,15 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	account := r.URL.Query().Get("account")
+	// A system-scope watcher sees service changes of the system scope
+	// only (Qt's rule); everything else is unaffected.
+	systemOnly := r.URL.Query().Get("scope") == "system"
+	wanted := func(e api.Event) bool {
+		if account != "" && e.Account != "" && e.Account != account {
+			return false
+		}
+		return !systemOnly || e.Scope == "" || e.Scope == "system"
+	}
 	sub := s.d.Events()
 	defer sub.Close()
 	id := newClientID()
@@ -474,7 +483,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 				}
 				return
 			}
-			if account != "" && e.Account != "" && e.Account != account {
+			if !wanted(e) {
 				continue
 			}
 			writeEvent(w, e)
@@ -484,7 +493,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 				if !ok {
 					break
 				}
-				if account == "" || e.Account == "" || e.Account == account {
+				if wanted(e) {
 					writeEvent(w, e)
 				}
 			}

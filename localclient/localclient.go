@@ -320,9 +320,22 @@ type Stream struct {
 // The stream is its own local-API client: interests registered under its
 // ID end when it closes.
 func (c *Client) Events(ctx context.Context, account string) (*Stream, error) {
-	path := "/v1/events"
+	return c.EventsIn(ctx, account, "")
+}
+
+// EventsIn is Events for a watcher of a service scope: with "system" it
+// sees service changes of the system scope only.
+func (c *Client) EventsIn(ctx context.Context, account, scope string) (*Stream, error) {
+	q := url.Values{}
 	if account != "" {
-		path += "?account=" + url.QueryEscape(account)
+		q.Set("account", account)
+	}
+	if scope != "" {
+		q.Set("scope", scope)
+	}
+	path := "/v1/events"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://tube"+path, nil)
 	if err != nil {
