@@ -56,6 +56,8 @@ type RemoteImplementation struct {
 	Implementation
 	Publisher string `json:"publisher"`
 	Room      string `json:"room,omitempty"` // published to this room
+	// Default: the publisher's default implementation of this interface.
+	Default bool `json:"default,omitempty"`
 }
 
 // ActivationStatus is what a service started on demand is doing, and

@@ -56,12 +56,16 @@ type browseMsg struct {
 type catalogMsg struct {
 	ID       string                 `json:"id"`
 	Services []*registry.Descriptor `json:"services"`
+	// Defaults: interface (lower case) → "service version", the
+	// publisher's defaults among what it shows.
+	Defaults map[string]string `json:"defaults,omitempty"`
 }
 
 // catalogAnswer is one member's answer to a browse.
 type catalogAnswer struct {
 	from, room string
 	services   []*registry.Descriptor
+	defaults   map[string]string
 }
 
 // pubState is the daemon's publications, per account, and what contacts
@@ -290,7 +294,8 @@ collect:
 		d.setRemote(a.name, source(ans.from, ans.room), ans.services)
 		impls, _ := registry.Select(req.Filter, ans.services, registry.RemoteScope)
 		for _, impl := range impls {
-			out = append(out, api.RemoteImplementation{Implementation: impl, Publisher: ans.from, Room: ans.room})
+			def := ans.defaults[strings.ToLower(impl.Interface)] == impl.Service+" "+impl.Version.String()
+			out = append(out, api.RemoteImplementation{Implementation: impl, Publisher: ans.from, Room: ans.room, Default: def})
 		}
 	}
 	return out, nil
@@ -404,7 +409,7 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 			return errors.New("a catalog nobody asked for")
 		}
 		select {
-		case ch <- catalogAnswer{from: m.From, room: m.Room, services: c.Services}:
+		case ch <- catalogAnswer{from: m.From, room: m.Room, services: c.Services, defaults: c.Defaults}:
 		default:
 		}
 	default:
@@ -425,12 +430,26 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	}
 	d.pubs.mu.Unlock()
 	out := []*registry.Descriptor{}
+	defaults := map[string]string{}
 	for _, n := range names {
 		if desc, ok := d.publishedDescriptor(n); ok && len(out) < maxCatalog {
 			out = append(out, desc)
 		}
 	}
-	body, _ := json.Marshal(catalogMsg{ID: id, Services: out})
+	// Our defaults, where they are among what we show.
+	for _, desc := range out {
+		for _, in := range desc.Interfaces {
+			key := strings.ToLower(in.Name)
+			if _, done := defaults[key]; done {
+				continue
+			}
+			if impl, err := d.services.Default(in.Name, registry.UserScope); err == nil &&
+				slices.ContainsFunc(out, func(x *registry.Descriptor) bool { return strings.EqualFold(x.Name, impl.Service) }) {
+				defaults[key] = impl.Service + " " + impl.Version.String()
+			}
+		}
+	}
+	body, _ := json.Marshal(catalogMsg{ID: id, Services: out, Defaults: defaults})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := a.conn()
@@ -490,7 +509,8 @@ func (d *Daemon) publishedExport(account, service, from string) (api.Export, boo
 
 // resolveOpen turns "INTERFACE@M.m" (or an interface name) in a
 // reverse-tube request into the service the contact publishes that
-// implements it: the highest version the filter selects (ties to the
+// implements it: the contact's default implementation if the filter
+// selects it, else the highest version the filter selects (ties to the
 // first service name). A plain name that no interface matches is taken
 // as a service name.
 func (d *Daemon) resolveOpen(ctx context.Context, name string, req *api.OpenRequest) error {
@@ -511,9 +531,11 @@ func (d *Daemon) resolveOpen(ctx context.Context, name string, req *api.OpenRequ
 		}
 		return nil
 	}
+	// The publisher's default when the filter selects it, else the
+	// highest version.
 	best := impls[0]
 	for _, i := range impls[1:] {
-		if best.Version.Less(i.Version) {
+		if (i.Default && !best.Default) || (i.Default == best.Default && best.Version.Less(i.Version)) {
 			best = i
 		}
 	}

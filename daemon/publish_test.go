@@ -158,7 +158,8 @@ func TestOpenByInterface(t *testing.T) {
 	alice.Register(t, "alice", relay)
 	bob.Register(t, "bob", relay)
 	tubetest.Befriend(t, alice, "alice", bob, "bob")
-	for name, v := range map[string]string{"EchoOld": "1.2", "EchoNew": "1.5"} {
+	for _, sv := range [][2]string{{"EchoOld", "1.2"}, {"EchoNew", "1.5"}} { // EchoOld first: the default
+		name, v := sv[0], sv[1]
 		prefix := name
 		ln := tubetest.ServeTCP(t, func(c net.Conn) {
 			defer c.Close()
@@ -176,20 +177,35 @@ func TestOpenByInterface(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Echo@1.0"})
-	if err != nil {
-		t.Fatalf("open by interface: %v", err)
+	reach := func(target string) string {
+		t.Helper()
+		tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: target})
+		if err != nil {
+			t.Fatalf("open %s: %v", target, err)
+		}
+		c, err := net.Dial("tcp", tb.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "hello")
+		got, _ := io.ReadAll(c)
+		return string(got)
 	}
-	c, err := net.Dial("tcp", tb.Address)
-	if err != nil {
+	// alice's default (EchoOld, first registered) when the filter takes it ...
+	if got := reach("org.example.Echo@1.0"); got != "EchoOld:hello" {
+		t.Fatalf("@1.0 reached %q, want alice's default EchoOld", got)
+	}
+	// ... else the highest version the filter selects.
+	if got := reach("org.example.Echo@1.3"); got != "EchoNew:hello" {
+		t.Fatalf("@1.3 reached %q, want EchoNew (1.5)", got)
+	}
+	if _, err := alice.C.SetDefaultService(ctx, "org.example.Echo", "EchoNew", "", ""); err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "hello")
-	got, _ := io.ReadAll(c)
-	if string(got) != "EchoNew:hello" {
-		t.Fatalf("the tube reached %q, want EchoNew (1.5, the highest)", got)
+	if got := reach("org.example.Echo"); got != "EchoNew:hello" {
+		t.Fatalf("after alice's new default: %q", got)
 	}
 	if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Echo@2.0"}); tperr.Name(err) != tperr.NotFound {
 		t.Fatalf("open a version nobody publishes: %v", err)
