@@ -126,6 +126,8 @@ type Status struct {
 	Accounts    []Account    `json:"accounts"`
 	Tubes       []Tube       `json:"tubes"`
 	Connections []Connection `json:"connections"`
+	// Activations are the services started on demand, by name.
+	Activations map[string]ActivationStatus `json:"activations,omitempty"`
 }
 
 // AddAccountRequest is the body of POST /v1/accounts.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -70,6 +72,15 @@ func writeStatus(w io.Writer, st api.Status) error {
 		fmt.Fprintln(tw, "TUBE\tCONNECTION\tSOURCE\tCONTACT")
 		for _, c := range st.Connections {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Tube, c.ID, c.Source, c.Contact)
+		}
+	}
+	if len(st.Activations) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "ON-DEMAND SERVICE\tRUNNING\tCLIENTS\tSTARTS\tLAST ERROR")
+		names := slices.Sorted(maps.Keys(st.Activations))
+		for _, n := range names {
+			a := st.Activations[n]
+			fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%s\n", n, a.Running, a.Clients, a.Starts, a.LastError)
 		}
 	}
 	return tw.Flush()

@@ -204,7 +204,7 @@ func (d *Daemon) Account(name string) (api.Account, error) {
 
 // Status is the daemon's state as `tube status` shows it.
 func (d *Daemon) Status() api.Status {
-	return api.Status{Accounts: d.Accounts(), Tubes: d.Tubes(), Connections: d.Connections()}
+	return api.Status{Accounts: d.Accounts(), Tubes: d.Tubes(), Connections: d.Connections(), Activations: d.Activations()}
 }
 
 func (d *Daemon) saveLocked() error {

@@ -332,6 +332,10 @@ func TestAutostartFailureRefused(t *testing.T) {
 	if st := statusOf(t, alice, "Broken"); !strings.Contains(st.LastError, "exit status 127") {
 		t.Fatalf("activation status %+v", st)
 	}
+	// The failure is in the daemon's status too.
+	if st, err := alice.C.Status(ctx); err != nil || !strings.Contains(st.Activations["Broken"].LastError, "exit status 127") {
+		t.Fatalf("status: %+v %v", st.Activations, err)
+	}
 }
 
 // A published service whose interface requires a capability is reached
