@@ -324,30 +324,14 @@ func (u *Unit) servePerClient(conn net.Conn) error {
 		reset(conn)
 		return err
 	}
-	cmd := u.command(f)
-	u.mu.Lock()
-	u.status.Starts++
-	u.status.LastStart = time.Now()
-	err = cmd.Start()
-	if err != nil {
-		err = u.fail("cannot start %s: %v", u.cfg.Path, err)
-	} else {
-		u.clients++
-	}
-	u.mu.Unlock()
+	done, err := u.runPerClient(f)
 	f.Close()
 	if err != nil {
 		reset(conn)
 		return err
 	}
 	conn.Close() // the process has its own copy
-	werr := cmd.Wait()
-	u.mu.Lock()
-	u.clients--
-	if werr != nil {
-		u.status.LastError = fmt.Sprintf("a per-client instance exited: %v", werr)
-	}
-	u.mu.Unlock()
+	<-done
 	return nil
 }
 
@@ -426,18 +410,28 @@ func (u *Unit) connectPerClient() (net.Conn, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd := u.command(theirs)
+	if _, err := u.runPerClient(theirs); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, func() {}, nil
+}
+
+// runPerClient starts one process with f as its descriptor 3; the
+// channel closes once it has ended (and its end is recorded).
+func (u *Unit) runPerClient(f *os.File) (<-chan struct{}, error) {
+	cmd := u.command(f)
 	u.mu.Lock()
 	u.status.Starts++
 	u.status.LastStart = time.Now()
 	if err := cmd.Start(); err != nil {
 		err = u.fail("cannot start %s: %v", u.cfg.Path, err)
 		u.mu.Unlock()
-		c.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	u.clients++
 	u.mu.Unlock()
+	done := make(chan struct{})
 	go func() {
 		werr := cmd.Wait()
 		u.mu.Lock()
@@ -446,6 +440,7 @@ func (u *Unit) connectPerClient() (net.Conn, func(), error) {
 			u.status.LastError = fmt.Sprintf("a per-client instance exited: %v", werr)
 		}
 		u.mu.Unlock()
+		close(done)
 	}()
-	return c, func() {}, nil
+	return done, nil
 }

@@ -232,3 +232,31 @@ func TestFailuresReset(t *testing.T) {
 		})
 	}
 }
+
+// Connect, as the tube manager uses it: a per-client service gets one end
+// of a socket pair as its connection; a shared one is reached, and done
+// lets its idle stop begin.
+func TestConnect(t *testing.T) {
+	for _, c := range []struct{ mode, behaviour string }{{PerClient, "per-client"}, {Shared, "echo"}} {
+		t.Run(c.mode, func(t *testing.T) {
+			u := unit(t, c.mode, c.behaviour, Config{Idle: 200 * time.Millisecond})
+			defer u.Close()
+			conn, done, err := u.Connect()
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(conn, "direct")
+			conn.(interface{ CloseWrite() error }).CloseWrite()
+			b, err := io.ReadAll(conn)
+			conn.Close()
+			done()
+			if _, rest, ok := strings.Cut(string(b), ":"); !ok || rest != "direct" || err != nil {
+				t.Fatalf("answer %q, %v", b, err)
+			}
+			if st := u.Status(); st.Starts != 1 {
+				t.Fatalf("status %+v", st)
+			}
+		})
+	}
+}
