@@ -282,18 +282,33 @@ func (m *Manager) updateNeed() {
 
 // checkOfferer ends an incoming room tube whose offerer has left the
 // room already: room events reach us only once updateNeed subscribed to
-// them, so a leave just before that would go unseen.
+// them, so a leave just before that would go unseen. The relay's view of
+// membership may lag its events a little: look again after a while.
 func (m *Manager) checkOfferer(t *tube) {
-	ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
-	defer cancel()
-	members, err := m.cfg.Signaller.RoomMembers(ctx, t.room)
-	if err != nil || slices.Contains(members, t.peer) {
+	for _, wait := range []time.Duration{0, 500 * time.Millisecond, 2 * time.Second} {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		m.mu.Lock()
+		gone := m.tubes[t.id] != t
+		m.mu.Unlock()
+		if gone {
+			return
+		}
+		ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
+		members, err := m.cfg.Signaller.RoomMembers(ctx, t.room)
+		cancel()
+		if err != nil || slices.Contains(members, t.peer) {
+			continue
+		}
+		m.mu.Lock()
+		m.endTube(t, tperr.Cancelled, t.peer+", who offered the tube, left room "+t.room)
+		m.mu.Unlock()
+		m.updateNeed()
 		return
 	}
-	m.mu.Lock()
-	m.endTube(t, tperr.Cancelled, t.peer+", who offered the tube, left room "+t.room)
-	m.mu.Unlock()
-	m.updateNeed()
 }
 
 // ---- exports

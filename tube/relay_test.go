@@ -272,8 +272,9 @@ func (r *recorder) proxy(t *testing.T, target string) string {
 		}
 		defer u.Close()
 		done := make(chan struct{}, 2)
-		go func() { io.Copy(io.MultiWriter(u, r), c); u.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-		go func() { io.Copy(io.MultiWriter(c, r), u); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+		// Recorded before forwarded: all that reached the far end is here.
+		go func() { io.Copy(io.MultiWriter(r, u), c); u.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+		go func() { io.Copy(io.MultiWriter(r, c), u); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
 		<-done
 		<-done
 	})
