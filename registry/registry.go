@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -198,6 +199,9 @@ func (r *Registry) save(scope Scope) error {
 	}
 	b, err := json.MarshalIndent(r.st[scope], "", "  ")
 	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 		return err
 	}
 	return atomicfile.WriteFile(file, append(b, '\n'), 0o644)

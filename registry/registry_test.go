@@ -307,3 +307,17 @@ func TestDurable(t *testing.T) {
 		t.Fatalf("corrupt file: %v", err)
 	}
 }
+
+// The system scope's file may live in a directory that does not exist
+// yet (/var/lib/tube on a fresh machine).
+func TestSaveMakesDirectory(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "var", "lib", "tube", "services.json")
+	r, err := Open(Config{SystemFile: file, CanWriteSystem: func() bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAdd(t, r, desc("Sys", "s", "i.x 1.0"), SystemScope)
+	if _, err := os.Stat(file); err != nil {
+		t.Fatal(err)
+	}
+}
