@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tubes-dev/tubes/internal/serve"
 )
 
 // The test binary is also the on-demand service: TestMain runs it as one
@@ -56,13 +58,7 @@ func service(mode string) {
 	if err != nil {
 		os.Exit(4)
 	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go answer(c)
-	}
+	serve.Loop(ln, answer)
 }
 
 // front serves u on a loopback listener, as the daemon does.
@@ -74,13 +70,7 @@ func front(t *testing.T, u *Unit) string {
 	}
 	t.Cleanup(func() { ln.Close(); u.Close() })
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go u.Serve(c)
-		}
+		serve.Loop(ln, func(c net.Conn) { u.Serve(c) })
 	}()
 	return ln.Addr().String()
 }

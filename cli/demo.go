@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/internal/node"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/localclient"
 	"github.com/tubes-dev/tubes/rendezvous"
 )
@@ -189,7 +189,7 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 		return err
 	}
 	defer l.Close()
-	go serveHash(l)
+	go serve.Loop(l, serve.HashBack)
 	if _, err := alice.Export(ctx, "alice", api.Export{Service: "x-sha256", TCP: l.Addr().String(),
 		Parameters: map[string]api.Value{"greeting": {Type: api.TypeString, Value: "hi bob"}}}); err != nil {
 		return err
@@ -268,7 +268,6 @@ func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, alic
 
 	data := make([]byte, size)
 	rand.Read(data)
-	want := sha256.Sum256(data)
 	began := time.Now()
 	c, err := net.Dial("tcp", acc.Address)
 	if err != nil {
@@ -285,8 +284,8 @@ func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, alic
 		return fmt.Errorf("demo: reading the service's answer: %w", err)
 	}
 	took := time.Since(began)
-	if got := strings.TrimSpace(string(reply)); got != fmt.Sprintf("%x %d", want, size) {
-		return fmt.Errorf("demo: the service hashed %q, bob sent %x %d", got, want, size)
+	if got := string(reply); got != serve.HashLine(data) {
+		return fmt.Errorf("demo: the service answered %q, bob sent %q", strings.TrimSpace(got), strings.TrimSpace(serve.HashLine(data)))
 	}
 	d.say("bob sent %d MiB through the tube in %s (%.0f MiB/s); alice's service hashed exactly what bob sent", size>>20, took.Round(time.Millisecond), float64(size)/(1<<20)/took.Seconds())
 	ev, err := waitEvent(ctx, aliceEv, func(ev api.Event) bool { return ev.Type == api.EventNewRemoteConnection && ev.TubeID == t.ID })
@@ -305,25 +304,6 @@ func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, alic
 	}
 	d.say("alice closed the tube; bob's side closed too and his socket is gone")
 	return nil
-}
-
-// serveHash answers each connection, once its client half-closes, with
-// the SHA-256 and length of what it sent.
-func serveHash(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			h := sha256.New()
-			n, err := io.Copy(h, c)
-			if err == nil {
-				fmt.Fprintf(c, "%x %d\n", h.Sum(nil), n)
-			}
-		}()
-	}
 }
 
 // waitEvent waits up to 10 s for an event matching f.

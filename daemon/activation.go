@@ -15,6 +15,7 @@ import (
 
 	"github.com/tubes-dev/tubes/activation"
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/ucred"
 	"github.com/tubes-dev/tubes/registry"
 )
@@ -63,15 +64,7 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 		return "", err
 	}
 	u := activation.New(cfg)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go u.Serve(c)
-		}
-	}()
+	go serve.Loop(ln, func(c net.Conn) { u.Serve(c) })
 	act := &activated{unit: u, ln: ln, path: desc.FilePath}
 	if err := d.serveLocal(act, desc); err != nil {
 		d.log.Warn("on-demand service has no local socket", "service", desc.Name, "err", err)

@@ -1,15 +1,14 @@
 package daemon_test
 
 import (
-	"crypto/sha256"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strconv"
 	"testing"
 
 	"github.com/tubes-dev/tubes/internal/node"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/testenv"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 )
@@ -35,20 +34,10 @@ func activatedService() {
 	if err != nil {
 		os.Exit(4)
 	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			h := sha256.New()
-			n, err := io.Copy(h, c)
-			if err == nil {
-				fmt.Fprintf(c, "activated %d %x %d", os.Getpid(), h.Sum(nil), n)
-			}
-		}()
-	}
+	serve.Loop(ln, func(c net.Conn) {
+		fmt.Fprintf(c, "activated %d ", os.Getpid())
+		serve.HashBack(c)
+	})
 }
 
 // testenvRoot requires root (another uid runs a client).

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/internal/netns"
+	"github.com/tubes-dev/tubes/internal/serve"
 )
 
 // daemonIn starts a daemon inside a lab host; its local API socket is a
@@ -37,22 +36,7 @@ func hashService(t *testing.T, h *netns.Host) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				s := sha256.New()
-				n, err := io.Copy(s, c)
-				if err == nil {
-					fmt.Fprintf(c, "%x %d\n", s.Sum(nil), n)
-				}
-			}()
-		}
-	}()
+	go serve.Loop(ln, serve.HashBack)
 	return ln.Addr().String()
 }
 
@@ -79,7 +63,7 @@ func checkHashed(t *testing.T, h *netns.Host, addr string, size int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := fmt.Sprintf("%x %d\n", sha256.Sum256(data), size); string(got) != want {
+	if want := serve.HashLine(data); string(got) != want {
 		t.Fatalf("the service got %q, we sent %q", got, want)
 	}
 }

@@ -3,7 +3,6 @@ package tube_test
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/internal/node"
+	svc "github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/proxyproto"
@@ -83,17 +83,9 @@ func serve(t *testing.T, handle func(net.Conn)) string {
 
 func echo(c net.Conn) { io.Copy(c, c) }
 
-// hashBack reads to end of file (the client's half-close), then answers
-// with the SHA-256 of what it read and the byte count: a half-close
-// exchange.
-func hashBack(c net.Conn) {
-	h := sha256.New()
-	n, err := io.Copy(h, c)
-	if err != nil {
-		return
-	}
-	fmt.Fprintf(c, "%x %d\n", h.Sum(nil), n)
-}
+// hashBack answers a connection with the hash and count of what it got
+// up to its half-close: a half-close exchange.
+var hashBack = svc.HashBack
 
 // offer exports addr as service on alice, offers it to bob and returns
 // the tube id once bob has it.
@@ -288,7 +280,7 @@ func hashedConns(t *testing.T, addr string, conns, size int) {
 		go func() {
 			defer wg.Done()
 			data := pattern(uint64(i), size)
-			want := fmt.Sprintf("%x %d\n", sha256.Sum256(data), size)
+			want := svc.HashLine(data)
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				errs <- err

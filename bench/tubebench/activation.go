@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/activation"
+	"github.com/tubes-dev/tubes/internal/serve"
 )
 
 // serveActivatedEcho is a socket-activated echo service (the benchmark's
@@ -25,16 +26,9 @@ func serveActivatedEcho() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 512))
-		}()
-	}
+	serve.Loop(ln, func(c net.Conn) {
+		io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 512))
+	})
 }
 
 // firstByte connects to addr, sends a byte and waits for it to come back.
@@ -97,15 +91,7 @@ func (b *bench) activationRows() error {
 		if err != nil {
 			return err
 		}
-		go func() {
-			for {
-				c, err := front.Accept()
-				if err != nil {
-					return
-				}
-				go u.Serve(c)
-			}
-		}()
+		go serve.Loop(front, func(c net.Conn) { u.Serve(c) })
 		t0 = time.Now()
 		err = firstByte(front.Addr().String())
 		cold = append(cold, time.Since(t0))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/internal/node"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/localclient"
 	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/rendezvous"
@@ -292,17 +293,6 @@ func ServeTCP(t testing.TB, handle func(net.Conn)) net.Listener {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
+	go serve.Loop(l, handle)
 	return l
 }
