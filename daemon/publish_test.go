@@ -153,11 +153,7 @@ func TestPublishAndBrowse(t *testing.T) {
 // version is NotFound.
 func TestOpenByInterface(t *testing.T) {
 	ctx := context.Background()
-	relay := tubetest.Relay(t, rendezvous.Config{})
-	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
-	alice.Register(t, "alice", relay)
-	bob.Register(t, "bob", relay)
-	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	alice, bob := contacts(t)
 	for _, sv := range [][2]string{{"EchoOld", "1.2"}, {"EchoNew", "1.5"}} { // EchoOld first: the default
 		name, v := sv[0], sv[1]
 		prefix := name
@@ -233,11 +229,7 @@ func TestOpenAutostartedService(t *testing.T) {
 	}
 	script := filepath.Join(t.TempDir(), "service.sh")
 	os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
-	relay := tubetest.Relay(t, rendezvous.Config{})
-	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
-	alice.Register(t, "alice", relay)
-	bob.Register(t, "bob", relay)
-	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	alice, bob := contacts(t)
 	xml := `<SFW version="1.1"><service><name>Hasher</name><filepath>` + script + `</filepath>
 <interface><name>org.example.Hash</name><version>1.0</version><customproperty key="idle">1</customproperty></interface></service></SFW>`
 	if _, err := alice.C.AddService(ctx, xml, "hasher.xml", ""); err != nil {
@@ -297,11 +289,7 @@ func statusOf(t *testing.T, d *tubetest.Daemon, service string) api.ActivationSt
 // the activation status says why.
 func TestAutostartFailureRefused(t *testing.T) {
 	ctx := context.Background()
-	relay := tubetest.Relay(t, rendezvous.Config{})
-	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
-	alice.Register(t, "alice", relay)
-	bob.Register(t, "bob", relay)
-	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	alice, bob := contacts(t)
 	bobEv := tubetest.Record(t, bob.C, "bob")
 	xml := `<SFW version="1.1"><service><name>Broken</name><filepath>/nonexistent/broken-service</filepath>
 <interface><name>org.example.Broken</name><version>1.0</version></interface></service></SFW>`
@@ -342,11 +330,7 @@ func TestAutostartFailureRefused(t *testing.T) {
 // only by contacts granted it; revoking takes the access back.
 func TestCapabilityGrants(t *testing.T) {
 	ctx := context.Background()
-	relay := tubetest.Relay(t, rendezvous.Config{})
-	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
-	alice.Register(t, "alice", relay)
-	bob.Register(t, "bob", relay)
-	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	alice, bob := contacts(t)
 	ln := tubetest.ServeTCP(t, func(c net.Conn) { io.Copy(c, c); c.Close() })
 	xml := `<SFW version="1.1"><service><name>Vault</name><ipcaddress>` + ln.Addr().String() + `</ipcaddress>
 <interface><name>org.example.Vault</name><version>1.0</version><capabilities>ReadSecrets,Audit</capabilities></interface></service></SFW>`
@@ -482,4 +466,15 @@ func TestHelperLocalDial(t *testing.T) {
 		return
 	}
 	fmt.Println(string(b))
+}
+
+// contacts starts a relay and two daemons, alice and bob, mutual contacts.
+func contacts(t *testing.T) (alice, bob *tubetest.Daemon) {
+	t.Helper()
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	alice, bob = tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	return alice, bob
 }

@@ -17,21 +17,7 @@ import (
 // connections peers open (ConnectionAttempt) and ones the client opens
 // (Connect); and the bytes still arrive intact both ways.
 func TestDataConnectionsPaired(t *testing.T) {
-	s, err := Start(Config{Listen: "127.0.0.1:0", Users: map[string]string{"alice": "secret"}, AllowPeers: []string{"127.0.0.0/8"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.Addr(), Username: "alice", Password: "secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
-		t.Fatal(err)
-	}
+	s, c, ctx := allocated(t, Config{})
 	check := func(a, b net.Conn) {
 		t.Helper()
 		msg := bytes.Repeat([]byte("paired "), 100000)
@@ -94,22 +80,7 @@ func TestDataConnectionsPaired(t *testing.T) {
 func TestBandwidthCap(t *testing.T) {
 	t.Parallel()
 	const capBps = 1 << 20
-	s, err := Start(Config{Listen: "127.0.0.1:0", Users: map[string]string{"alice": "secret"},
-		AllowPeers: []string{"127.0.0.0/8"}, Bandwidth: capBps})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.Addr(), Username: "alice", Password: "secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
-		t.Fatal(err)
-	}
+	_, c, ctx := allocated(t, Config{Bandwidth: capBps})
 	// Two connections of 1.5 MiB each: 3 MiB at 1 MiB/s after a 100 KiB
 	// burst cannot take less than about 2.9 s.
 	const each = 3 << 19
@@ -151,21 +122,7 @@ func TestBandwidthCap(t *testing.T) {
 // gets every byte and then the end, promptly, both ways (the end comes
 // with the bytes and raises no readiness event of its own).
 func TestEndRightAfterData(t *testing.T) {
-	s, err := Start(Config{Listen: "127.0.0.1:0", Users: map[string]string{"alice": "secret"}, AllowPeers: []string{"127.0.0.0/8"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.Addr(), Username: "alice", Password: "secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
-		t.Fatal(err)
-	}
+	_, c, ctx := allocated(t, Config{})
 	for i := range 20 {
 		size := 1000 + i*9000 // below and above the splice threshold
 		msg := bytes.Repeat([]byte{byte(i)}, size)
@@ -195,18 +152,7 @@ func TestEndRightAfterData(t *testing.T) {
 // A relay listening on every address (the usual deployment) still makes
 // outgoing connections for Connect.
 func TestConnectFromWildcardRelay(t *testing.T) {
-	s, err := Start(Config{Listen: "0.0.0.0:0", External: "127.0.0.1", Users: map[string]string{"alice": "secret"}, AllowPeers: []string{"127.0.0.0/8"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.PublicAddr(), Username: "alice", Password: "secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, c, ctx := allocated(t, Config{Listen: "0.0.0.0:0", External: "127.0.0.1"})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -228,4 +174,32 @@ func TestConnectFromWildcardRelay(t *testing.T) {
 	if _, err := io.ReadFull(out, b); err != nil || string(b) != "ping" {
 		t.Fatalf("echo: %q %v", b, err)
 	}
+}
+
+// allocated starts a relay (cfg, on loopback unless it says otherwise,
+// with user alice and loopback peers allowed) and a client with an
+// allocation on it that permits loopback peers.
+func allocated(t *testing.T, cfg Config) (*Server, *turnclient.Client, context.Context) {
+	t.Helper()
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	cfg.Users = map[string]string{"alice": "secret"}
+	cfg.AllowPeers = []string{"127.0.0.0/8"}
+	s, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: s.PublicAddr(), Username: "alice", Password: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	return s, c, ctx
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/daemon"
-	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 	"github.com/tubes-dev/tubes/internal/turntest"
 	"github.com/tubes-dev/tubes/rendezvous"
@@ -26,20 +25,25 @@ import (
 func relayWorld(t *testing.T, turn func(name string) *daemon.TURNServer) *world {
 	t.Helper()
 	rv, _ := tubetest.RelayWithTURN(t, rendezvous.Config{})
-	mk := func(name string) *peer {
-		p := &peer{name: name, log: &tubetest.LogBuffer{}, state: t.TempDir(), peerAddr: freeAddr(t)}
-		cfg := node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr}
-		if turn != nil {
-			cfg.TURN = turn(name)
-		}
-		p.d = tubetest.StartDaemonConfig(t, cfg)
-		p.d.Register(t, name, rv)
-		p.ev = tubetest.Record(t, p.d.C, name)
-		return p
+	var ta, tb *daemon.TURNServer
+	if turn != nil {
+		ta, tb = turn("alice"), turn("bob")
 	}
-	w := &world{relay: rv, alice: mk("alice"), bob: mk("bob")}
+	return turnWorld(t, rv, ta, tb)
+}
+
+// turnWorld is alice and bob, mutual contacts on rv, each relaying
+// through its TURN server (nil: the relay's own).
+func turnWorld(t *testing.T, rv *rendezvous.Server, aliceTURN, bobTURN *daemon.TURNServer) *world {
+	t.Helper()
+	w := &world{relay: rv, alice: newPeerTURN(t, rv, "alice", aliceTURN), bob: newPeerTURN(t, rv, "bob", bobTURN)}
 	tubetest.Befriend(t, w.alice.d, "alice", w.bob.d, "bob")
 	return w
+}
+
+// testTURN is a TURN server of tubetest.TURN's reached at addr.
+func testTURN(addr string) *daemon.TURNServer {
+	return &daemon.TURNServer{Addr: addr, Secret: "test-secret"}
 }
 
 // offerRelayed offers service (exported from addr) to bob forced onto the
@@ -70,10 +74,8 @@ func (w *world) offerRelayed(t *testing.T, service, addr string) (string, string
 // allocation.
 func TestRelayPathTube(t *testing.T) {
 	rv, ts := tubetest.RelayWithTURN(t, rendezvous.Config{})
-	alice := newPeer(t, rv, "alice")
-	bob := newPeer(t, rv, "bob")
-	tubetest.Befriend(t, alice.d, "alice", bob.d, "bob")
-	w := &world{relay: rv, alice: alice, bob: bob}
+	w := turnWorld(t, rv, nil, nil)
+	alice, bob := w.alice, w.bob
 
 	id, addr := w.offerRelayed(t, "sink", serve(t, hashBack))
 	if ts.Allocations() != 1 {
@@ -123,16 +125,7 @@ func TestRelayBlind(t *testing.T) {
 	rec := &recorder{}
 	proxy := rec.proxy(t, ts.Addr())
 	rv := tubetest.Relay(t, rendezvous.Config{})
-	mk := func(name, turn string) *peer {
-		p := &peer{name: name, log: &tubetest.LogBuffer{}, state: t.TempDir(), peerAddr: freeAddr(t)}
-		p.d = tubetest.StartDaemonConfig(t, node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr,
-			TURN: &daemon.TURNServer{Addr: turn, Secret: "test-secret"}})
-		p.d.Register(t, name, rv)
-		p.ev = tubetest.Record(t, p.d.C, name)
-		return p
-	}
-	w := &world{relay: rv, alice: mk("alice", proxy), bob: mk("bob", ts.Addr())}
-	tubetest.Befriend(t, w.alice.d, "alice", w.bob.d, "bob")
+	w := turnWorld(t, rv, testTURN(proxy), testTURN(ts.Addr()))
 	_, addr := w.offerRelayed(t, "echo", serve(t, echo))
 
 	marker := bytes.Repeat([]byte("TUBES-BLIND-RELAY-MARKER-"), 400)
@@ -188,16 +181,7 @@ func TestRelayedLinkRecovers(t *testing.T) {
 			rec := &recorder{}
 			proxy := rec.proxy(t, ts.Addr())
 			rv := tubetest.Relay(t, rendezvous.Config{})
-			mk := func(name, turn string) *peer {
-				p := &peer{name: name, log: &tubetest.LogBuffer{}, state: t.TempDir(), peerAddr: freeAddr(t)}
-				p.d = tubetest.StartDaemonConfig(t, node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr,
-					TURN: &daemon.TURNServer{Addr: turn, Secret: "test-secret"}})
-				p.d.Register(t, name, rv)
-				p.ev = tubetest.Record(t, p.d.C, name)
-				return p
-			}
-			w := &world{relay: rv, alice: mk("alice", proxy), bob: mk("bob", ts.Addr())}
-			tubetest.Befriend(t, w.alice.d, "alice", w.bob.d, "bob")
+			w := turnWorld(t, rv, testTURN(proxy), testTURN(ts.Addr()))
 			id, addr := w.offerRelayed(t, "echo", serve(t, echo))
 			roundTrip(t, "tcp", addr, "before")
 

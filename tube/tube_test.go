@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/daemon"
 	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/internal/node"
 	svc "github.com/tubes-dev/tubes/internal/serve"
@@ -51,8 +52,14 @@ func freeAddr(t *testing.T) string {
 
 func newPeer(t *testing.T, relay *rendezvous.Server, name string) *peer {
 	t.Helper()
+	return newPeerTURN(t, relay, name, nil)
+}
+
+// newPeerTURN is newPeer relaying through turn (nil: the relay's own).
+func newPeerTURN(t *testing.T, relay *rendezvous.Server, name string, turn *daemon.TURNServer) *peer {
+	t.Helper()
 	p := &peer{name: name, log: &tubetest.LogBuffer{}, state: t.TempDir(), peerAddr: freeAddr(t)}
-	p.d = tubetest.StartDaemonConfig(t, node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr})
+	p.d = tubetest.StartDaemonConfig(t, node.DaemonConfig{StateDir: p.state, Logger: p.log.Logger(), PeerListen: p.peerAddr, TURN: turn})
 	p.d.Register(t, name, relay)
 	p.ev = tubetest.Record(t, p.d.C, name)
 	return p
