@@ -639,12 +639,26 @@ func idleMemory(addr string, n int, pids []int) ([]float64, error) {
 // parallelism), has each echo 64 unique bytes while all are open, and
 // counts successes and errors.
 func concurrency(addr string, n int) (int, int, time.Duration, error) {
+	return holdConns(addr, n, 256, false)
+}
+
+// concurrencyBound is concurrency with each connection confirmed by one
+// echoed byte before the next opens, at most parallel at a time (a relay
+// lets a user keep only so many connections waiting to be bound).
+func concurrencyBound(addr string, n, parallel int) (int, int, time.Duration, error) {
+	return holdConns(addr, n, parallel, true)
+}
+
+// holdConns opens n connections through addr, at most parallel at a
+// time (each confirmed by one echoed byte if confirm), then, with all
+// open, has each echo 64 unique bytes.
+func holdConns(addr string, n, parallel int, confirm bool) (int, int, time.Duration, error) {
 	t0 := time.Now()
 	conns := make([]net.Conn, n)
 	var mu sync.Mutex
 	errs := 0
 	var firstErr error
-	sem := make(chan struct{}, 256)
+	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
 	for i := range conns {
 		wg.Add(1)
@@ -653,6 +667,16 @@ func concurrency(addr string, n int) (int, int, time.Duration, error) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			c, err := net.DialTimeout("tcp", addr, 30*time.Second)
+			if err == nil && confirm {
+				c.SetDeadline(time.Now().Add(60 * time.Second))
+				b := []byte{'b'}
+				if _, err = c.Write(b); err == nil {
+					_, err = io.ReadFull(c, b)
+				}
+				if err != nil {
+					c.Close()
+				}
+			}
 			if err != nil {
 				mu.Lock()
 				errs++
@@ -667,7 +691,7 @@ func concurrency(addr string, n int) (int, int, time.Duration, error) {
 	}
 	wg.Wait()
 	if firstErr != nil {
-		log.Printf("first concurrency error: %v", firstErr)
+		log.Printf("first error opening connections: %v", firstErr)
 	}
 	ok, more, _ := echoAll(conns, 256)
 	for _, c := range conns {
@@ -753,57 +777,4 @@ func serveEcho(addr string) {
 			io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 2048))
 		}()
 	}
-}
-
-// concurrencyBound opens n connections through addr, at most parallel at
-// a time, each confirmed by one echoed byte before the next opens; then,
-// with all open, has each echo 64 unique bytes.
-func concurrencyBound(addr string, n, parallel int) (int, int, time.Duration, error) {
-	t0 := time.Now()
-	conns := make([]net.Conn, n)
-	var mu sync.Mutex
-	errs := 0
-	var firstErr error
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	for i := range conns {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, err := net.DialTimeout("tcp", addr, 30*time.Second)
-			if err == nil {
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				b := []byte{'b'}
-				if _, err = c.Write(b); err == nil {
-					_, err = io.ReadFull(c, b)
-				}
-				if err != nil {
-					c.Close()
-				}
-			}
-			if err != nil {
-				mu.Lock()
-				errs++
-				if firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
-				return
-			}
-			conns[i] = c
-		}()
-	}
-	wg.Wait()
-	if firstErr != nil {
-		log.Printf("first error opening relayed connections: %v", firstErr)
-	}
-	ok, more, _ := echoAll(conns, parallel*8)
-	for _, c := range conns {
-		if c != nil {
-			c.Close()
-		}
-	}
-	return ok, errs + more, time.Since(t0), nil
 }
