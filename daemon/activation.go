@@ -35,6 +35,7 @@ type activated struct {
 }
 
 type activations struct {
+	sync  sync.Mutex // one syncActivations at a time, so none undoes a newer one
 	mu    sync.Mutex
 	units map[string]*activated // service (lower case) → unit
 }
@@ -173,6 +174,8 @@ func safeName(s string) string {
 // syncActivations gives every registered <filepath> service its unit
 // (sockets ready, nothing started) and ends those of services gone.
 func (d *Daemon) syncActivations() {
+	d.acts.sync.Lock()
+	defer d.acts.sync.Unlock()
 	ds, _ := d.services.Services(registry.UserScope)
 	want := map[string]*registry.Descriptor{}
 	for _, desc := range ds {
