@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -171,6 +172,17 @@ func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay
 			port = "3478"
 		}
 		listen = net.JoinHostPort(host, port)
+	}
+	if _, err := relay.NewPeerFilter(o.allowPeers); err != nil {
+		return nil, usageError{err}
+	}
+	if o.turnExternal != "" {
+		if _, err := netip.ParseAddr(o.turnExternal); err != nil {
+			return nil, usagef("--turn-external %q is not an IP address", o.turnExternal)
+		}
+	}
+	if _, _, err := net.SplitHostPort(listen); err != nil {
+		return nil, usagef("--turn-listen %q is not HOST:PORT (or off)", listen)
 	}
 	users := map[string]string{}
 	for _, u := range o.turnUsers {
