@@ -83,6 +83,7 @@ type Stream struct {
 	recvDone bool // FIN received and written through, or reset
 	draining bool
 	local    net.Conn
+	rc       syscall.RawConn // local's, when it has one
 	onClose  func(error)
 	err      error // set when reset
 	finished bool
@@ -95,10 +96,28 @@ func newStream(s *Session, id uint32) *Stream {
 // ID is the stream's id within its link.
 func (st *Stream) ID() uint32 { return st.id }
 
-// Splice attaches the local socket and starts moving bytes. onClose is
-// called once when the stream has ended: with nil after a clean close in
-// both directions, or a *ResetError.
+// Splice attaches the local socket and starts moving bytes; it returns
+// at once. onClose is called once when the stream has ended: with nil
+// after a clean close in both directions, or a *ResetError.
 func (st *Stream) Splice(local net.Conn, onClose func(error)) {
+	if st.attach(local, onClose) {
+		go st.pump()
+	}
+}
+
+// Carry is Splice run in the caller's goroutine: it attaches the local
+// socket and moves its bytes to the peer until that direction ends (the
+// other direction may go on after it returns). A layer that already has a
+// goroutine per connection spares one this way.
+func (st *Stream) Carry(local net.Conn, onClose func(error)) {
+	if st.attach(local, onClose) {
+		st.pump()
+	}
+}
+
+// attach sets the local socket, writes what was queued meanwhile, and
+// reports whether the stream is still alive.
+func (st *Stream) attach(local net.Conn, onClose func(error)) bool {
 	st.mu.Lock()
 	if st.err != nil {
 		err := st.err
@@ -107,9 +126,12 @@ func (st *Stream) Splice(local net.Conn, onClose func(error)) {
 		if onClose != nil {
 			onClose(err)
 		}
-		return
+		return false
 	}
 	st.local = local
+	if sc, ok := local.(syscall.Conn); ok {
+		st.rc, _ = sc.SyscallConn()
+	}
 	st.onClose = onClose
 	start := len(st.queue) > 0 || st.finRecv
 	if start {
@@ -117,9 +139,9 @@ func (st *Stream) Splice(local net.Conn, onClose func(error)) {
 	}
 	st.mu.Unlock()
 	if start {
-		go st.drain()
+		st.drain(false)
 	}
-	go st.pump()
+	return true
 }
 
 // Reset aborts the stream: the peer gets RST with code and message, and
@@ -201,10 +223,64 @@ func (st *Stream) deliver(b []byte) error {
 		st.draining = true
 	}
 	st.mu.Unlock()
-	if start {
-		go st.drain()
+	switch {
+	case !start:
+	case len(b) <= directWriteMax:
+		// Nobody is writing: try the local socket at once from here,
+		// sparing the hand-off to a writer goroutine (the common case for
+		// interactive traffic).
+		st.drain(false)
+	default:
+		go st.drain(true)
 	}
 	return nil
+}
+
+// directWriteMax is the largest frame the link's reader tries to write to
+// the local socket itself; larger ones go to a drain goroutine at once,
+// so that bulk transfers decrypt and write in parallel.
+const directWriteMax = 16 << 10
+
+// maxIovecs bounds one writev (the kernel's IOV_MAX is 1024).
+const maxIovecs = 1024
+
+// writevNow writes what the socket takes of bufs without waiting: one
+// attempt, which may be short.
+func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
+	var n int
+	var werr error
+	err := rc.Write(func(fd uintptr) bool {
+		for {
+			m, e := unix.Writev(int(fd), bufs)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+			case e != nil:
+				werr = os.NewSyscallError("writev", e)
+			default:
+				n = m
+			}
+			return true
+		}
+	})
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+// takeOwed returns the credit to grant back now, if any: only once a
+// quarter of the window has been written locally, so that small messages
+// cost no window frame each (the sender still has three quarters of the
+// window, so it can never wait on credit held back here). st.mu is held.
+func (st *Stream) takeOwed() int {
+	if st.owed < initialWindow/4 {
+		return 0
+	}
+	owed := st.owed
+	st.owed = 0
+	return owed
 }
 
 func (st *Stream) recvFin() {
@@ -220,7 +296,7 @@ func (st *Stream) recvFin() {
 	}
 	st.mu.Unlock()
 	if start {
-		go st.drain()
+		st.drain(false)
 	}
 }
 
@@ -234,9 +310,20 @@ func (st *Stream) addCredit(n int) {
 	}
 }
 
-// drain writes queued data to the local socket; it exits when the queue
-// is empty, so an idle stream has no writer goroutine.
-func (st *Stream) drain() {
+// drain writes queued data to the local socket, and after a received FIN
+// closes its write side; it returns when the queue is empty, so an idle
+// stream has no writer goroutine. The caller has set draining.
+//
+// With wait false it runs on a goroutine that must not block (the link's
+// reader, or one about to pump): it writes only what the socket takes at
+// once, hands the rest to a drain goroutine, and leaves link writes
+// (window, RST) to other goroutines, since the link's reader blocking on
+// the link could deadlock two peers that both send.
+func (st *Stream) drain(wait bool) {
+	if !wait && st.rc == nil { // no way to try without waiting
+		go st.drain(true)
+		return
+	}
 	for {
 		st.mu.Lock()
 		if st.err != nil {
@@ -251,11 +338,13 @@ func (st *Stream) drain() {
 				st.recvDone = true
 			}
 			local := st.local
-			owed := st.owed
-			st.owed = 0
+			owed := 0
+			if !fin {
+				owed = st.takeOwed()
+			}
 			st.mu.Unlock()
-			if owed > 0 && !fin {
-				st.grant(owed)
+			if owed > 0 {
+				st.sendGrant(owed, wait)
 			}
 			if fin {
 				closeWrite(local)
@@ -263,33 +352,82 @@ func (st *Stream) drain() {
 			}
 			return
 		}
-		// Write everything queued at once (writev): one system call for
-		// several frames when the application reads slower than we receive.
-		bufs := net.Buffers(st.queue)
-		st.queue = nil
-		n := st.queued
-		st.queued = 0
-		local := st.local
+		bufs := st.queue
+		if !wait && len(bufs) > maxIovecs {
+			bufs = bufs[:maxIovecs]
+		}
+		st.queue = st.queue[len(bufs):]
+		total := 0
+		for _, b := range bufs {
+			total += len(b)
+		}
+		st.queued -= total
+		local, rc := st.local, st.rc
 		st.mu.Unlock()
-		toFree := append([][]byte(nil), bufs...)
-		_, err := bufs.WriteTo(local)
-		for _, b := range toFree {
-			putBuf(b)
+		var n int
+		var err error
+		if wait {
+			// Everything queued at once (writev): one system call for
+			// several frames when the application reads slower than we
+			// receive.
+			toFree := append([][]byte(nil), bufs...)
+			_, err = (*net.Buffers)(&bufs).WriteTo(local)
+			bufs = toFree
+			n = total
+		} else {
+			n, err = writevNow(rc, bufs)
 		}
 		if err != nil {
-			st.abort(&ResetError{Code: CodeCancelled, Message: "the local connection closed before all data was delivered"}, true)
+			for _, b := range bufs {
+				putBuf(b)
+			}
+			e := &ResetError{Code: CodeCancelled, Message: "the local connection closed before all data was delivered"}
+			if wait {
+				st.abort(e, true)
+			} else {
+				go st.abort(e, true)
+			}
 			return
 		}
+		rest := consumed(bufs, n)
 		st.mu.Lock()
 		st.owed += n
-		owed := 0
-		if st.owed >= initialWindow/4 {
-			owed, st.owed = st.owed, 0
+		if len(rest) > 0 {
+			st.queue = append(rest, st.queue...)
+			st.queued += total - n
 		}
+		owed := st.takeOwed()
 		st.mu.Unlock()
 		if owed > 0 {
-			st.grant(owed)
+			st.sendGrant(owed, wait)
 		}
+		if n < total { // the socket is full: wait for it elsewhere
+			go st.drain(true)
+			return
+		}
+	}
+}
+
+// consumed returns the unwritten rest of bufs after n bytes were written,
+// giving fully written buffers back to their pool.
+func consumed(bufs [][]byte, n int) [][]byte {
+	for i, b := range bufs {
+		if n < len(b) {
+			return append([][]byte{b[n:]}, bufs[i+1:]...)
+		}
+		n -= len(b)
+		putBuf(b)
+	}
+	return nil
+}
+
+// sendGrant gives credit back to the peer, from another goroutine when
+// the caller may not block on the link.
+func (st *Stream) sendGrant(n int, wait bool) {
+	if wait {
+		st.grant(n)
+	} else {
+		go st.grant(n)
 	}
 }
 
@@ -302,12 +440,8 @@ func (st *Stream) grant(n int) {
 // pump moves bytes from the local socket to the peer.
 func (st *Stream) pump() {
 	st.mu.Lock()
-	local := st.local
+	local, rc := st.local, st.rc
 	st.mu.Unlock()
-	var rc syscall.RawConn
-	if sc, ok := local.(syscall.Conn); ok {
-		rc, _ = sc.SyscallConn()
-	}
 	for {
 		credit := st.waitCredit()
 		if credit <= 0 {

@@ -94,7 +94,10 @@ func listenTCP(req api.AcceptRequest) (*localSocket, error) {
 	if !ap.Addr().IsLoopback() {
 		return nil, tperr.New(tperr.PermissionDenied, "listen %s is not a loopback address: a tube's local socket is for this machine only", listen)
 	}
-	l, err := net.Listen("tcp", ap.String())
+	// No TCP keepalive on loopback: a local peer that dies is reset by the
+	// kernel at once, and probes would only cost system calls per accept.
+	lc := net.ListenConfig{KeepAlive: -1}
+	l, err := lc.Listen(context.Background(), "tcp", ap.String())
 	if err != nil {
 		return nil, tperr.New(tperr.NotAvailable, "cannot listen on %s: %v", listen, err)
 	}
@@ -242,6 +245,9 @@ func dialService(ctx context.Context, e *export) (net.Conn, error) {
 	defer cancel()
 	var d net.Dialer
 	if e.TCP != "" {
+		if ap, err := netip.ParseAddrPort(e.TCP); err == nil && ap.Addr().IsLoopback() {
+			d.KeepAlive = -1 // as for the local socket: nothing to detect on loopback
+		}
 		return d.DialContext(ctx, "tcp", e.TCP)
 	}
 	return d.DialContext(ctx, "unix", e.Unix)

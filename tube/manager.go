@@ -832,7 +832,8 @@ func (m *Manager) accept(ctx context.Context, id string, req api.AcceptRequest, 
 	return t.view(m.cfg.Account), nil
 }
 
-// openLocal carries one local connection of an accepted tube.
+// openLocal carries one local connection of an accepted tube; it returns
+// when the connection has nothing more to send.
 func (m *Manager) openLocal(t *tube, c net.Conn) {
 	l, err := m.ensureLink(m.ctx, t.peer, wantPath(t.wantPath))
 	var st *peerlink.Stream
@@ -864,7 +865,7 @@ func (m *Manager) openLocal(t *tube, c net.Conn) {
 	t.conns[tc.id] = tc
 	t.path = l.path
 	m.mu.Unlock()
-	st.Splice(c, func(err error) { m.connClosed(t, tc.id, err) })
+	st.Carry(c, func(err error) { m.connClosed(t, tc.id, err) }) // serve gave c its own goroutine
 }
 
 // ---- serving streams (offering side)
@@ -911,7 +912,8 @@ func (m *Manager) onStream(peer, path string, st *peerlink.Stream, meta []byte) 
 	go m.connectService(t, c, e)
 }
 
-// connectService connects a tube connection to the exported service.
+// connectService connects a tube connection to the exported service and
+// carries it until the service has nothing more to send.
 func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 	var svc net.Conn
 	var err error
@@ -959,7 +961,7 @@ func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 	m.emit(api.Event{Type: api.EventNewRemoteConnection, TubeID: t.id, Service: t.service, ConnectionID: u32(c.id),
 		Contact: c.contact, Room: t.room, Source: c.source})
 	m.mu.Unlock()
-	c.st.Splice(svc, func(err error) { done(); m.connClosed(t, c.id, err) })
+	c.st.Carry(svc, func(err error) { done(); m.connClosed(t, c.id, err) }) // onStream gave us our own goroutine
 }
 
 // writeProxyHeader sends a PROXY protocol v2 header naming the contact,
