@@ -101,6 +101,11 @@ func copyOnce(dst, src *net.TCPConn, lim *rate.Limiter) (int64, error) {
 func waitReadable(rc syscall.RawConn) (int, error) {
 	avail := 0
 	err := rc.Read(func(fd uintptr) bool {
+		// In bulk there are bytes queued: one ioctl says how many.
+		if q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && q > 0 {
+			avail = q
+			return true
+		}
 		var b [1]byte
 		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
@@ -109,10 +114,7 @@ func waitReadable(rc syscall.RawConn) (int, error) {
 		case err != nil || n == 0:
 			return true // an error or the end: the read says which
 		}
-		avail = 1
-		if q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && q > 0 {
-			avail = q
-		}
+		avail = 1 // arrived since the ioctl
 		return true
 	})
 	return avail, err
