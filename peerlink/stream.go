@@ -105,16 +105,6 @@ func (st *Stream) Splice(local net.Conn, onClose func(error)) {
 	}
 }
 
-// Carry is Splice run in the caller's goroutine: it attaches the local
-// socket and moves its bytes to the peer until that direction ends (the
-// other direction may go on after it returns). A layer that already has a
-// goroutine per connection spares one this way.
-func (st *Stream) Carry(local net.Conn, onClose func(error)) {
-	if st.attach(local, onClose) {
-		st.pump()
-	}
-}
-
 // attach sets the local socket, writes what was queued meanwhile, and
 // reports whether the stream is still alive.
 func (st *Stream) attach(local net.Conn, onClose func(error)) bool {

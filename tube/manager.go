@@ -832,8 +832,7 @@ func (m *Manager) accept(ctx context.Context, id string, req api.AcceptRequest, 
 	return t.view(m.cfg.Account), nil
 }
 
-// openLocal carries one local connection of an accepted tube; it returns
-// when the connection has nothing more to send.
+// openLocal carries one local connection of an accepted tube.
 func (m *Manager) openLocal(t *tube, c net.Conn) {
 	l, err := m.ensureLink(m.ctx, t.peer, wantPath(t.wantPath))
 	var st *peerlink.Stream
@@ -865,7 +864,9 @@ func (m *Manager) openLocal(t *tube, c net.Conn) {
 	t.conns[tc.id] = tc
 	t.path = l.path
 	m.mu.Unlock()
-	st.Carry(c, func(err error) { m.connClosed(t, tc.id, err) }) // serve gave c its own goroutine
+	// Splice, not run here: this goroutine's stack grew while accepting, and
+	// an idle connection would keep it.
+	st.Splice(c, func(err error) { m.connClosed(t, tc.id, err) })
 }
 
 // ---- serving streams (offering side)
@@ -912,8 +913,7 @@ func (m *Manager) onStream(peer, path string, st *peerlink.Stream, meta []byte) 
 	go m.connectService(t, c, e)
 }
 
-// connectService connects a tube connection to the exported service and
-// carries it until the service has nothing more to send.
+// connectService connects a tube connection to the exported service.
 func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 	var svc net.Conn
 	var err error
@@ -961,7 +961,7 @@ func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 	m.emit(api.Event{Type: api.EventNewRemoteConnection, TubeID: t.id, Service: t.service, ConnectionID: u32(c.id),
 		Contact: c.contact, Room: t.room, Source: c.source})
 	m.mu.Unlock()
-	c.st.Carry(svc, func(err error) { done(); m.connClosed(t, c.id, err) }) // onStream gave us our own goroutine
+	c.st.Splice(svc, func(err error) { done(); m.connClosed(t, c.id, err) })
 }
 
 // writeProxyHeader sends a PROXY protocol v2 header naming the contact,
