@@ -527,3 +527,41 @@ func TestKeysAndRoomMemberDelivery(t *testing.T) {
 		t.Fatalf("non-member sending through a room: %v", err)
 	}
 }
+
+// Closing a relay while requests keep arriving ends cleanly: handlers
+// already started finish, later ones are dropped (run with -race, this
+// checks that no handler starts while Close waits for them).
+func TestCloseDuringRequests(t *testing.T) {
+	for range 5 {
+		s := startRelay(t, rendezvous.Config{})
+		a := register(t, s, "alice")
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+					a.c.Hello(ctx)
+					cancel()
+				}
+			}()
+		}
+		time.Sleep(50 * time.Millisecond)
+		done := make(chan struct{})
+		go func() { s.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("Close did not return while requests kept arriving")
+		}
+		close(stop)
+		wg.Wait()
+	}
+}

@@ -58,8 +58,10 @@ type Service struct {
 	pres  *presence
 	m     *Metrics
 
-	wg   sync.WaitGroup // request handlers in flight
-	sema chan struct{}  // bounds handlers in flight
+	wg      sync.WaitGroup // request handlers in flight
+	sema    chan struct{}  // bounds handlers in flight
+	stopMu  sync.Mutex     // orders wg.Add in dispatch before wg.Wait in Run
+	stopped bool           // Run is ending: requests still delivered are dropped
 }
 
 // maxInFlight bounds concurrently handled requests per relay.
@@ -183,7 +185,15 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 		ready()
 	}
 	s.log.Info("account service ready", "instance", s.cfg.Instance, "registration", s.cfg.Registration)
-	defer s.wg.Wait()
+	defer func() {
+		// Subscription callbacks may still be running (unsubscribing does
+		// not wait for them): no new handler starts once stopped is set,
+		// so the wait cannot race an Add.
+		s.stopMu.Lock()
+		s.stopped = true
+		s.stopMu.Unlock()
+		s.wg.Wait()
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -198,8 +208,14 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 // slow request (a state write) does not hold up the others.
 func (s *Service) dispatch(handle func(*nats.Msg)) nats.MsgHandler {
 	return func(m *nats.Msg) {
-		s.sema <- struct{}{}
+		s.stopMu.Lock()
+		if s.stopped {
+			s.stopMu.Unlock()
+			return
+		}
 		s.wg.Add(1)
+		s.stopMu.Unlock()
+		s.sema <- struct{}{}
 		go func() {
 			defer func() { <-s.sema; s.wg.Done() }()
 			handle(m)
