@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tubes-dev/tubes/internal/atomicfile"
 )
@@ -159,8 +160,8 @@ func (s *Server) startEmbedded() error {
 		Accounts:          []*server.Account{tubes, sys},
 		SystemAccount:     "SYS",
 		Users: []*server.User{
-			{Username: serviceUser, Password: svcPass, Account: tubes},
-			{Username: systemUser, Password: sysPass, Account: sys},
+			{Username: serviceUser, Password: bcryptOf(svcPass), Account: tubes},
+			{Username: systemUser, Password: bcryptOf(sysPass), Account: sys},
 		},
 		AuthCallout: &server.AuthCallout{
 			Issuer:    issuerPub,
@@ -464,6 +465,17 @@ func (n natsLogger) Tracef(f string, a ...any)  {}
 var _ server.Logger = natsLogger{}
 
 // randomPassword is 192 random bits, base64url.
+// bcryptOf is how the NATS server keeps an internal user's password: as a
+// hash, not the secret itself. The passwords are 192 random bits, so the
+// cheapest cost is as safe as any and keeps connecting fast.
+func bcryptOf(password string) string {
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		panic(err) // only for passwords over 72 bytes
+	}
+	return string(h)
+}
+
 func randomPassword() string {
 	b := make([]byte, 24)
 	rand.Read(b)
