@@ -27,6 +27,7 @@ func TestRelayTURNFlagErrors(t *testing.T) {
 		{turnListen: "127.0.0.1:0", turnExternal: "x.y"},
 		{turnListen: "127.0.0.1:0", turnUsers: []string{"nopassword"}},
 		{turnListen: "127.0.0.1:0", turnBandwidth: "12x"},
+		{turnListen: "127.0.0.1:0", turnMaxConns: -1},
 	} {
 		s, err := startTURN(o, nil, nil)
 		if s != nil {

@@ -40,6 +40,7 @@ type relayOpts struct {
 	turnUsers, allowPeers                           []string
 	turnOnly                                        bool
 	turnBandwidth                                   string
+	turnMaxConns                                    int
 }
 
 func relayCmd(e *env) *cobra.Command {
@@ -85,6 +86,7 @@ under --data when not given; --turn-user adds static credentials;
 	f.StringArrayVar(&o.allowPeers, "allow-peer", nil, "CIDR the TURN peer filter lets through although it is not public (repeatable)")
 	f.BoolVar(&o.turnOnly, "turn-only", false, "run the TURN server alone, without the rendezvous")
 	f.StringVar(&o.turnBandwidth, "turn-bandwidth", "", "cap on each TURN user's relayed bytes per second, e.g. 20M (default: none)")
+	f.IntVar(&o.turnMaxConns, "turn-max-connections", relay.DefaultMaxConnections, "most peer connections one TURN TCP allocation holds at once")
 	logFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(relayUserCmd(e), relayNATSConfigCmd(e))
 	return cmd
@@ -203,8 +205,12 @@ func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay
 	if err != nil {
 		return nil, err
 	}
+	if o.turnMaxConns < 1 {
+		return nil, usagef("--turn-max-connections must be at least 1, not %d", o.turnMaxConns)
+	}
 	return node.StartTURN(node.TURNConfig{Listen: listen, External: o.turnExternal, Realm: o.turnRealm,
-		Secret: secret, Users: users, AllowPeers: o.allowPeers, Bandwidth: bw, Logger: log, Registerer: reg})
+		Secret: secret, Users: users, AllowPeers: o.allowPeers, Bandwidth: bw, MaxConnections: o.turnMaxConns,
+		Logger: log, Registerer: reg})
 }
 
 // parseRate parses bytes per second with an optional k, M or G suffix

@@ -15,6 +15,7 @@ type relayConn struct {
 	*net.TCPConn
 	s     *Server
 	user  string
+	port  int // the relayed port of its allocation
 	bound atomic.Bool
 	once  sync.Once
 
@@ -24,10 +25,10 @@ type relayConn struct {
 	hasCID bool
 }
 
-func (s *Server) newRelayConn(c *net.TCPConn, user string) *relayConn {
+func (s *Server) newRelayConn(c *net.TCPConn, user string, port int) *relayConn {
 	c.SetNoDelay(true)
 	s.metrics.pending.Inc()
-	rc := &relayConn{TCPConn: c, s: s, user: user}
+	rc := &relayConn{TCPConn: c, s: s, user: user, port: port}
 	s.track(rc)
 	return rc
 }
@@ -73,6 +74,7 @@ func (c *relayConn) Write(p []byte) (int, error) {
 func (c *relayConn) Close() error {
 	c.once.Do(func() {
 		c.s.untrack(c)
+		c.s.releaseConn(c.port)
 		if c.bound.Load() {
 			c.s.metrics.relayed.Dec()
 		} else if c.bound.CompareAndSwap(false, true) {

@@ -206,6 +206,12 @@ func (c *turnConn) attempt() (netip.AddrPort, uint32) {
 	if m == nil {
 		c.t.Fatal("no ConnectionAttempt")
 	}
+	return c.attemptOf(m)
+}
+
+// attemptOf returns the peer and connection id of a ConnectionAttempt.
+func (c *turnConn) attemptOf(m *stun.Message) (netip.AddrPort, uint32) {
+	c.t.Helper()
 	if m.Type != stun.NewType(stun.MethodConnectionAttempt, stun.ClassIndication) {
 		c.t.Fatalf("got %v, want a ConnectionAttempt", m.Type)
 	}
@@ -882,6 +888,48 @@ func TestQuotas(t *testing.T) {
 		p3 := dialPeer(t, relayed)
 		if peer, _ := c.attempt(); peer.String() != p3.LocalAddr().String() {
 			t.Fatalf("ConnectionAttempt names %v, want %v", peer, p3.LocalAddr())
+		}
+	})
+
+	t.Run("connections per allocation", func(t *testing.T) {
+		s := startRelay(t, relay.Config{AllowPeers: loopback, MaxConnections: 2})
+		c := dialTCP(t, s, alice, alicePass)
+		relayed, _ := c.allocate(protoTCP)
+		c.permit("127.0.0.1")
+		p1 := dialPeer(t, relayed)
+		_, id1 := c.attempt()
+		d1 := bind(t, s, alice, alicePass, id1)
+		relays(t, p1, d1, "one")
+		dialPeer(t, relayed)
+		c.attempt() // the second, left unbound: it counts too
+
+		// Full: a third peer is turned away, and so is a Connect.
+		expectPeerClosed(t, relayed)
+		c.noAttempt()
+		ln := listen(t)
+		c.expect(447, stun.MethodConnect, peerAddr(netip.MustParseAddrPort(ln.Addr().String())))
+		// Another allocation of the same user has its own room.
+		c2 := dialTCP(t, s, alice, alicePass)
+		relayed2, _ := c2.allocate(protoTCP)
+		c2.permit("127.0.0.1")
+		dialPeer(t, relayed2)
+		c2.attempt()
+
+		// The first connection ends: room for one more.
+		p1.Close()
+		d1.Close()
+		deadline := time.Now().Add(prompt)
+		for {
+			p := dialPeer(t, relayed)
+			if m := c.indication(quiet); m != nil {
+				if peer, _ := c.attemptOf(m); peer.String() != p.LocalAddr().String() {
+					t.Fatalf("ConnectionAttempt names %v, want %v", peer, p.LocalAddr())
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no room for a new peer after one of two connections ended")
+			}
 		}
 	})
 }

@@ -34,6 +34,7 @@ const (
 	MaxLifetime           = time.Hour // allocations live at most this long between refreshes
 	DefaultMaxAllocations = 32        // per user
 	DefaultMaxPending     = 64        // unbound peer connections per user
+	DefaultMaxConnections = 1024      // peer connections per TCP allocation
 	connectTimeout        = 30 * time.Second
 )
 
@@ -57,6 +58,13 @@ type Config struct {
 	// MaxAllocations per user (default 32); MaxPending unbound peer
 	// connections per user (default 64).
 	MaxAllocations, MaxPending int
+	// MaxConnections is the most peer connections one TCP allocation
+	// holds at once, bound or not (default 1024). Each new connection
+	// costs pion a scan of its allocation's connections under a lock all
+	// allocations share, so this bounds what one user can make everyone
+	// wait. (A Tubes allocation carries one connection per peer, whose
+	// link multiplexes all of that peer's tube connections.)
+	MaxConnections int
 	// Bandwidth caps the bytes per second each user's relayed TCP
 	// connections carry, both directions together (0: no cap). Capped
 	// connections are copied in user space instead of with splice(2).
@@ -91,6 +99,7 @@ type Server struct {
 	limits     map[string]*rate.Limiter // per-user bandwidth (Config.Bandwidth)
 	perUser    map[string]int           // allocations
 	pending    map[string]int           // unbound peer connections
+	conns      map[int]int              // relayed port → its peer connections
 }
 
 // Start listens and serves until Close.
@@ -107,6 +116,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxPending == 0 {
 		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -126,6 +138,7 @@ func Start(cfg Config) (*Server, error) {
 		limits:  map[string]*rate.Limiter{},
 		perUser: map[string]int{},
 		pending: map[string]int{},
+		conns:   map[int]int{},
 	}
 	s.metrics = newMetrics(s, cfg.Registerer)
 
@@ -340,7 +353,7 @@ func (g *generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listene
 	}
 	a := *ln.Addr().(*net.TCPAddr)
 	a.IP = g.s.extIP
-	return &peerListener{Listener: ln, s: g.s, user: c.UserID}, &a, nil
+	return &peerListener{Listener: ln, s: g.s, user: c.UserID, port: a.Port}, &a, nil
 }
 
 func (g *generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
@@ -348,12 +361,16 @@ func (g *generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	if !ok || !g.s.filter.AllowedIP(peer.IP) {
 		return nil, fmt.Errorf("relay: peer %v refused by the peer filter", c.RemoteAddr)
 	}
-	if !g.s.takePending(c.UserID) {
-		return nil, fmt.Errorf("relay: %s has too many unbound connections", c.UserID)
-	}
 	port := 0
 	if la, ok := c.LocalAddr.(*net.TCPAddr); ok {
 		port = la.Port
+	}
+	if !g.s.takeConn(port) {
+		return nil, fmt.Errorf("relay: the allocation on port %d holds %d connections already", port, g.s.cfg.MaxConnections)
+	}
+	if !g.s.takePending(c.UserID) {
+		g.s.releaseConn(port)
+		return nil, fmt.Errorf("relay: %s has too many unbound connections", c.UserID)
 	}
 	local := &net.TCPAddr{Port: port} // any address (a wildcard listener) ...
 	if !g.s.bindIP.IsUnspecified() {
@@ -363,9 +380,30 @@ func (g *generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	conn, err := d.Dial(c.Network, peer.String())
 	if err != nil {
 		g.s.releasePending(c.UserID)
+		g.s.releaseConn(port)
 		return nil, err
 	}
-	return g.s.newRelayConn(conn.(*net.TCPConn), c.UserID), nil
+	return g.s.newRelayConn(conn.(*net.TCPConn), c.UserID, port), nil
+}
+
+// takeConn counts a new peer connection of the allocation relayed on
+// port, if it has room for one.
+func (s *Server) takeConn(port int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[port] >= s.cfg.MaxConnections {
+		return false
+	}
+	s.conns[port]++
+	return true
+}
+
+func (s *Server) releaseConn(port int) {
+	s.mu.Lock()
+	if s.conns[port]--; s.conns[port] <= 0 {
+		delete(s.conns, port)
+	}
+	s.mu.Unlock()
 }
 
 func (s *Server) takePending(user string) bool {
@@ -394,6 +432,7 @@ type peerListener struct {
 	net.Listener
 	s    *Server
 	user string
+	port int // the relayed port
 }
 
 func (l *peerListener) Accept() (net.Conn, error) {
@@ -409,12 +448,18 @@ func (l *peerListener) Accept() (net.Conn, error) {
 			abort(tc)
 			continue
 		}
+		if !l.s.takeConn(l.port) {
+			l.s.log.Info("TURN allocation connection quota reached; peer connection closed", "user", l.user, "peer", ra.String(), "max", l.s.cfg.MaxConnections)
+			abort(tc)
+			continue
+		}
 		if !l.s.takePending(l.user) {
+			l.s.releaseConn(l.port)
 			l.s.log.Info("TURN pending-connection quota reached; peer connection closed", "user", l.user, "peer", ra.String())
 			abort(tc)
 			continue
 		}
-		return l.s.newRelayConn(tc, l.user), nil
+		return l.s.newRelayConn(tc, l.user, l.port), nil
 	}
 }
 

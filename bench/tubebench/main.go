@@ -44,6 +44,7 @@ var (
 	out        = flag.String("out", "", "also write the Markdown report here")
 	echoServe  = flag.String("serve-echo", "", "internal: run an echo server on this address")
 	turnEcho   = flag.String("turn-echo", "", "internal: allocate on this TURN server and echo every peer's connection")
+	turnAllocs = flag.Int("turn-echo-allocs", 1, "internal: with -turn-echo, this many allocations")
 	actEcho    = flag.Bool("activated-echo", false, "internal: run as a socket-activated echo service")
 )
 
@@ -60,7 +61,7 @@ func main() {
 		return
 	}
 	if *turnEcho != "" {
-		if err := serveTURNEcho(*turnEcho); err != nil {
+		if err := serveTURNEcho(*turnEcho, *turnAllocs); err != nil {
 			log.Fatal(err)
 		}
 		return
@@ -614,7 +615,7 @@ func idleMemory(addr string, n int, pids []int) ([]float64, error) {
 	}()
 	b := []byte{'m'}
 	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", addr)
+		c, err := net.Dial("tcp", pick(addr, i))
 		if err != nil {
 			return nil, err
 		}
@@ -649,7 +650,15 @@ func concurrencyBound(addr string, n, parallel int) (int, int, time.Duration, er
 	return holdConns(addr, n, parallel, true)
 }
 
-// holdConns opens n connections through addr, at most parallel at a
+// pick is the i-th connection's address among comma-separated addrs
+// (round robin).
+func pick(addrs string, i int) string {
+	list := strings.Split(addrs, ",")
+	return list[i%len(list)]
+}
+
+// holdConns opens n connections through addr (or spread over several,
+// comma-separated), at most parallel at a
 // time (each confirmed by one echoed byte if confirm), then, with all
 // open, has each echo 64 unique bytes.
 func holdConns(addr string, n, parallel int, confirm bool) (int, int, time.Duration, error) {
@@ -666,7 +675,7 @@ func holdConns(addr string, n, parallel int, confirm bool) (int, int, time.Durat
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := net.DialTimeout("tcp", addr, 30*time.Second)
+			c, err := net.DialTimeout("tcp", pick(addr, i), 30*time.Second)
 			if err == nil && confirm {
 				c.SetDeadline(time.Now().Add(60 * time.Second))
 				b := []byte{'b'}

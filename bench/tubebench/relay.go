@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,22 +34,37 @@ func (b *bench) startCoturn() (string, int, error) {
 }
 
 // serveTURNEcho (a helper process, so that its sockets do not count
-// against the benchmark's descriptors) allocates a TCP relayed address on
-// the TURN server, prints it, and echoes every peer connecting to it: one
-// relayed TCP connection per peer connection.
-func serveTURNEcho(server string) error {
+// against the benchmark's descriptors) makes allocs TCP allocations on the
+// TURN server, prints their relayed addresses (comma-separated), and echoes
+// every peer connecting to them: one relayed TCP connection per peer
+// connection. Several allocations, as a relay serving many users has: a
+// TURN relay bounds the connections of one allocation (pion keeps them in
+// a list it scans for each new one).
+func serveTURNEcho(server string, allocs int) error {
 	raiseFileLimit()
 	ctx := context.Background()
 	user, pass := relay.RESTCredentials(benchSecret, "bench", time.Hour, time.Now())
-	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: server, Username: user, Password: pass})
-	if err != nil {
-		return err
+	var addrs []string
+	errs := make(chan error, allocs)
+	for range allocs {
+		c, err := turnclient.Allocate(ctx, turnclient.Config{Server: server, Username: user, Password: pass})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
+			return err
+		}
+		addrs = append(addrs, c.RelayedAddr().String())
+		go func() { errs <- echoAttempts(ctx, c, server) }()
 	}
-	defer c.Close()
-	if err := c.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
-		return err
-	}
-	fmt.Printf("relayed: %s\n", c.RelayedAddr())
+	fmt.Printf("relayed: %s\n", strings.Join(addrs, ","))
+	return <-errs
+}
+
+// echoAttempts binds every connection attempt on c's allocation and
+// echoes it.
+func echoAttempts(ctx context.Context, c *turnclient.Client, server string) error {
 	for {
 		a, err := c.NextAttempt(ctx)
 		if err != nil {
@@ -66,6 +82,10 @@ func serveTURNEcho(server string) error {
 		}()
 	}
 }
+
+// echoAllocs is how many allocations the relayed connections are spread
+// over: one per thousand.
+func echoAllocs() int { return max(1, (*concurrent+999)/1000) }
 
 // relayRows measures the relay path: one TCP stream through a TURN TCP
 // allocation on our relay and on coturn, tubes forced onto the relay path
@@ -127,7 +147,7 @@ func (b *bench) relayRows(ctx context.Context, r relayRun) error {
 	echo := make([]string, len(servers))
 	self, _ := os.Executable()
 	for i, s := range servers {
-		_, a, err := b.start("relayed: ", self, "-turn-echo", s.addr)
+		_, a, err := b.start("relayed: ", self, "-turn-echo", s.addr, "-turn-echo-allocs", strconv.Itoa(echoAllocs()))
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -150,7 +170,8 @@ func (b *bench) relayRows(ctx context.Context, r relayRun) error {
 	if held < *concurrent {
 		note = fmt.Sprintf(" (%d asked; the descriptor limit here, %d, allows two sockets each for %d)", *concurrent, lim.Cur, held)
 	}
-	b.rows = append(b.rows, "", "| relayed TCP connections held by one relay, each echoing 64 checked bytes, all open at once"+note+" | opened and checked | errors | time |", "| --- | --- | --- | --- |")
+	allocs := echoAllocs()
+	b.rows = append(b.rows, "", fmt.Sprintf("| relayed TCP connections held by one relay over %d allocations, each echoing 64 checked bytes, all open at once%s | opened and checked | errors | time |", allocs, note), "| --- | --- | --- | --- |")
 	for i, s := range servers {
 		// A relay lets a user keep only so many peer connections waiting
 		// for ConnectionBind: each connection is confirmed (one echoed
