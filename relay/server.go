@@ -388,38 +388,35 @@ func (g *generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 
 // takeConn counts a new peer connection of the allocation relayed on
 // port, if it has room for one.
-func (s *Server) takeConn(port int) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conns[port] >= s.cfg.MaxConnections {
-		return false
-	}
-	s.conns[port]++
-	return true
-}
+func (s *Server) takeConn(port int) bool { return take(s, s.conns, port, s.cfg.MaxConnections) }
 
-func (s *Server) releaseConn(port int) {
-	s.mu.Lock()
-	if s.conns[port]--; s.conns[port] <= 0 {
-		delete(s.conns, port)
-	}
-	s.mu.Unlock()
-}
+func (s *Server) releaseConn(port int) { release(s, s.conns, port) }
 
+// takePending counts a new unbound peer connection of user, if the quota
+// allows.
 func (s *Server) takePending(user string) bool {
+	return take(s, s.pending, user, s.cfg.MaxPending)
+}
+
+func (s *Server) releasePending(user string) { release(s, s.pending, user) }
+
+// take counts one more for key in counts (guarded by s.mu) unless max are
+// counted already.
+func take[K comparable](s *Server, counts map[K]int, key K, max int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pending[user] >= s.cfg.MaxPending {
+	if counts[key] >= max {
 		return false
 	}
-	s.pending[user]++
+	counts[key]++
 	return true
 }
 
-func (s *Server) releasePending(user string) {
+// release counts one less for key, forgetting keys that reach zero.
+func release[K comparable](s *Server, counts map[K]int, key K) {
 	s.mu.Lock()
-	if s.pending[user]--; s.pending[user] <= 0 {
-		delete(s.pending, user)
+	if counts[key]--; counts[key] <= 0 {
+		delete(counts, key)
 	}
 	s.mu.Unlock()
 }

@@ -78,6 +78,7 @@ type Server struct {
 	svc     *Service
 	url     string
 	tmpDir  string
+	svcPass string // the embedded server's service user's password
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -115,6 +116,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.startService(ctx); err != nil {
 		s.shutdown()
 		return nil, err
+	}
+	if s.ns != nil {
+		if err := s.listen(); err != nil {
+			s.shutdown()
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -174,6 +181,10 @@ func (s *Server) startEmbedded() error {
 		MaxClosedClients: 64,
 		PingInterval:     20 * time.Second,
 		MaxPingsOut:      3,
+		// Daemons are let in only once the account service answers the
+		// auth callout (listen, after startService): a login that came
+		// first would be refused, and a refusal is not retried.
+		DontListen: true,
 	}
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
@@ -191,22 +202,13 @@ func (s *Server) startEmbedded() error {
 	s.ns = ns
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
-		return fmt.Errorf("rendezvous: NATS server did not start listening on %s", cfg.Listen)
+		return fmt.Errorf("rendezvous: NATS server did not start")
 	}
 	if acc, err := ns.LookupAccount(embeddedAccount); err == nil && !acc.JetStreamEnabled() {
 		if err := acc.EnableJetStream(nil, nil); err != nil {
 			return fmt.Errorf("rendezvous: enable JetStream: %w", err)
 		}
 	}
-	scheme := "nats"
-	if opts.TLS {
-		scheme = "tls"
-	}
-	s.url = fmt.Sprintf("%s://%s", scheme, ns.Addr().String())
-	if !opts.TLS && !isLoopback(host) {
-		s.log.Warn("THE RELAY LISTENER IS NOT ENCRYPTED: logins and contact lists cross the network in clear; give --tls-cert and --tls-key", "listen", ns.Addr().String())
-	}
-
 	s.nc, err = nats.Connect("", nats.InProcessServer(ns), nats.UserInfo(serviceUser, svcPass),
 		nats.Name(relayConnPrefix+cfg.Instance), nats.MaxReconnects(-1))
 	if err != nil {
@@ -219,8 +221,30 @@ func (s *Server) startEmbedded() error {
 	s.cfg.issuer = issuer
 	s.cfg.storage = storage
 	s.cfg.servers = 1
-	adminURL := fmt.Sprintf("%s://%s:%s@%s", scheme, serviceUser, svcPass, ns.Addr().String())
-	return s.writeAdminFile(AdminInfo{URL: adminURL, CA: cfg.TLSCert})
+	s.svcPass = svcPass
+	return nil
+}
+
+// listen opens the embedded server's client listener (once the account
+// service is ready) and writes the admin file.
+func (s *Server) listen() error {
+	ready := make(chan struct{})
+	go s.ns.AcceptLoop(ready)
+	<-ready
+	addr := s.ns.Addr()
+	if addr == nil {
+		return fmt.Errorf("rendezvous: cannot listen on %s (the log says why)", s.cfg.Listen)
+	}
+	scheme, tls := "nats", s.cfg.TLSCert != "" || s.cfg.TLSKey != ""
+	if tls {
+		scheme = "tls"
+	}
+	s.url = fmt.Sprintf("%s://%s", scheme, addr)
+	if host, _, _ := splitListen(s.cfg.Listen); !tls && !isLoopback(host) {
+		s.log.Warn("THE RELAY LISTENER IS NOT ENCRYPTED: logins and contact lists cross the network in clear; give --tls-cert and --tls-key", "listen", addr.String())
+	}
+	adminURL := fmt.Sprintf("%s://%s:%s@%s", scheme, serviceUser, s.svcPass, addr)
+	return s.writeAdminFile(AdminInfo{URL: adminURL, CA: s.cfg.TLSCert})
 }
 
 func (s *Server) startExternal(ctx context.Context) error {
