@@ -872,16 +872,10 @@ func TestQuotas(t *testing.T) {
 
 	t.Run("pending", func(t *testing.T) {
 		s := startRelay(t, relay.Config{AllowPeers: loopback, MaxPending: 1})
-		c := dialTCP(t, s, alice, alicePass)
-		relayed, _ := c.allocate(protoTCP)
-		c.permit("127.0.0.1")
+		c, relayed := loopbackAllocation(t, s)
 		p1 := dialPeer(t, relayed)
 		_, id := c.attempt()
-
-		expectPeerClosed(t, relayed)
-		c.noAttempt()
-		ln := listen(t)
-		c.expect(447, stun.MethodConnect, peerAddr(netip.MustParseAddrPort(ln.Addr().String())))
+		turnedAway(t, c, relayed)
 
 		d := bind(t, s, alice, alicePass, id)
 		relays(t, p1, d, "bound") // relaying: no longer pending
@@ -893,9 +887,7 @@ func TestQuotas(t *testing.T) {
 
 	t.Run("connections per allocation", func(t *testing.T) {
 		s := startRelay(t, relay.Config{AllowPeers: loopback, MaxConnections: 2})
-		c := dialTCP(t, s, alice, alicePass)
-		relayed, _ := c.allocate(protoTCP)
-		c.permit("127.0.0.1")
+		c, relayed := loopbackAllocation(t, s)
 		p1 := dialPeer(t, relayed)
 		_, id1 := c.attempt()
 		d1 := bind(t, s, alice, alicePass, id1)
@@ -904,14 +896,9 @@ func TestQuotas(t *testing.T) {
 		c.attempt() // the second, left unbound: it counts too
 
 		// Full: a third peer is turned away, and so is a Connect.
-		expectPeerClosed(t, relayed)
-		c.noAttempt()
-		ln := listen(t)
-		c.expect(447, stun.MethodConnect, peerAddr(netip.MustParseAddrPort(ln.Addr().String())))
+		turnedAway(t, c, relayed)
 		// Another allocation of the same user has its own room.
-		c2 := dialTCP(t, s, alice, alicePass)
-		relayed2, _ := c2.allocate(protoTCP)
-		c2.permit("127.0.0.1")
+		c2, relayed2 := loopbackAllocation(t, s)
 		dialPeer(t, relayed2)
 		c2.attempt()
 
@@ -932,6 +919,26 @@ func TestQuotas(t *testing.T) {
 			}
 		}
 	})
+}
+
+// loopbackAllocation makes a TCP allocation for alice that permits
+// peers on 127.0.0.1.
+func loopbackAllocation(t *testing.T, s *relay.Server) (*turnConn, netip.AddrPort) {
+	t.Helper()
+	c := dialTCP(t, s, alice, alicePass)
+	relayed, _ := c.allocate(protoTCP)
+	c.permit("127.0.0.1")
+	return c, relayed
+}
+
+// turnedAway checks that a quota is reached: a new peer's connection is
+// closed with no ConnectionAttempt, and Connect fails with 447.
+func turnedAway(t *testing.T, c *turnConn, relayed netip.AddrPort) {
+	t.Helper()
+	expectPeerClosed(t, relayed)
+	c.noAttempt()
+	ln := listen(t)
+	c.expect(447, stun.MethodConnect, peerAddr(netip.MustParseAddrPort(ln.Addr().String())))
 }
 
 // TestREST: TURN REST credentials (coturn's use-auth-secret).
