@@ -47,6 +47,9 @@ func TestUsageErrors(t *testing.T) {
 		{"contact", "add"},
 		{"connect", "a", "b"},
 		{"relay", "--registration", "maybe"},
+		{"services", "publish", "svc", "--to", "bob", "--scope", "system"}, // publications have no scope
+		{"services", "browse", "alice", "--scope", "user"},
+		{"services", "list", "--scope", "galaxy"},
 	} {
 		code, _, errs := tube(t, "/nonexistent.sock", args...)
 		if code != cli.ExitUsage {

@@ -27,13 +27,17 @@ then the system's.`,
 		if scope != "" && scope != "user" && scope != "system" {
 			return usagef("--scope is user or system, not %q", scope)
 		}
+		if scope != "" && cmd.Annotations[scoped] == "" {
+			return usagef("%s has no scope: --scope goes with add, remove, list, find and default", cmd.CommandPath())
+		}
 		return nil
 	}
 
 	add := &cobra.Command{
-		Use:   "add FILE.xml",
-		Short: "Register the service a descriptor describes",
-		Args:  exactArgs(1, "a descriptor FILE.xml"),
+		Annotations: map[string]string{scoped: "yes"},
+		Use:         "add FILE.xml",
+		Short:       "Register the service a descriptor describes",
+		Args:        exactArgs(1, "a descriptor FILE.xml"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			b, err := os.ReadFile(args[0])
 			if err != nil {
@@ -53,18 +57,20 @@ then the system's.`,
 	jsonFlag(add, e)
 
 	remove := &cobra.Command{
-		Use:   "remove NAME",
-		Short: "Unregister a service",
-		Args:  exactArgs(1, "a service NAME"),
+		Annotations: map[string]string{scoped: "yes"},
+		Use:         "remove NAME",
+		Short:       "Unregister a service",
+		Args:        exactArgs(1, "a service NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return e.client().RemoveService(cmd.Context(), args[0], scope)
 		},
 	}
 
 	list := &cobra.Command{
-		Use:   "list",
-		Short: "List registered services",
-		Args:  exactArgs(0),
+		Annotations: map[string]string{scoped: "yes"},
+		Use:         "list",
+		Short:       "List registered services",
+		Args:        exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ds, err := e.client().Services(cmd.Context(), scope)
 			if err != nil {
@@ -89,9 +95,10 @@ then the system's.`,
 
 	var ff filterFlags
 	find := &cobra.Command{
-		Use:   "find",
-		Short: "List the interface implementations a filter selects (all criteria must hold)",
-		Args:  exactArgs(0),
+		Annotations: map[string]string{scoped: "yes"},
+		Use:         "find",
+		Short:       "List the interface implementations a filter selects (all criteria must hold)",
+		Args:        exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := ff.filter()
 			if err != nil {
@@ -109,8 +116,9 @@ then the system's.`,
 
 	var version string
 	def := &cobra.Command{
-		Use:   "default INTERFACE [SERVICE]",
-		Short: "Show the default implementation of an interface, or make SERVICE its default",
+		Annotations: map[string]string{scoped: "yes"},
+		Use:         "default INTERFACE [SERVICE]",
+		Short:       "Show the default implementation of an interface, or make SERVICE its default",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return usagef("%s needs an INTERFACE and, to set it, a SERVICE", cmd.CommandPath())
@@ -163,6 +171,10 @@ then the system's.`,
 	return cmd
 }
 
+// scoped marks the services commands --scope applies to (the registry's
+// own); publications, browsing, grants and activations have no scope.
+const scoped = "scoped"
+
 // filterFlags are the criteria of find and browse.
 type filterFlags struct {
 	f     api.ServiceFilter
@@ -173,7 +185,7 @@ func (ff *filterFlags) add(cmd *cobra.Command) {
 	fs := cmd.Flags()
 	fs.StringVar(&ff.f.Service, "service", "", "service name (exact, any case)")
 	fs.StringVar(&ff.f.Interface, "interface", "", "interface name (exact, any case)")
-	fs.StringVar(&ff.f.Version, "version", "", "with --interface: at least this major.minor (same major)")
+	fs.StringVar(&ff.f.Version, "version", "", "with --interface: this major.minor or later (a higher major matches too; --exact for exactly)")
 	fs.BoolVar(&ff.f.Exact, "exact", false, "with --version: exactly that version")
 	fs.StringArrayVar(&ff.f.Capabilities, "capability", nil, "the interface must have this capability (repeatable)")
 	fs.BoolVar(&ff.f.Loadable, "loadable", false, "instead: the interface may need only the --capability ones")
