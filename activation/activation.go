@@ -9,10 +9,13 @@
 // time; per-client instances run one process per connection, which gets
 // the connection itself as its descriptor 3 (systemd's Accept=yes). A
 // service that fails to start, exits, or does not accept in time gets
-// its waiting client reset, and Status says why.
+// its waiting client reset, and Status says why; so do the clients of an
+// instance that fails (non-zero exit or a signal) while they are
+// connected, where a clean exit ends their connections normally.
 package activation
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +23,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -68,15 +73,22 @@ type Unit struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.Mutex
-	proc    *exec.Cmd
-	exited  chan struct{} // closed when proc exits
-	inner   *net.TCPListener
+	mu      sync.Mutex // guards the fields below
+	shared  *instance  // the shared instance, while it runs
 	clients int
 	idle    *time.Timer
 	status  Status
-	exit    string // how the last instance ended
 	closed  bool
+}
+
+// instance is one process of the service.
+type instance struct {
+	cmd   *exec.Cmd
+	inner *net.TCPListener // a shared instance's listening socket
+	// exited is closed once the process has ended and err says how
+	// (nil for exit status 0).
+	exited chan struct{}
+	err    error
 }
 
 // New returns a unit; nothing starts until a connection comes.
@@ -118,13 +130,13 @@ func (u *Unit) Serve(conn net.Conn) error {
 	if u.cfg.Mode == PerClient {
 		return u.servePerClient(conn)
 	}
-	svc, err := u.connectShared()
+	svc, in, err := u.connectShared()
 	if err != nil {
 		reset(conn)
 		return err
 	}
 	defer u.release()
-	relay(conn, svc)
+	relay(conn, svc, in)
 	return nil
 }
 
@@ -149,37 +161,46 @@ func (u *Unit) fail(format string, a ...any) error {
 
 // connectShared returns a connection the shared instance accepted,
 // starting the instance if it is not running.
-func (u *Unit) connectShared() (net.Conn, error) {
+func (u *Unit) connectShared() (net.Conn, *instance, error) {
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
-		return nil, fmt.Errorf("%w: the unit is closed", ErrRefused)
+		return nil, nil, fmt.Errorf("%w: the unit is closed", ErrRefused)
 	}
-	if u.proc == nil {
+	if u.shared == nil {
 		if err := u.startShared(); err != nil {
 			u.mu.Unlock()
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	u.clients++
 	if u.idle != nil {
 		u.idle.Stop()
 	}
-	inner, exited := u.inner, u.exited
+	in := u.shared
 	u.mu.Unlock()
 
-	c, err := net.DialTCP("tcp", nil, inner.Addr().(*net.TCPAddr))
+	c, err := net.DialTCP("tcp", nil, in.inner.Addr().(*net.TCPAddr))
 	if err == nil {
-		err = u.waitAccepted(inner, exited)
+		err = u.waitAccepted(in)
+	} else {
+		u.mu.Lock()
+		select {
+		case <-in.exited: // its listener closed with it
+			err = u.endedEarly(in)
+		default:
+			err = u.fail("cannot reach the service: %v", err)
+		}
+		u.mu.Unlock()
 	}
 	if err != nil {
 		if c != nil {
 			c.Close()
 		}
 		u.release()
-		return nil, err
+		return nil, nil, err
 	}
-	return c, nil
+	return c, in, nil
 }
 
 // startShared starts the shared instance on a new inner listener.
@@ -195,36 +216,69 @@ func (u *Unit) startShared() error {
 		return u.fail("inner listener: %v", err)
 	}
 	defer f.Close()
-	cmd := u.command(f)
-	u.status.Starts++
-	u.status.LastStart = time.Now()
-	if err := cmd.Start(); err != nil {
+	in, err := u.start(f)
+	if err != nil {
 		ln.Close()
-		return u.fail("cannot start %s: %v", u.cfg.Path, err)
+		return err
 	}
-	u.proc, u.inner, u.exited = cmd, ln, make(chan struct{})
-	u.status.Running, u.status.PID = true, cmd.Process.Pid
-	u.log.Info("on-demand service started", "pid", cmd.Process.Pid, "path", u.cfg.Path)
-	go u.reap(cmd, ln, u.exited)
+	in.inner = ln
+	u.shared = in
+	u.status.Running, u.status.PID = true, in.cmd.Process.Pid
+	go u.reap(in)
 	return nil
 }
 
-// reap waits for a shared instance to end and forgets it.
-func (u *Unit) reap(cmd *exec.Cmd, ln *net.TCPListener, exited chan struct{}) {
-	err := cmd.Wait()
+// start starts one process with f as its descriptor 3. An executable
+// that is missing or not executable is refused here, with a clear error,
+// rather than left to the shell's exit status 127 or 126. Callers hold
+// u.mu.
+func (u *Unit) start(f *os.File) (*instance, error) {
+	u.status.Starts++
+	u.status.LastStart = time.Now()
+	if _, err := exec.LookPath(u.cfg.Path); err != nil && !errors.Is(err, exec.ErrDot) {
+		return nil, u.fail("cannot start %s: %v", u.cfg.Path, cause(err))
+	}
+	cmd := u.command(f)
+	if err := cmd.Start(); err != nil {
+		return nil, u.fail("cannot start %s: %v", u.cfg.Path, err)
+	}
+	u.log.Info("on-demand service started", "pid", cmd.Process.Pid, "path", u.cfg.Path, "mode", u.cfg.Mode)
+	return &instance{cmd: cmd, exited: make(chan struct{})}, nil
+}
+
+// cause is the innermost of err's wrapped errors ("no such file or
+// directory", not the three paths around it).
+func cause(err error) error {
+	for e := errors.Unwrap(err); e != nil; e = errors.Unwrap(e) {
+		err = e
+	}
+	return err
+}
+
+// reap waits for an instance to end and records how.
+func (u *Unit) reap(in *instance) {
+	err := in.cmd.Wait()
 	u.mu.Lock()
-	if u.proc == cmd {
-		u.proc, u.inner = nil, nil
+	in.err = err
+	switch {
+	case u.cfg.Mode == PerClient:
+		u.clients--
+		if err != nil {
+			u.status.LastError = "a per-client instance failed (" + err.Error() + ")"
+		}
+	case u.shared == in:
+		u.shared = nil
 		u.status.Running, u.status.PID = false, 0
-		u.exit = orExit(err)
 		if u.clients > 0 && !u.closed {
-			u.status.LastError = "the service exited with clients connected (" + u.exit + ")"
+			u.status.LastError = "the service exited with clients connected (" + orExit(err) + ")"
 		}
 	}
 	u.mu.Unlock()
-	close(exited)
-	ln.Close()
-	u.log.Info("on-demand service ended", "err", err)
+	close(in.exited)
+	if in.inner != nil {
+		in.inner.Close()
+	}
+	u.log.Info("on-demand service ended", "pid", in.cmd.Process.Pid, "err", err)
 }
 
 func orExit(err error) string {
@@ -234,10 +288,59 @@ func orExit(err error) string {
 	return err.Error()
 }
 
+// failed says, once the instance's side of a connection has ended,
+// whether that was the instance failing: nil while it runs or after a
+// clean exit. The kernel ends a dying process's connections with a FIN,
+// like a clean close, but marks the process as exiting first; so for an
+// exiting process this waits (briefly) for its exit status.
+func (in *instance) failed() error {
+	if exiting(in.cmd.Process.Pid) {
+		t := time.NewTimer(exitWait)
+		defer t.Stop()
+		select {
+		case <-in.exited:
+		case <-t.C:
+		}
+	}
+	select {
+	case <-in.exited:
+		if in.err != nil {
+			return fmt.Errorf("activation: the service failed (%v)", in.err)
+		}
+	default:
+	}
+	return nil
+}
+
+// exitWait bounds how long failed waits for an exiting process to be
+// reaped: moments, unless its main thread alone has ended.
+const exitWait = time.Second
+
+// pfExiting is the kernel's PF_EXITING task flag (linux/sched.h), set as
+// a process starts to exit, before its files are closed.
+const pfExiting = 0x4
+
+// exiting reports whether process pid, a child not yet reaped or just
+// reaped, is on its way out or gone (without /proc, only gone).
+func exiting(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return unix.Kill(pid, 0) == unix.ESRCH
+	}
+	// "PID (COMM) STATE PPID PGRP SESSION TTY TPGID FLAGS ...", where
+	// COMM may hold spaces and parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 7 {
+		return false
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64)
+	return err == nil && flags&pfExiting != 0
+}
+
 // waitAccepted waits until the inner listener's accept queue is empty:
 // the service has taken our connection (and any before it).
-func (u *Unit) waitAccepted(ln *net.TCPListener, exited chan struct{}) error {
-	rc, err := ln.SyscallConn()
+func (u *Unit) waitAccepted(in *instance) error {
+	rc, err := in.inner.SyscallConn()
 	if err != nil {
 		return err
 	}
@@ -248,10 +351,10 @@ func (u *Unit) waitAccepted(ln *net.TCPListener, exited chan struct{}) error {
 	seen, zeros := false, 0
 	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 20*time.Millisecond) {
 		select {
-		case <-exited:
+		case <-in.exited:
 			u.mu.Lock()
 			defer u.mu.Unlock()
-			return u.fail("the service exited before accepting (%s)", u.exit)
+			return u.endedEarly(in)
 		default:
 		}
 		var queued uint32
@@ -280,24 +383,30 @@ func (u *Unit) waitAccepted(ln *net.TCPListener, exited chan struct{}) error {
 	}
 }
 
+// endedEarly records that the instance ended before it accepted a
+// connection. Callers hold u.mu.
+func (u *Unit) endedEarly(in *instance) error {
+	return u.fail("the service exited before accepting (%s)", orExit(in.err))
+}
+
 // release counts a client gone; the last one arms the idle stop.
 func (u *Unit) release() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.clients--
-	if u.clients > 0 || u.proc == nil {
+	if u.clients > 0 || u.shared == nil {
 		return
 	}
-	proc := u.proc
+	in := u.shared
 	if u.idle != nil {
 		u.idle.Stop()
 	}
 	u.idle = time.AfterFunc(u.cfg.Idle, func() {
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if u.proc == proc && u.clients == 0 {
-			u.log.Info("on-demand service idle; stopping it", "pid", proc.Process.Pid)
-			stop(proc)
+		if u.shared == in && u.clients == 0 {
+			u.log.Info("on-demand service idle; stopping it", "pid", in.cmd.Process.Pid)
+			stop(in.cmd)
 		}
 	})
 }
@@ -314,25 +423,53 @@ func stop(cmd *exec.Cmd) {
 
 // servePerClient runs one process for conn, given conn as descriptor 3.
 func (u *Unit) servePerClient(conn net.Conn) error {
+	in, err := u.startPerClient(conn)
+	if err != nil {
+		reset(conn)
+		return err
+	}
+	return hold(conn, in)
+}
+
+// startPerClient starts one process with conn as its descriptor 3.
+func (u *Unit) startPerClient(conn net.Conn) (*instance, error) {
 	fc, ok := conn.(interface{ File() (*os.File, error) })
 	if !ok {
-		reset(conn)
-		return fmt.Errorf("%w: per-client services take socket connections", ErrRefused)
+		return nil, fmt.Errorf("%w: per-client services take socket connections", ErrRefused)
 	}
 	f, err := fc.File()
 	if err != nil {
-		reset(conn)
-		return err
+		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
-	done, err := u.runPerClient(f)
-	f.Close()
+	defer f.Close()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return nil, fmt.Errorf("%w: the unit is closed", ErrRefused)
+	}
+	in, err := u.start(f)
 	if err != nil {
-		reset(conn)
-		return err
+		return nil, err
 	}
-	conn.Close() // the process has its own copy
-	<-done
-	return nil
+	u.clients++
+	go u.reap(in)
+	return in, nil
+}
+
+// hold keeps our copy of a per-client instance's connection open until
+// the process has ended, then resets it if the process failed, or closes
+// it. The kernel would end the connection of a process that crashed with
+// a FIN, like a clean end; with our copy open it ends only when we say.
+// (So a process that closes its connection and carries on running holds
+// its client until it exits: per-client instances end with their
+// connection.)
+func hold(conn net.Conn, in *instance) error {
+	<-in.exited
+	if in.err != nil {
+		reset(conn)
+		return fmt.Errorf("activation: a per-client instance failed (%v)", in.err)
+	}
+	return conn.Close()
 }
 
 // Close stops the service.
@@ -343,17 +480,22 @@ func (u *Unit) Close() error {
 	if u.idle != nil {
 		u.idle.Stop()
 	}
-	if u.proc != nil {
-		stop(u.proc)
+	if u.shared != nil {
+		stop(u.shared.cmd)
 	}
 	return nil
 }
 
-// relay copies both ways; an end that breaks resets the other.
-func relay(a, b net.Conn) {
+// relay copies between a client and an instance both ways until both
+// are done; an end that breaks resets the other, and so does the
+// instance failing when its side ends.
+func relay(client, svc net.Conn, in *instance) {
 	done := make(chan error, 2)
-	cp := func(dst, src net.Conn) {
+	cp := func(dst, src net.Conn, ended func() error) {
 		_, err := io.Copy(dst, src)
+		if err == nil {
+			err = ended()
+		}
 		if err == nil {
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				cw.CloseWrite()
@@ -361,15 +503,16 @@ func relay(a, b net.Conn) {
 		}
 		done <- err
 	}
-	go cp(a, b)
-	go cp(b, a)
-	if err := <-done; err != nil {
-		reset(a)
-		reset(b)
+	go cp(client, svc, in.failed)
+	go cp(svc, client, func() error { return nil })
+	for range 2 {
+		if err := <-done; err != nil {
+			reset(client)
+			reset(svc)
+		}
 	}
-	<-done
-	a.Close()
-	b.Close()
+	client.Close()
+	svc.Close()
 }
 
 func reset(c net.Conn) {
@@ -379,68 +522,64 @@ func reset(c net.Conn) {
 	c.Close()
 }
 
-// Connect returns a connection the service has accepted (starting it if
-// needed), for a caller that relays it itself (the tube manager), and
-// done, to call once that connection has ended. When the service does
-// not take it, the error says why (wrapping ErrRefused).
-func (u *Unit) Connect() (conn net.Conn, done func(), err error) {
+// Connect returns a connection to the service (starting it if needed),
+// for a caller that relays it itself (the tube manager). When the
+// service does not take it, the error says why (wrapping ErrRefused);
+// once it has, the connection behaves as Serve's client would see it:
+// reset if the instance fails.
+func (u *Unit) Connect() (net.Conn, error) {
 	if u.cfg.Mode == PerClient {
-		return u.connectPerClient()
+		ours, theirs, err := pair()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+		}
+		in, err := u.startPerClient(theirs)
+		if err != nil {
+			ours.Close()
+			theirs.Close()
+			return nil, err
+		}
+		go hold(theirs, in)
+		return ours, nil
 	}
-	c, err := u.connectShared()
+	svc, in, err := u.connectShared()
 	if err != nil {
-		return nil, nil, err
-	}
-	var once sync.Once
-	return c, func() { once.Do(u.release) }, nil
-}
-
-// connectPerClient starts one process with one end of a socket pair as
-// its connection (descriptor 3) and returns the other end.
-func (u *Unit) connectPerClient() (net.Conn, func(), error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	theirs := os.NewFile(uintptr(fds[1]), "service")
-	ours := os.NewFile(uintptr(fds[0]), "client")
-	defer ours.Close()
-	defer theirs.Close()
-	c, err := net.FileConn(ours)
-	if err != nil {
-		return nil, nil, err
-	}
-	if _, err := u.runPerClient(theirs); err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	return c, func() {}, nil
-}
-
-// runPerClient starts one process with f as its descriptor 3; the
-// channel closes once it has ended (and its end is recorded).
-func (u *Unit) runPerClient(f *os.File) (<-chan struct{}, error) {
-	cmd := u.command(f)
-	u.mu.Lock()
-	u.status.Starts++
-	u.status.LastStart = time.Now()
-	if err := cmd.Start(); err != nil {
-		err = u.fail("cannot start %s: %v", u.cfg.Path, err)
-		u.mu.Unlock()
 		return nil, err
 	}
-	u.clients++
-	u.mu.Unlock()
-	done := make(chan struct{})
+	ours, theirs, err := pair()
+	if err != nil {
+		svc.Close()
+		u.release()
+		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
 	go func() {
-		werr := cmd.Wait()
-		u.mu.Lock()
-		u.clients--
-		if werr != nil {
-			u.status.LastError = fmt.Sprintf("a per-client instance exited: %v", werr)
-		}
-		u.mu.Unlock()
-		close(done)
+		defer u.release()
+		relay(theirs, svc, in)
 	}()
-	return done, nil
+	return ours, nil
+}
+
+// pair returns the two ends of a new loopback TCP connection: unlike a
+// socket pair's, either end can be reset.
+func pair() (ours, theirs *net.TCPConn, err error) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	ours, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		return nil, nil, err
+	}
+	for {
+		theirs, err = ln.AcceptTCP()
+		if err != nil {
+			ours.Close()
+			return nil, nil, err
+		}
+		if theirs.RemoteAddr().String() == ours.LocalAddr().String() {
+			return ours, theirs, nil
+		}
+		theirs.Close() // another local process's connection, not ours
+	}
 }

@@ -1,17 +1,21 @@
 package activation
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tubes-dev/tubes/internal/serve"
 )
@@ -27,14 +31,18 @@ func TestMain(m *testing.M) {
 }
 
 // service is a socket-activated service: it checks LISTEN_* and answers
-// each connection with "PID:" and what it read up to the half-close.
+// each connection with "PID:" and what it read up to the half-close. Its
+// descriptor 3 is a listening socket (shared) or the connection itself
+// (per-client). A "crash" service sends "PID\n" and does what the line it
+// reads next says: "exit N", or "close" the connection (a per-client one
+// then exits 0).
 func service(mode string) {
 	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") != "1" || os.Getenv("LISTEN_FDNAMES") != "echo" {
 		fmt.Fprintf(os.Stderr, "bad activation environment: pid %d, %q %q %q\n", os.Getpid(), os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES"))
 		os.Exit(3)
 	}
 	f := os.NewFile(3, "activation")
-	answer := func(c net.Conn) {
+	handle := func(c net.Conn) {
 		defer c.Close()
 		b, _ := io.ReadAll(c)
 		fmt.Fprintf(c, "%d:%s", os.Getpid(), b)
@@ -44,21 +52,32 @@ func service(mode string) {
 		os.Exit(1)
 	case "hang":
 		select {}
-	case "per-client":
+	case "slow":
+		time.Sleep(300 * time.Millisecond)
+	case "crash":
+		handle = func(c net.Conn) {
+			defer c.Close()
+			fmt.Fprintf(c, "%d\n", os.Getpid())
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			if code, ok := strings.CutPrefix(strings.TrimSpace(line), "exit "); ok {
+				n, _ := strconv.Atoi(code)
+				os.Exit(n)
+			}
+		}
+	}
+	if listening, err := unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening == 0 {
 		c, err := net.FileConn(f)
 		if err != nil {
 			os.Exit(4)
 		}
-		answer(c)
+		handle(c)
 		return
-	case "slow":
-		time.Sleep(300 * time.Millisecond)
 	}
 	ln, err := net.FileListener(f)
 	if err != nil {
 		os.Exit(4)
 	}
-	serve.Loop(ln, answer)
+	serve.Loop(ln, handle)
 }
 
 // front serves u on a loopback listener, as the daemon does.
@@ -93,7 +112,9 @@ func ask(t *testing.T, addr, msg string) (int, error) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, msg)
+	if _, err := io.WriteString(c, msg); err != nil {
+		return 0, err // a reset that came at once
+	}
 	c.(*net.TCPConn).CloseWrite()
 	b, err := io.ReadAll(c)
 	if err != nil {
@@ -181,7 +202,7 @@ func TestNoConnectionLostWhileStarting(t *testing.T) {
 
 // One process per connection, each given its connection as fd 3.
 func TestPerClientInstances(t *testing.T) {
-	u := unit(t, PerClient, "per-client", Config{})
+	u := unit(t, PerClient, "echo", Config{})
 	addr := front(t, u)
 	seen := map[int]bool{}
 	for i := range 3 {
@@ -196,25 +217,64 @@ func TestPerClientInstances(t *testing.T) {
 	}
 }
 
-// A service that exits at once, never accepts, or is missing: the client
-// gets a reset (never a clean end), and Status says why.
+// A service that is missing, cannot be executed, exits at once, or never
+// accepts: the client gets a reset (never a clean end), Connect refuses
+// (ErrRefused) when the service did not take the connection, and Status
+// says why. In per-client mode the process is given the connection
+// itself, so it cannot fail to accept it: one that hangs is a slow
+// service, its client's to time out (and one that then dies is
+// TestCrashResets); and one that exits at once has taken the connection
+// already, so Connect succeeds and the connection is reset.
 func TestFailuresReset(t *testing.T) {
+	notExec := filepath.Join(t.TempDir(), "not-executable")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
-		name, behaviour, path, why string
+		name, mode, behaviour, path, why string
+		refused                          bool // Connect itself refuses
 	}{
-		{"exits at once", "exit", "", "exited"},
-		{"never accepts", "hang", "", "did not accept within"},
-		{"missing binary", "echo", "/nonexistent/service", "exit status 127"},
+		{"missing binary", Shared, "echo", "/nonexistent/service", "cannot start /nonexistent/service: no such file or directory", true},
+		{"missing binary", PerClient, "echo", "/nonexistent/service", "cannot start /nonexistent/service: no such file or directory", true},
+		{"not executable", Shared, "echo", notExec, "permission denied", true},
+		{"not executable", PerClient, "echo", notExec, "permission denied", true},
+		{"exits at once", Shared, "exit", "", "exited before accepting (exit status 1)", true},
+		{"exits at once", PerClient, "exit", "", "a per-client instance failed (exit status 1)", false},
+		{"never accepts", Shared, "hang", "", "did not accept within", true},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			u := unit(t, Shared, c.behaviour, Config{StartTimeout: 500 * time.Millisecond})
-			if c.path != "" {
-				u.cfg.Path = c.path
+		t.Run(c.mode+"/"+c.name, func(t *testing.T) {
+			newUnit := func() *Unit {
+				u := unit(t, c.mode, c.behaviour, Config{StartTimeout: 500 * time.Millisecond})
+				if c.path != "" {
+					u.cfg.Path = c.path
+				}
+				t.Cleanup(func() { u.Close() })
+				return u
 			}
-			addr := front(t, u)
-			_, err := ask(t, addr, "hello")
+			u := newUnit()
+			_, err := ask(t, front(t, u), "hello")
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("the client got %v, want a reset", err)
+			}
+			if st := u.Status(); !strings.Contains(st.LastError, c.why) {
+				t.Fatalf("status %+v, want %q", st, c.why)
+			}
+
+			u = newUnit()
+			conn, err := u.Connect()
+			if c.refused {
+				if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.why) {
+					t.Fatalf("Connect: %v, want ErrRefused with %q", err, c.why)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Connect: %v", err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(conn); !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("Connect's connection got %v, want a reset", err)
 			}
 			if st := u.Status(); !strings.Contains(st.LastError, c.why) {
 				t.Fatalf("status %+v, want %q", st, c.why)
@@ -223,15 +283,76 @@ func TestFailuresReset(t *testing.T) {
 	}
 }
 
-// Connect, as the tube manager uses it: a per-client service gets one end
-// of a socket pair as its connection; a shared one is reached, and done
-// lets its idle stop begin.
+// An instance that fails while a client is connected (killed, or exits
+// non-zero) resets the client's connection, though the kernel ended the
+// service's side with a FIN, and Status says how it ended; an instance
+// that exits 0, or closes the connection, ends it cleanly. The same for
+// both modes, through Serve and through Connect.
+func TestCrashResets(t *testing.T) {
+	for _, mode := range []string{Shared, PerClient} {
+		for _, via := range []string{"serve", "connect"} {
+			for _, c := range []struct {
+				name, cmd, why string // why "": a clean end
+			}{
+				{"killed", "", "signal: killed"},
+				{"exits non-zero", "exit 3", "exit status 3"},
+				{"exits 0", "exit 0", ""},
+				{"closes", "close", ""},
+			} {
+				t.Run(mode+"/"+via+"/"+c.name, func(t *testing.T) {
+					u := unit(t, mode, "crash", Config{})
+					var conn net.Conn
+					var err error
+					if via == "serve" {
+						conn, err = net.Dial("tcp", front(t, u))
+					} else {
+						t.Cleanup(func() { u.Close() })
+						conn, err = u.Connect()
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer conn.Close()
+					conn.SetDeadline(time.Now().Add(10 * time.Second))
+					r := bufio.NewReader(conn)
+					line, err := r.ReadString('\n')
+					pid, perr := strconv.Atoi(strings.TrimSpace(line))
+					if err != nil || perr != nil {
+						t.Fatalf("the service's first line %q: %v", line, err)
+					}
+					if c.cmd == "" {
+						syscall.Kill(pid, syscall.SIGKILL)
+					} else {
+						io.WriteString(conn, c.cmd+"\n")
+					}
+					rest, err := io.ReadAll(r)
+					if c.why == "" {
+						if err != nil || len(rest) != 0 {
+							t.Fatalf("the client got %q, %v; want a clean end", rest, err)
+						}
+						return
+					}
+					if !errors.Is(err, syscall.ECONNRESET) {
+						t.Fatalf("the client got %q, %v; want a reset", rest, err)
+					}
+					if st := u.Status(); !strings.Contains(st.LastError, c.why) {
+						t.Fatalf("status %+v, want %q", st, c.why)
+					}
+				})
+			}
+		}
+	}
+}
+
+// Connect, as the tube manager uses it: a per-client service gets its
+// own process for the connection; a shared one is reached, and the end
+// of the connection lets its idle stop begin.
 func TestConnect(t *testing.T) {
-	for _, c := range []struct{ mode, behaviour string }{{PerClient, "per-client"}, {Shared, "echo"}} {
-		t.Run(c.mode, func(t *testing.T) {
-			u := unit(t, c.mode, c.behaviour, Config{Idle: 200 * time.Millisecond})
+	for _, mode := range []string{PerClient, Shared} {
+		t.Run(mode, func(t *testing.T) {
+			u := unit(t, mode, "echo", Config{Idle: 200 * time.Millisecond})
 			defer u.Close()
-			conn, done, err := u.Connect()
+			conn, err := u.Connect()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -240,12 +361,16 @@ func TestConnect(t *testing.T) {
 			conn.(interface{ CloseWrite() error }).CloseWrite()
 			b, err := io.ReadAll(conn)
 			conn.Close()
-			done()
 			if _, rest, ok := strings.Cut(string(b), ":"); !ok || rest != "direct" || err != nil {
 				t.Fatalf("answer %q, %v", b, err)
 			}
 			if st := u.Status(); st.Starts != 1 {
 				t.Fatalf("status %+v", st)
+			}
+			for deadline := time.Now().Add(10 * time.Second); u.Status().Running || u.Status().Clients != 0; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("still running or counting a client after the connection ended: %+v", u.Status())
+				}
 			}
 		})
 	}

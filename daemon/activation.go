@@ -24,7 +24,9 @@ import (
 // them on loopback, and the first connection (through a tube) starts the
 // executable with the socket passed systemd-style. A custom property of
 // any of its interfaces chooses the instance mode ("instance": shared or
-// per-client) and the idle stop of a shared one ("idle": seconds).
+// per-client), the idle stop of a shared one ("idle": seconds) and how
+// long a connection waits for a shared one to accept it
+// ("start-timeout": seconds).
 
 type activated struct {
 	unit   *activation.Unit
@@ -58,6 +60,9 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 		}
 		if s, err := strconv.Atoi(in.Properties["idle"]); err == nil && s > 0 {
 			cfg.Idle = time.Duration(s) * time.Second
+		}
+		if s, err := strconv.Atoi(in.Properties["start-timeout"]); err == nil && s > 0 {
+			cfg.StartTimeout = time.Duration(s) * time.Second
 		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -210,8 +215,8 @@ func (d *Daemon) connectActivated(service string) (net.Conn, func(), bool, error
 	if a == nil {
 		return nil, nil, false, nil
 	}
-	c, done, err := a.unit.Connect()
-	return c, done, true, err
+	c, err := a.unit.Connect()
+	return c, func() {}, true, err
 }
 
 // Activations reports the on-demand services and what they are doing.

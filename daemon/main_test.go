@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/testenv"
@@ -23,21 +25,33 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// activatedService serves the listening socket it was given as fd 3
-// (LISTEN_FDS=1, LISTEN_PID its own): each connection gets back
-// "activated PID SHA256 N" for what it sent up to its half-close.
+// activatedService serves the socket it was given as fd 3 (LISTEN_FDS=1,
+// LISTEN_PID its own), a listening one (shared instance) or its one
+// connection (per-client): each connection gets back "activated PID
+// SHA256 N" for what it sent up to its half-close.
 func activatedService() {
 	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") != "1" {
 		os.Exit(3)
 	}
-	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	handle := func(c net.Conn) {
+		fmt.Fprintf(c, "activated %d ", os.Getpid())
+		serve.HashBack(c)
+	}
+	f := os.NewFile(3, "activation")
+	if listening, err := unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening == 0 {
+		c, err := net.FileConn(f)
+		if err != nil {
+			os.Exit(4)
+		}
+		handle(c)
+		c.Close()
+		return
+	}
+	ln, err := net.FileListener(f)
 	if err != nil {
 		os.Exit(4)
 	}
-	serve.Loop(ln, func(c net.Conn) {
-		fmt.Fprintf(c, "activated %d ", os.Getpid())
-		serve.HashBack(c)
-	})
+	serve.Loop(ln, handle)
 }
 
 // testenvRoot requires root (another uid runs a client).

@@ -284,45 +284,135 @@ func statusOf(t *testing.T, d *tubetest.Daemon, service string) api.ActivationSt
 	return acts[service]
 }
 
-// An on-demand service that cannot start refuses the tube connection:
-// the application sees a reset, the tube reports ConnectionRefused, and
-// the activation status says why.
+// An on-demand service that is missing, exits at once, or never accepts
+// refuses the tube connection: the application sees a reset, the tube
+// reports ConnectionRefused, and the activation status says why. A
+// per-client instance is given the connection itself, so one that exits
+// at once has taken it already: its application sees a reset (the tube
+// reports the local connection reset, not a refusal), and the status
+// says why; one that hangs just keeps its connection (see
+// activation.TestFailuresReset).
 func TestAutostartFailureRefused(t *testing.T) {
 	ctx := context.Background()
+	dir := t.TempDir()
+	script := func(body string) func(name string) string {
+		return func(name string) string {
+			p := filepath.Join(dir, name+".sh")
+			if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+	}
+	missing := func(name string) string { return "/nonexistent/" + name }
+	exits, hangs := script("exit 1"), script("exec sleep 60")
 	alice, bob := contacts(t)
 	bobEv := tubetest.Record(t, bob.C, "bob")
-	xml := `<SFW version="1.1"><service><name>Broken</name><filepath>/nonexistent/broken-service</filepath>
-<interface><name>org.example.Broken</name><version>1.0</version></interface></service></SFW>`
-	if _, err := alice.C.AddService(ctx, xml, "broken.xml", ""); err != nil {
-		t.Fatal(err)
+	for i, c := range []struct {
+		name       string
+		path       func(name string) string // a location per service
+		props, why string
+		refused    bool // ConnectionRefused, else the reset of a connection made
+	}{
+		{"missing binary", missing, "", "no such file or directory", true},
+		{"exits at once", exits, "", "exited before accepting (exit status 1)", true},
+		{"never accepts", hangs, `<customproperty key="start-timeout">1</customproperty>`, "did not accept within 1s", true},
+		{"per-client missing binary", missing, `<customproperty key="instance">per-client</customproperty>`, "no such file or directory", true},
+		{"per-client exits at once", exits, `<customproperty key="instance">per-client</customproperty>`,
+			"a per-client instance failed (exit status 1)", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			name := fmt.Sprintf("Broken%d", i)
+			xml := `<SFW version="1.1"><service><name>` + name + `</name><filepath>` + c.path(name) + `</filepath>
+<interface><name>org.example.` + name + `</name><version>1.0</version>` + c.props + `</interface></service></SFW>`
+			if _, err := alice.C.AddService(ctx, xml, name+".xml", ""); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: name, To: "bob"}); err != nil {
+				t.Fatal(err)
+			}
+			tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example." + name + "@1.0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c2, err := net.Dial("tcp", tb.Address) // the reset may reach the dial already
+			if err == nil {
+				defer c2.Close()
+				c2.SetDeadline(time.Now().Add(20 * time.Second))
+				if _, err = c2.Write([]byte("hello")); err == nil { // or the write
+					_, err = io.ReadAll(c2)
+				}
+			}
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("the application got %v, want a reset", err)
+			}
+			ev := bobEv.MustWait("ConnectionClosed", func(e api.Event) bool { return e.Type == api.EventConnectionClosed && e.TubeID == tb.ID })
+			if refused := ev.Error == tperr.ConnectionRefused; refused != c.refused {
+				t.Fatalf("closed with %s (%s), want ConnectionRefused %v", ev.Error, ev.Message, c.refused)
+			}
+			if st := statusOf(t, alice, name); !strings.Contains(st.LastError, c.why) {
+				t.Fatalf("activation status %+v, want %q", st, c.why)
+			}
+			// The failure is in the daemon's status too.
+			if st, err := alice.C.Status(ctx); err != nil || !strings.Contains(st.Activations[name].LastError, c.why) {
+				t.Fatalf("status: %+v %v", st.Activations, err)
+			}
+		})
 	}
-	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Broken", To: "bob"}); err != nil {
-		t.Fatal(err)
-	}
-	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Broken@1.0"})
+}
+
+// A published service with the custom property instance=per-client runs
+// one process per connection: two connections at once through a tube
+// are answered by two processes, and the status counts two starts.
+func TestAutostartPerClient(t *testing.T) {
+	ctx := context.Background()
+	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := net.Dial("tcp", tb.Address) // the reset may reach the dial already
-	if err == nil {
+	script := filepath.Join(t.TempDir(), "service.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+	alice, bob := contacts(t)
+	xml := `<SFW version="1.1"><service><name>PerClient</name><filepath>` + script + `</filepath>
+<interface><name>org.example.PerClient</name><version>1.0</version><customproperty key="instance">per-client</customproperty></interface></service></SFW>`
+	if _, err := alice.C.AddService(ctx, xml, "perclient.xml", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "PerClient", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.PerClient@1.0"})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	var conns []net.Conn
+	for i := range 2 {
+		c, err := net.Dial("tcp", tb.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(20 * time.Second))
-		c.Write([]byte("hello"))
-		_, err = io.ReadAll(c)
+		fmt.Fprintf(c, "connection %d", i)
+		conns = append(conns, c)
 	}
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("the application got %v, want a reset", err)
+	pids := map[int]bool{}
+	for i, c := range conns { // both open before either ends
+		c.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(c)
+		var pid int
+		var sum string
+		if _, serr := fmt.Sscanf(string(got), "activated %d %s", &pid, &sum); serr != nil || err != nil ||
+			sum != fmt.Sprintf("%x", sha256.Sum256(fmt.Appendf(nil, "connection %d", i))) {
+			t.Fatalf("connection %d: the service answered %q (%v)", i, got, err)
+		}
+		pids[pid] = true
 	}
-	ev := bobEv.MustWait("ConnectionClosed", func(e api.Event) bool { return e.Type == api.EventConnectionClosed && e.TubeID == tb.ID })
-	if ev.Error != tperr.ConnectionRefused {
-		t.Fatalf("closed with %s (%s), want ConnectionRefused", ev.Error, ev.Message)
+	if len(pids) != 2 {
+		t.Fatalf("one process for two per-client connections: %v", pids)
 	}
-	if st := statusOf(t, alice, "Broken"); !strings.Contains(st.LastError, "exit status 127") {
-		t.Fatalf("activation status %+v", st)
-	}
-	// The failure is in the daemon's status too.
-	if st, err := alice.C.Status(ctx); err != nil || !strings.Contains(st.Activations["Broken"].LastError, "exit status 127") {
-		t.Fatalf("status: %+v %v", st.Activations, err)
+	if st := statusOf(t, alice, "PerClient"); st.Starts != 2 {
+		t.Fatalf("activation status %+v, want 2 starts", st)
 	}
 }
 
@@ -371,9 +461,9 @@ func TestCapabilityGrants(t *testing.T) {
 	}
 }
 
-// An on-demand service has a local socket: this uid, and the uids its
-// "allow-uid" property names, get in (starting the service); another
-// uid is refused and logged.
+// An on-demand service has a local socket: this uid, and the uids and
+// gids its "allow-uid" and "allow-gid" properties name, get in (starting
+// the service); another uid or gid is refused and logged.
 func TestLocalUIDFilter(t *testing.T) {
 	testenvRoot(t)
 	ctx := context.Background()
@@ -408,6 +498,7 @@ func TestLocalUIDFilter(t *testing.T) {
 	}
 	private := add("Private", "")
 	shared := add("Shared", `<customproperty key="allow-uid">65534</customproperty>`)
+	group := add("Group", `<customproperty key="allow-gid">4242</customproperty>`)
 	if statusOf(t, alice, "Private").Starts != 0 {
 		t.Fatal("started before any connection")
 	}
@@ -424,20 +515,29 @@ func TestLocalUIDFilter(t *testing.T) {
 	}
 	c.Close()
 	// uid 65534 (running a copy of this binary it can read): refused by
-	// Private, let into Shared.
+	// Private, let into Shared; into Group with gid 4242 only.
 	bin := filepath.Join(dir, "helper.test")
 	b, err := os.ReadFile(exe)
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(bin, b, 0o755)
-	for sock, want := range map[string]string{private: "refused", shared: "activated"} {
+	for _, c := range []struct {
+		sock string
+		gid  uint32
+		want string
+	}{
+		{private, 65534, "refused"},
+		{shared, 65534, "activated"},
+		{group, 4242, "activated"},
+		{group, 65534, "refused"},
+	} {
 		cmd := exec.Command(bin, "-test.run=^TestHelperLocalDial$")
-		cmd.Env = []string{"TUBE_HELPER_LOCAL=" + sock}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		cmd.Env = []string{"TUBE_HELPER_LOCAL=" + c.sock}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: c.gid}}
 		out, _ := cmd.CombinedOutput()
-		if !strings.Contains(string(out), want) {
-			t.Fatalf("uid 65534 on %s: %s, want %s", filepath.Base(sock), out, want)
+		if !strings.Contains(string(out), c.want) {
+			t.Fatalf("uid 65534 gid %d on %s: %s, want %s", c.gid, filepath.Base(c.sock), out, c.want)
 		}
 	}
 	if !strings.Contains(log.String(), "uid/gid filter") || !strings.Contains(log.String(), "uid=65534") {
