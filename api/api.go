@@ -112,6 +112,9 @@ type HandleRequest struct {
 type OpenRequest struct {
 	Contact string `json:"contact"`
 	Service string `json:"service"`
+	// Room: ask through this room, which both belong to, for a service
+	// the contact publishes to the room (the contact need not be ours).
+	Room string `json:"room,omitempty"`
 	AcceptRequest
 }
 

@@ -273,11 +273,14 @@ func publishCmds(e *env) []*cobra.Command {
 	jsonFlag(pubs, e)
 	var ff filterFlags
 	browse := &cobra.Command{
-		Use:   "browse (CONTACT | --room ROOM)",
+		Use:   "browse (CONTACT | --room ROOM | CONTACT --room ROOM)",
 		Short: "List what a contact, or a room's members, publish to you, through a filter",
+		Long: `List what a contact publishes to you, what the members of a room publish to
+the room, or, with both, what one member publishes to the room (the member
+need not be your contact). The filter flags are those of tube services find.`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if (len(args) == 1) == (room != "") || len(args) > 1 {
-				return usagef("%s needs a CONTACT or --room ROOM, exactly one", cmd.CommandPath())
+			if len(args) > 1 || (len(args) == 0 && room == "") {
+				return usagef("%s needs a CONTACT, --room ROOM, or both", cmd.CommandPath())
 			}
 			return nil
 		},

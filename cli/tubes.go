@@ -274,7 +274,9 @@ func openCmd(e *env) *cobra.Command {
 local address to connect to. SERVICE is a name the contact exported for you
 (tube export --allow). INTERFACE[@M.m] looks through what the contact
 publishes to you (tube services publish) and opens the service with the
-highest version of that interface, at least M.m.`,
+highest version of that interface, at least M.m. With --room, the request
+goes through a room you both belong to, for services the contact publishes
+to that room (the contact need not be yours).`,
 		Args: exactArgs(1, "CONTACT/SERVICE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			contact, service, ok := strings.Cut(args[0], "/")
@@ -295,6 +297,7 @@ highest version of that interface, at least M.m.`,
 		},
 	}
 	cmd.Flags().StringVar(&e.account, "account", "", "account to act as")
+	cmd.Flags().StringVar(&req.Room, "room", "", "ask through this ROOM, for a service published to it")
 	acceptFlags(cmd, &req.AcceptRequest, &uids)
 	jsonFlag(cmd, e)
 	return cmd

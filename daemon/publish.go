@@ -131,7 +131,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
 	}
 	p.Service = desc.Name
-	body, _ := json.Marshal(publishedMsg{Service: desc})
+	body, _ := json.Marshal(publishedMsg{Service: desc.Published()})
 	if _, err := c.Send(ctx, p.To, p.Room, kindPublished, body); err != nil {
 		return p, err
 	}
@@ -238,8 +238,8 @@ func (d *Daemon) Publications(name string) ([]api.Publication, error) {
 // Browse asks a contact, or a room's members, what they publish to us,
 // and returns what f selects.
 func (d *Daemon) Browse(ctx context.Context, name string, req api.BrowseRequest) ([]api.RemoteImplementation, error) {
-	if (req.Contact == "") == (req.Room == "") {
-		return nil, tperr.New(tperr.InvalidArgument, "browse a contact or a room, exactly one")
+	if req.Contact == "" && req.Room == "" {
+		return nil, tperr.New(tperr.InvalidArgument, "browse a contact, a room, or a member of a room (both)")
 	}
 	if _, err := registry.Select(req.Filter, nil, registry.RemoteScope); err != nil {
 		return nil, serviceErr(err)
@@ -346,7 +346,7 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 		if err := json.Unmarshal(m.Body, &p); err != nil {
 			return err
 		}
-		if err := registry.Validate(p.Service); err != nil {
+		if err := registry.ValidatePublished(p.Service); err != nil {
 			return err
 		}
 		d.pubs.mu.Lock()
@@ -398,7 +398,7 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 			return errors.New("malformed catalog")
 		}
 		for _, s := range c.Services {
-			if err := registry.Validate(s); err != nil {
+			if err := registry.ValidatePublished(s); err != nil {
 				return err
 			}
 		}
@@ -433,7 +433,7 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	defaults := map[string]string{}
 	for _, n := range names {
 		if desc, ok := d.publishedDescriptor(n); ok && len(out) < maxCatalog {
-			out = append(out, desc)
+			out = append(out, desc.Published())
 		}
 	}
 	// Our defaults, where they are among what we show.
@@ -518,7 +518,7 @@ func (d *Daemon) resolveOpen(ctx context.Context, name string, req *api.OpenRequ
 	if !hasVersion && !strings.Contains(iface, ".") {
 		return nil
 	}
-	impls, err := d.Browse(ctx, name, api.BrowseRequest{Contact: req.Contact, Filter: api.ServiceFilter{Interface: iface, Version: version}})
+	impls, err := d.Browse(ctx, name, api.BrowseRequest{Contact: req.Contact, Room: req.Room, Filter: api.ServiceFilter{Interface: iface, Version: version}})
 	if err != nil {
 		if hasVersion {
 			return err

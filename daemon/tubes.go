@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
@@ -328,8 +329,13 @@ func (d *Daemon) Open(ctx context.Context, name string, req api.OpenRequest) (ap
 	if err != nil {
 		return api.Tube{}, err
 	}
-	if err := d.resolveOpen(ctx, name, &req); err != nil {
-		return api.Tube{}, err
+	err = d.resolveOpen(ctx, name, &req)
+	var t api.Tube
+	if err == nil {
+		t, err = m.Open(ctx, req)
 	}
-	return m.Open(ctx, req)
+	if err != nil && req.Room == "" && tperr.Has(err, tperr.PermissionDenied) && strings.Contains(err.Error(), "not your contact") {
+		return t, tperr.New(tperr.PermissionDenied, "%s is not your contact; for a service %s publishes to a room you share, name the room (tube open --room ROOM)", req.Contact, req.Contact)
+	}
+	return t, err
 }

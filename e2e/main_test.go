@@ -15,11 +15,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tubes-dev/tubes/internal/serve"
 )
 
 var tubeBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("ACTIVATED_SERVICE") != "" {
+		activatedService()
+	}
 	dir, err := os.MkdirTemp("", "tube-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -185,4 +190,17 @@ func daemon(t *testing.T) (*proc, []string) {
 	p := start(t, nil, "daemon", "--state", dir, "--socket", sock)
 	p.waitLine("daemon: ")
 	return p, []string{"TUBE_SOCKET=" + sock}
+}
+
+// activatedService is what the e2e tests register as a service started
+// on demand (this test binary, with ACTIVATED_SERVICE=1): each connection
+// gets back "activated PID " and the hash of what it sent up to its
+// half-close.
+func activatedService() {
+	err := serve.Activated(func(c net.Conn) {
+		fmt.Fprintf(c, "activated %d ", os.Getpid())
+		serve.HashBack(c)
+	})
+	fmt.Fprintln(os.Stderr, "activated service:", err)
+	os.Exit(3)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/testenv"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 	"github.com/tubes-dev/tubes/localclient"
 )
@@ -19,6 +20,7 @@ import (
 // remove; malformed descriptors refused with file, line and rule; and the
 // registry survives a daemon restart.
 func TestServicesCLI(t *testing.T) {
+	testenv.MustHaveRoot(t) // the system scope is root's
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "daemon.sock")
 	sys := filepath.Join(dir, "system-services.json")
@@ -33,25 +35,9 @@ func TestServicesCLI(t *testing.T) {
 	mustRun(t, env, "services", "add", descs+"testservice.xml")
 	mustRun(t, env, "services", "add", descs+"filestorage-1.0.xml", "--scope", "system")
 
-	golden := func(name, got string) {
-		t.Helper()
-		path := filepath.Join("testdata", name)
-		if os.Getenv("UPDATE_GOLDEN") != "" {
-			os.MkdirAll("testdata", 0o755)
-			os.WriteFile(path, []byte(got), 0o644)
-			return
-		}
-		want, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatalf("%v (UPDATE_GOLDEN=1 go test ./e2e writes it)", err)
-		}
-		if !bytes.Equal(bytes.TrimSpace(want), bytes.TrimSpace([]byte(got))) {
-			t.Errorf("%s:\n%s\nwant\n%s", name, got, want)
-		}
-	}
-	golden("services-list.json", mustRun(t, env, "services", "list", "--json"))
-	golden("services-find-location.json", mustRun(t, env, "services", "find", "--interface", "com.nokia.qt.ilocation", "--version", "1.5", "--json"))
-	golden("services-find-capability.json", mustRun(t, env, "services", "find", "--capability", "ReadUserData", "--json"))
+	golden(t, "services-list.json", mustRun(t, env, "services", "list", "--json"))
+	golden(t, "services-find-location.json", mustRun(t, env, "services", "find", "--interface", "com.nokia.qt.ilocation", "--version", "1.5", "--json"))
+	golden(t, "services-find-capability.json", mustRun(t, env, "services", "find", "--capability", "ReadUserData", "--json"))
 
 	var impls []struct{ Service, Interface, Version, Scope string }
 	json.Unmarshal([]byte(mustRun(t, env, "services", "find", "--loadable", "--capability", "ReadUserData", "--json")), &impls)
@@ -66,9 +52,7 @@ func TestServicesCLI(t *testing.T) {
 		t.Fatalf("default:\n%s", out)
 	}
 	mustRun(t, env, "services", "default", "com.nokia.qt.ILocation", "TestService", "--version", "1.4")
-	if out := mustRun(t, env, "services", "default", "com.nokia.qt.ILocation", "--json"); !strings.Contains(out, `"version": "1.4"`) {
-		t.Fatalf("default after setting 1.4:\n%s", out)
-	}
+	golden(t, "services-default.json", mustRun(t, env, "services", "default", "com.nokia.qt.ILocation", "--json"))
 
 	for _, c := range []struct {
 		args []string
@@ -141,7 +125,9 @@ func TestServicesCLI(t *testing.T) {
 
 // A daemon SIGKILLed while registering leaves the registry before or
 // after the change, never corrupt: after each kill a new daemon loads it,
-// and the service is either there whole or not there.
+// and the service is either there whole (every interface) or not there.
+// The kills are spread over the time one registration takes, measured
+// first, so that some land in the middle of the write.
 func TestServicesSurviveKill(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "daemon.sock")
@@ -150,32 +136,69 @@ func TestServicesSurviveKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for round := range 8 {
+	startDaemon := func() *proc {
 		d := start(t, nil, "daemon", "--state", dir, "--socket", sock, "--system-services", filepath.Join(dir, "sys.json"))
 		d.waitLine("daemon: ")
-		c := localclient.New(sock)
-		var list []struct{ Name string }
-		json.Unmarshal([]byte(mustRun(t, env, "services", "list", "--json")), &list)
-		if len(list) > 1 {
-			t.Fatalf("round %d: %d services", round, len(list))
+		return d
+	}
+	// What a whole registration looks like, and how long it takes.
+	d := startDaemon()
+	c := localclient.New(sock)
+	t0 := time.Now()
+	whole, err := c.AddService(t.Context(), string(xml), "testservice.xml", "")
+	took := time.Since(t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, env, "services", "remove", "TestService")
+	c.Close()
+	d.kill()
+	const rounds = 12
+	outcomes := map[int]int{}
+	for round := range rounds + 1 {
+		d := startDaemon()
+		var list []*api.ServiceDescriptor
+		if err := json.Unmarshal([]byte(mustRun(t, env, "services", "list", "--json")), &list); err != nil {
+			t.Fatalf("round %d: the registry after a kill: %v", round, err)
+		}
+		if len(list) > 1 || len(list) == 1 && (list[0].Name != whole.Name || len(list[0].Interfaces) != len(whole.Interfaces)) {
+			t.Fatalf("round %d: after a kill mid-registration the registry holds %+v; want nothing or %s whole", round, list, whole.Name)
+		}
+		outcomes[len(list)]++
+		if round == rounds {
+			break
 		}
 		if len(list) == 1 {
 			mustRun(t, env, "services", "remove", "TestService")
 		}
+		c := localclient.New(sock)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			c.AddService(t.Context(), string(xml), "testservice.xml", "")
 		}()
-		time.Sleep(time.Duration(round) * 300 * time.Microsecond)
+		time.Sleep(took * time.Duration(round) / (rounds / 2))
 		d.kill()
 		<-done
 		c.Close()
 	}
-	d := start(t, nil, "daemon", "--state", dir, "--socket", sock, "--system-services", filepath.Join(dir, "sys.json"))
-	d.waitLine("daemon: ")
-	out := mustRun(t, env, "services", "list", "--json")
-	if !json.Valid([]byte(out)) {
-		t.Fatalf("list after the kills: %s", out)
+	t.Logf("one registration took %s; after the kills: %d times before, %d times after", took, outcomes[0], outcomes[1])
+}
+
+// golden compares got with testdata/name (UPDATE_GOLDEN=1 writes it).
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if os.Getenv("UPDATE_GOLDEN") != "" {
+		os.MkdirAll("testdata", 0o755)
+		os.WriteFile(path, []byte(got), 0o644)
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (UPDATE_GOLDEN=1 go test ./e2e writes it)", err)
+	}
+	if !bytes.Equal(bytes.TrimSpace(want), bytes.TrimSpace([]byte(got))) {
+		t.Errorf("%s:\n%s\nwant\n%s", name, got, want)
 	}
 }

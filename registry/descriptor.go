@@ -422,9 +422,24 @@ func clip(s string) string {
 	return s
 }
 
-// Validate checks a descriptor that did not come from XML (one a contact
-// published, in its JSON form) against the rules Parse applies.
-func Validate(d *Descriptor) error {
+// Validate checks a descriptor that did not come from XML (its JSON form)
+// against the rules Parse applies.
+func Validate(d *Descriptor) error { return validate(d, false) }
+
+// Published is d as the contacts and rooms it is published to see it:
+// without its location (an executable or a socket on the publisher's
+// machine, which they reach through a tube, never directly).
+func (d *Descriptor) Published() *Descriptor {
+	c := *d
+	c.FilePath, c.IPCAddress = "", ""
+	return &c
+}
+
+// ValidatePublished checks a descriptor a publisher sent: the rules of
+// Validate, except that it has no location.
+func ValidatePublished(d *Descriptor) error { return validate(d, true) }
+
+func validate(d *Descriptor, published bool) error {
 	bad := func(rule, format string, a ...any) error {
 		return &ParseError{File: "descriptor", Rule: rule, Msg: fmt.Sprintf(format, a...)}
 	}
@@ -435,9 +450,11 @@ func Validate(d *Descriptor) error {
 		return bad(RuleSFWVersion, "SFW version %q is not supported (1.0 or 1.1)", clip(d.SFWVersion))
 	case strings.TrimSpace(d.Name) == "" || len(d.Name) > 255:
 		return bad(RuleServiceName, "the service has no name, or one longer than 255 bytes")
-	case d.FilePath != "" && d.IPCAddress != "":
+	case published && (d.FilePath != "" || d.IPCAddress != ""):
+		return bad(RuleLocation, "published service %s names a location on its publisher's machine", clip(d.Name))
+	case !published && d.FilePath != "" && d.IPCAddress != "":
 		return bad(RuleTwoLocations, "service %s has both a filepath and an ipcaddress", clip(d.Name))
-	case d.FilePath == "" && d.IPCAddress == "":
+	case !published && d.FilePath == "" && d.IPCAddress == "":
 		return bad(RuleLocation, "service %s has neither a filepath nor an ipcaddress", clip(d.Name))
 	case len(d.Interfaces) == 0 || len(d.Interfaces) > 1024:
 		return bad(RuleNoInterface, "service %s declares %d interfaces (1 to 1024)", clip(d.Name), len(d.Interfaces))

@@ -200,9 +200,21 @@ func FuzzDescriptorJSON(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"sfw_version":"1.1","name":"S","ipcaddress":"s","interfaces":[{"name":"a","version":"0.1"}]}`))
+	f.Add([]byte(`{"sfw_version":"1.1","name":"S","interfaces":[{"name":"a","version":"1.0"}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var d Descriptor
-		if json.Unmarshal(b, &d) != nil || Validate(&d) != nil {
+		if json.Unmarshal(b, &d) != nil {
+			return
+		}
+		if ValidatePublished(&d) == nil {
+			if d.Location() != "" {
+				t.Fatal("a published descriptor validated with a location")
+			}
+			if _, err := Select(Filter{Interface: d.Interfaces[0].Name}, []*Descriptor{&d}, RemoteScope); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if Validate(&d) != nil {
 			return
 		}
 		if _, err := Select(Filter{Interface: d.Interfaces[0].Name}, []*Descriptor{&d}, RemoteScope); err != nil {
@@ -212,4 +224,32 @@ func FuzzDescriptorJSON(f *testing.F) {
 			t.Fatal("validated without a location")
 		}
 	})
+}
+
+// What a contact sees of a published service has no location, and a
+// descriptor received with one is refused: paths and addresses on the
+// publisher's machine are not theirs to know.
+func TestPublishedHasNoLocation(t *testing.T) {
+	f, err := os.Open("testdata/descriptors/testservice.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d, err := Parse("testservice.xml", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := d.Published()
+	if p.FilePath != "" || p.IPCAddress != "" || d.Location() == "" || len(p.Interfaces) != len(d.Interfaces) {
+		t.Fatalf("published form %+v of %+v", p, d)
+	}
+	if err := ValidatePublished(p); err != nil {
+		t.Fatalf("published form refused: %v", err)
+	}
+	if err := ValidatePublished(d); err == nil || !strings.Contains(err.Error(), "location") {
+		t.Fatalf("a received descriptor with a location: %v", err)
+	}
+	if err := Validate(p); err == nil {
+		t.Fatal("Validate accepted a descriptor without a location")
+	}
 }

@@ -151,6 +151,7 @@ type tube struct {
 	// outgoing
 	exp      *export
 	members  map[string]bool // room tubes: members it was offered to, still in the room
+	only     string          // a room tube answering one member's request: offered to them alone
 	accepted map[string]bool // who accepted it
 
 	// incoming
@@ -179,6 +180,7 @@ type handler struct {
 
 type pendingOpen struct {
 	contact string
+	room    string // asked through this room
 	req     api.AcceptRequest
 	ch      chan openResult
 }
@@ -412,7 +414,12 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	if err := checkPath(req.Path); err != nil {
 		return api.Tube{}, err
 	}
-	if (req.To == "") == (req.Room == "") {
+	// A request that came through a room is answered with a tube in that
+	// room offered to the requester alone.
+	only := ""
+	if request != "" && req.To != "" && req.Room != "" {
+		only = req.To
+	} else if (req.To == "") == (req.Room == "") {
 		return api.Tube{}, tperr.New(tperr.InvalidArgument, "a tube is offered to a contact (to) or a room (room), exactly one")
 	}
 	if req.To == m.cfg.Account {
@@ -426,7 +433,7 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	}
 	sig := m.cfg.Signaller
 	var recipients []string
-	if req.To != "" {
+	if req.Room == "" {
 		recipients = []string{req.To}
 	} else {
 		members, err := sig.RoomMembers(ctx, req.Room)
@@ -437,16 +444,19 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 			return api.Tube{}, tperr.New(tperr.PermissionDenied, "you are not a member of room %s", req.Room)
 		}
 		for _, n := range members {
-			if n != m.cfg.Account {
+			if n != m.cfg.Account && (only == "" || n == only) {
 				recipients = append(recipients, n)
 			}
+		}
+		if only != "" && len(recipients) == 0 {
+			return api.Tube{}, tperr.New(tperr.PermissionDenied, "%s is not a member of room %s", only, req.Room)
 		}
 	}
 	keys, err := m.keys(ctx, recipients)
 	if err != nil {
 		return api.Tube{}, err
 	}
-	if req.To != "" && keys[req.To] == nil {
+	if req.Room == "" && keys[req.To] == nil {
 		return api.Tube{}, tperr.New(tperr.PermissionDenied, "%s is not your contact: tubes are offered to contacts who approved you (tube contact add %s)", req.To, req.To)
 	}
 	m.mu.Lock()
@@ -467,7 +477,11 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	if err != nil {
 		return api.Tube{}, err
 	}
-	t := &tube{id: id, service: req.Service, peer: req.To, room: req.Room, outgoing: true, state: NotOffered,
+	peer := req.To
+	if req.Room != "" {
+		peer = ""
+	}
+	t := &tube{id: id, service: req.Service, peer: peer, room: req.Room, only: only, outgoing: true, state: NotOffered,
 		wantPath: req.Path, relay: relay, params: params, exp: e, members: map[string]bool{}, accepted: map[string]bool{}, conns: map[uint32]*tconn{}}
 	m.mu.Lock()
 	if m.closed {
@@ -480,7 +494,7 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	m.mu.Unlock()
 	m.updateNeed()
 
-	if req.To != "" {
+	if req.Room == "" {
 		if err := m.sendOffer(ctx, t, req.To, keys[req.To], request); err != nil {
 			m.mu.Lock()
 			m.endTube(t, tperr.NameOr(err, tperr.NotAvailable), err.Error())
@@ -493,7 +507,7 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	} else {
 		for _, n := range recipients {
 			if k := keys[n]; k != nil {
-				if err := m.sendOffer(ctx, t, n, k, ""); err != nil {
+				if err := m.sendOffer(ctx, t, n, k, request); err != nil {
 					m.log.Info("room tube not offered to a member", "room", t.room, "member", n, "err", err)
 				}
 			}
@@ -605,7 +619,7 @@ func (m *Manager) onOffer(from, room string, body []byte) error {
 		}
 	}()
 	if o.Request != "" {
-		if p := m.opens[o.Request]; p != nil && p.contact == from && room == "" {
+		if p := m.opens[o.Request]; p != nil && p.contact == from && p.room == room {
 			delete(m.opens, o.Request)
 			go func() {
 				v, err := m.accept(m.ctx, t.id, p.req, "")
@@ -1162,7 +1176,7 @@ func (m *Manager) Open(ctx context.Context, req api.OpenRequest) (api.Tube, erro
 	if err := checkAccess(req.Access); err != nil {
 		return api.Tube{}, err
 	}
-	p := &pendingOpen{contact: req.Contact, req: req.AcceptRequest, ch: make(chan openResult, 1)}
+	p := &pendingOpen{contact: req.Contact, room: req.Room, req: req.AcceptRequest, ch: make(chan openResult, 1)}
 	rid := newID()
 	m.mu.Lock()
 	m.opens[rid] = p
@@ -1172,7 +1186,7 @@ func (m *Manager) Open(ctx context.Context, req api.OpenRequest) (api.Tube, erro
 		delete(m.opens, rid)
 		m.mu.Unlock()
 	}()
-	if _, err := m.cfg.Signaller.Send(ctx, req.Contact, "", kindRequest, mustJSON(requestMsg{Request: rid, Service: req.Service})); err != nil {
+	if _, err := m.cfg.Signaller.Send(ctx, req.Contact, req.Room, kindRequest, mustJSON(requestMsg{Request: rid, Service: req.Service})); err != nil {
 		return api.Tube{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, openTimeout)
@@ -1201,15 +1215,12 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 	if err != nil {
 		return err
 	}
-	if room != "" {
-		return errors.New("a tube request must come from a contact, not through a room")
-	}
 	go func() {
 		ctx, cancel := context.WithTimeout(m.ctx, openTimeout)
 		defer cancel()
 		refuse := func(name, msg string) {
 			m.log.Info("refused a tube request", "from", from, "service", r.Service, "why", msg)
-			m.cfg.Signaller.Send(ctx, from, "", kindRefuse, mustJSON(refuseMsg{Request: r.Request, Error: name, Message: msg}))
+			m.cfg.Signaller.Send(ctx, from, room, kindRefuse, mustJSON(refuseMsg{Request: r.Request, Error: name, Message: msg}))
 		}
 		m.mu.Lock()
 		e := m.exports[r.Service]
@@ -1234,24 +1245,33 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 				}()
 			}
 		}
-		if e == nil || !m.mayRequest(ctx, e, from) {
-			refuse(tperr.PermissionDenied, fmt.Sprintf("%s has not exported %s for %s", m.cfg.Account, r.Service, from))
+		if e == nil || !m.mayRequest(ctx, e, from, room) {
+			where := ""
+			if room != "" {
+				where = " in room " + room
+			}
+			refuse(tperr.PermissionDenied, fmt.Sprintf("%s has not exported %s for %s%s", m.cfg.Account, r.Service, from, where))
 			return
 		}
-		if _, err := m.offer(ctx, api.OfferRequest{Service: r.Service, To: from}, r.Request); err != nil {
+		if _, err := m.offer(ctx, api.OfferRequest{Service: r.Service, To: from, Room: room}, r.Request); err != nil {
 			refuse(tperr.NameOr(err, tperr.NotAvailable), err.Error())
 		}
 	}()
 	return nil
 }
 
-// mayRequest reports whether from may ask for e: named in Allow, or a
-// member of one of AllowRooms (as we are).
-func (m *Manager) mayRequest(ctx context.Context, e *export, from string) bool {
-	if slices.Contains(e.Allow, from) {
+// mayRequest reports whether from may ask for e: as a contact, when named
+// in Allow or a member of one of AllowRooms (as we are); through a room
+// (via, from a member who may not be a contact), when via is one of
+// AllowRooms.
+func (m *Manager) mayRequest(ctx context.Context, e *export, from, via string) bool {
+	if via == "" && slices.Contains(e.Allow, from) {
 		return true
 	}
 	for _, room := range e.AllowRooms {
+		if via != "" && room != via {
+			continue
+		}
 		members, err := m.cfg.Signaller.RoomMembers(ctx, room)
 		if err == nil && slices.Contains(members, from) && slices.Contains(members, m.cfg.Account) {
 			return true
@@ -1320,7 +1340,7 @@ func (m *Manager) OnRoomEvent(room, member string, joined, deleted bool) {
 			delete(t.members, member)
 			delete(t.accepted, member)
 			m.resetMember(t, member, member+" left room "+room)
-		case t.outgoing && joined && member != m.cfg.Account && !t.members[member]:
+		case t.outgoing && joined && member != m.cfg.Account && !t.members[member] && t.only == "":
 			t.members[member] = true
 			offerTo = append(offerTo, t)
 		}

@@ -400,7 +400,7 @@ func (b *bench) run() error {
 		err = b.registryRows()
 	}
 	if err == nil {
-		err = b.activationRows()
+		err = b.activationRows(ctx, alice, bob)
 	}
 	b.report()
 	return err

@@ -6,9 +6,12 @@ package serve
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
 )
 
 // Loop runs handle, in its own goroutine, on every connection ln
@@ -39,4 +42,20 @@ func HashBack(c net.Conn) {
 // HashLine is what HashBack answers for data.
 func HashLine(data []byte) string {
 	return fmt.Sprintf("%x %d\n", sha256.Sum256(data), len(data))
+}
+
+// Activated runs a socket-activated service on the listener passed as
+// descriptor 3 (LISTEN_FDS=1, LISTEN_PID its own process), handling each
+// connection with handle. It returns only when started without such a
+// listener, with the reason.
+func Activated(handle func(net.Conn)) error {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") != "1" {
+		return errors.New("not socket-activated: LISTEN_PID and LISTEN_FDS=1 are not set for this process")
+	}
+	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	if err != nil {
+		return fmt.Errorf("descriptor 3: %w", err)
+	}
+	Loop(ln, handle)
+	return errors.New("the listener closed")
 }

@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tubes-dev/tubes/api"
+)
+
+// Publication and discovery through the CLI, as two people and a room
+// use them: alice registers an on-demand service and a service she runs,
+// publishes the first to bob and the second to the room lab; bob and
+// carol (a member of lab, not alice's contact) browse with filters
+// (JSON compared with golden files), and `tube open` reaches each
+// service, the on-demand one started by its first connection, with every
+// byte checked.
+func TestPublishBrowseOpenCLI(t *testing.T) {
+	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
+	_, alice := daemon(t)
+	_, bob := daemon(t)
+	_, carol := daemon(t)
+	for name, env := range map[string][]string{"alice": alice, "bob": bob, "carol": carol} {
+		mustRun(t, env, "account", "add", name, "--server", url, "--register")
+	}
+	mustRun(t, alice, "contact", "add", "bob")
+	mustRun(t, bob, "contact", "approve", "alice")
+	mustRun(t, alice, "room", "create", "lab")
+	mustRun(t, carol, "room", "join", "lab")
+
+	// Hasher starts on demand (this test binary as the service); Viewer
+	// is a service alice runs herself.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	script := filepath.Join(dir, "hasher")
+	os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+	viewer := serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
+	write := func(name, xml string) string {
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, []byte(xml), 0o644)
+		return path
+	}
+	mustRun(t, alice, "services", "add", write("hasher.xml", `<SFW version="1.1"><service><name>Hasher</name><filepath>`+script+`</filepath>
+<interface><name>org.example.Hash</name><version>1.0</version></interface>
+<interface><name>org.example.Hash</name><version>2.1</version><capabilities></capabilities>
+<customproperty key="idle">1</customproperty></interface></service></SFW>`))
+	mustRun(t, alice, "services", "add", write("viewer.xml", `<SFW version="1.1"><service><name>Viewer</name><ipcaddress>`+viewer.Addr().String()+`</ipcaddress>
+<interface><name>org.example.View</name><version>1.3</version><customproperty key="format">png</customproperty></interface></service></SFW>`))
+	mustRun(t, alice, "services", "publish", "Hasher", "--to", "bob")
+	mustRun(t, alice, "services", "publish", "Viewer", "--room", "lab")
+	golden(t, "services-publications.json", mustRun(t, alice, "services", "publications", "--json"))
+	mustRun(t, alice, "services", "grant", "bob", "ReadUserData", "WriteUserData")
+	mustRun(t, alice, "services", "revoke", "bob", "WriteUserData")
+	golden(t, "services-grants.json", mustRun(t, alice, "services", "grants", "--json"))
+
+	// What each one sees, through filters.
+	golden(t, "services-browse-contact.json", mustRun(t, bob, "services", "browse", "alice", "--json"))
+	var impls []api.RemoteImplementation
+	json.Unmarshal([]byte(mustRun(t, bob, "services", "browse", "alice", "--interface", "org.example.hash", "--version", "2.0", "--json")), &impls)
+	if len(impls) != 1 || impls[0].Version.String() != "2.1" || impls[0].Publisher != "alice" {
+		t.Fatalf("bob browsing for org.example.Hash 2.0 or later: %+v", impls)
+	}
+	json.Unmarshal([]byte(mustRun(t, bob, "services", "browse", "alice", "--interface", "org.example.Hash", "--version", "2.0", "--exact", "--json")), &impls)
+	if len(impls) != 0 {
+		t.Fatalf("bob browsing for exactly 2.0: %+v", impls)
+	}
+	golden(t, "services-browse-room.json", mustRun(t, carol, "services", "browse", "--room", "lab", "--property", "format=png", "--json"))
+	json.Unmarshal([]byte(mustRun(t, carol, "services", "browse", "--room", "lab", "--property", "format=PNG", "--json")), &impls)
+	if len(impls) != 0 {
+		t.Fatalf("property values are case-sensitive; carol got %+v", impls)
+	}
+	if code, out := run(t, carol, "services", "browse", "alice"); code != 1 || !strings.Contains(out, "contact") {
+		t.Errorf("carol browsing alice, not her contact: exit %d %s", code, out)
+	}
+	json.Unmarshal([]byte(mustRun(t, carol, "services", "browse", "alice", "--room", "lab", "--json")), &impls)
+	if len(impls) != 1 || impls[0].Service != "Viewer" || impls[0].Room != "lab" {
+		t.Fatalf("carol browsing what alice publishes to lab: %+v", impls)
+	}
+
+	// bob opens by interface: the on-demand Hasher starts with his first
+	// connection.
+	addr := strings.TrimSpace(mustRun(t, bob, "open", "alice/org.example.Hash@2.0"))
+	data := make([]byte, 3<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	got := exchange(t, addr, data)
+	var pid int
+	var sum string
+	var n int
+	if _, err := fmt.Sscanf(got, "activated %d %s %d", &pid, &sum, &n); err != nil || sum != fmt.Sprintf("%x", sha256.Sum256(data)) || n != len(data) {
+		t.Fatalf("the on-demand service answered %q", got)
+	}
+	var acts map[string]api.ActivationStatus
+	json.Unmarshal([]byte(mustRun(t, alice, "services", "activations", "--json")), &acts)
+	if acts["Hasher"].Starts != 1 || acts["Hasher"].PID != pid {
+		t.Errorf("alice's activations: %+v (the service said pid %d)", acts, pid)
+	}
+	// carol, a member of lab, opens what alice published to the room,
+	// through the room.
+	if code, out := run(t, carol, "open", "alice/org.example.View@1.0"); code != 1 || !strings.Contains(out, "--room") {
+		t.Errorf("carol opening without naming the room: exit %d %s", code, out)
+	}
+	addr = strings.TrimSpace(mustRun(t, carol, "open", "alice/org.example.View@1.0", "--room", "lab"))
+	if got := exchange(t, addr, data); got != string(data) {
+		t.Fatalf("carol's connection to Viewer echoed %d bytes of %d", len(got), len(data))
+	}
+	// What is not published to someone stays closed to them.
+	if code, out := run(t, carol, "open", "alice/Hasher", "--room", "lab"); code != 1 || !strings.Contains(out, "PermissionDenied") {
+		t.Errorf("carol opening Hasher, published to bob only: exit %d %s", code, out)
+	}
+	mustRun(t, alice, "services", "unpublish", "Hasher", "--to", "bob")
+	if code, out := run(t, bob, "open", "alice/org.example.Hash@2.0"); code != 1 {
+		t.Errorf("bob opening Hasher after it was unpublished: exit %d %s", code, out)
+	}
+}
+
+// exchange sends data to addr, half-closes, and returns all it reads back.
+func exchange(t *testing.T, addr string, data []byte) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	go func() {
+		c.Write(data)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("%s: %v after %d bytes", addr, err, len(got))
+	}
+	return string(got)
+}
