@@ -4,10 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/internal/serve"
@@ -30,28 +27,14 @@ func TestMain(m *testing.M) {
 // connection (per-client): each connection gets back "activated PID
 // SHA256 N" for what it sent up to its half-close.
 func activatedService() {
-	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") != "1" {
-		os.Exit(3)
-	}
-	handle := func(c net.Conn) {
+	err := serve.Activated(func(c net.Conn) {
 		fmt.Fprintf(c, "activated %d ", os.Getpid())
 		serve.HashBack(c)
-	}
-	f := os.NewFile(3, "activation")
-	if listening, err := unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening == 0 {
-		c, err := net.FileConn(f)
-		if err != nil {
-			os.Exit(4)
-		}
-		handle(c)
-		c.Close()
-		return
-	}
-	ln, err := net.FileListener(f)
+	})
 	if err != nil {
-		os.Exit(4)
+		fmt.Fprintln(os.Stderr, "activated service:", err)
+		os.Exit(3)
 	}
-	serve.Loop(ln, handle)
 }
 
 // testenvRoot requires root (another uid runs a client).

@@ -201,6 +201,9 @@ func activatedService() {
 		fmt.Fprintf(c, "activated %d ", os.Getpid())
 		serve.HashBack(c)
 	})
-	fmt.Fprintln(os.Stderr, "activated service:", err)
-	os.Exit(3)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "activated service:", err)
+		os.Exit(3)
+	}
+	os.Exit(0)
 }

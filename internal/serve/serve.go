@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // Loop runs handle, in its own goroutine, on every connection ln
@@ -44,15 +46,26 @@ func HashLine(data []byte) string {
 	return fmt.Sprintf("%x %d\n", sha256.Sum256(data), len(data))
 }
 
-// Activated runs a socket-activated service on the listener passed as
-// descriptor 3 (LISTEN_FDS=1, LISTEN_PID its own process), handling each
-// connection with handle. It returns only when started without such a
-// listener, with the reason.
+// Activated serves the socket passed as descriptor 3, systemd style
+// (LISTEN_FDS=1, LISTEN_PID its own process): a listening socket (a shared
+// instance) with handle on each connection until it closes, or a
+// connection (a per-client instance, like systemd's Accept=yes) with
+// handle once, returning nil.
 func Activated(handle func(net.Conn)) error {
 	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") != "1" {
 		return errors.New("not socket-activated: LISTEN_PID and LISTEN_FDS=1 are not set for this process")
 	}
-	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	f := os.NewFile(3, "activation")
+	if listening, err := unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening == 0 {
+		c, err := net.FileConn(f)
+		if err != nil {
+			return fmt.Errorf("descriptor 3: %w", err)
+		}
+		defer c.Close()
+		handle(c)
+		return nil
+	}
+	ln, err := net.FileListener(f)
 	if err != nil {
 		return fmt.Errorf("descriptor 3: %w", err)
 	}
