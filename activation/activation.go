@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -540,7 +541,7 @@ func (u *Unit) Connect() (net.Conn, error) {
 			return nil, err
 		}
 		go hold(theirs, in)
-		return ours, nil
+		return &perClientConn{TCPConn: ours, in: in}, nil
 	}
 	svc, in, err := u.connectShared()
 	if err != nil {
@@ -558,6 +559,55 @@ func (u *Unit) Connect() (net.Conn, error) {
 	}()
 	return ours, nil
 }
+
+// perClientConn is the caller's end of a per-client instance's
+// connection. An instance that fails before it has sent a byte did not
+// take the connection: the reset that follows reads as a RefusedError,
+// which a tube reports as ConnectionRefused rather than a cut connection.
+// It reads with Read only (no raw descriptor), so that the refusal is
+// seen.
+type perClientConn struct {
+	*net.TCPConn
+	in  *instance
+	got atomic.Bool // the instance has sent something
+}
+
+func (c *perClientConn) Read(p []byte) (int, error) {
+	n, err := c.TCPConn.Read(p)
+	if n > 0 {
+		c.got.Store(true)
+	}
+	if err != nil && !c.got.Load() && errors.Is(err, syscall.ECONNRESET) {
+		select {
+		case <-c.in.exited: // hold resets only after the exit
+			if c.in.err != nil {
+				return n, &RefusedError{Reason: fmt.Sprintf("the service exited before answering (%v)", c.in.err), Err: err}
+			}
+		default:
+		}
+	}
+	return n, err
+}
+
+// SyscallConn is withheld (see perClientConn).
+func (c *perClientConn) SyscallConn() (syscall.RawConn, error) {
+	return nil, errors.New("activation: a per-client connection is read through Read")
+}
+
+// RefusedError is a read error meaning the service never took the
+// connection: Reason says why; it wraps ErrRefused and the read's own
+// error (the reset).
+type RefusedError struct {
+	Reason string
+	Err    error
+}
+
+func (e *RefusedError) Error() string   { return e.Reason }
+func (e *RefusedError) Unwrap() []error { return []error{ErrRefused, e.Err} }
+
+// Refused says the connection was refused, for callers that must not
+// import this package to tell (peerlink).
+func (e *RefusedError) Refused() bool { return true }
 
 // pair returns the two ends of a new loopback TCP connection: unlike a
 // socket pair's, either end can be reset.

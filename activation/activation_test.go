@@ -224,7 +224,8 @@ func TestPerClientInstances(t *testing.T) {
 // itself, so it cannot fail to accept it: one that hangs is a slow
 // service, its client's to time out (and one that then dies is
 // TestCrashResets); and one that exits at once has taken the connection
-// already, so Connect succeeds and the connection is reset.
+// already, so Connect succeeds and the connection is reset, with a read
+// error that says the service refused it.
 func TestFailuresReset(t *testing.T) {
 	notExec := filepath.Join(t.TempDir(), "not-executable")
 	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
@@ -273,8 +274,15 @@ func TestFailuresReset(t *testing.T) {
 			}
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadAll(conn); !errors.Is(err, syscall.ECONNRESET) {
+			_, err = io.ReadAll(conn)
+			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("Connect's connection got %v, want a reset", err)
+			}
+			// An instance that failed before answering refused it (a
+			// tube says ConnectionRefused).
+			var re *RefusedError
+			if refusal := errors.As(err, &re) && re.Refused() && errors.Is(err, ErrRefused); refusal != (c.mode == PerClient && c.name == "exits at once") {
+				t.Fatalf("Connect's connection got %v: a refusal %v", err, refusal)
 			}
 			if st := u.Status(); !strings.Contains(st.LastError, c.why) {
 				t.Fatalf("status %+v, want %q", st, c.why)

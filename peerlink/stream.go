@@ -482,9 +482,20 @@ func (st *Stream) pump() {
 			st.finish()
 			return
 		}
-		st.abort(&ResetError{Code: CodeCancelled, Message: "the local connection was reset: " + err.Error()}, true)
+		st.abort(localReset(err), true)
 		return
 	}
+}
+
+// localReset is how a stream ends when its local socket fails: Cancelled,
+// or Refused when the error says the service never took the connection
+// (a service started on demand that failed at once).
+func localReset(err error) *ResetError {
+	var r interface{ Refused() bool }
+	if errors.As(err, &r) && r.Refused() {
+		return &ResetError{Code: CodeRefused, Message: err.Error()}
+	}
+	return &ResetError{Code: CodeCancelled, Message: "the local connection was reset: " + err.Error()}
 }
 
 // waitCredit blocks until the peer has granted credit or the stream is
@@ -552,8 +563,8 @@ func readLocal(rc syscall.RawConn, limit int) ([]byte, int, error) {
 // SO_LINGER 0 makes close send RST. Unix sockets have no reset; their peer
 // sees ECONNRESET only if unread data remains.
 func abortConn(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
 	}
 	c.Close()
 }

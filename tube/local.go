@@ -233,8 +233,8 @@ func (s *localSocket) close() {
 // of file: SO_LINGER 0 on TCP. (A Unix stream socket has no reset; its
 // peer sees ECONNRESET only if it had unread data.)
 func abort(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
 	}
 	c.Close()
 }
