@@ -30,6 +30,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	os.Chmod(dir, 0o755) // other users run it too
 	tubeBin = filepath.Join(dir, "tube")
 	build := exec.Command("go", "build", "-o", tubeBin, "../cmd/tube")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -151,7 +152,12 @@ func (p *proc) stop() {
 // run runs tube to completion and returns exit code and combined output.
 func run(t *testing.T, env []string, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(tubeBin, args...)
+	return runCmd(t, exec.Command(tubeBin, args...), env)
+}
+
+// runCmd runs cmd (a tube command, perhaps as another user) like run.
+func runCmd(t *testing.T, cmd *exec.Cmd, env []string) (int, string) {
+	t.Helper()
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); ok {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -200,5 +202,64 @@ func golden(t *testing.T, name, got string) {
 	}
 	if !bytes.Equal(bytes.TrimSpace(want), bytes.TrimSpace([]byte(got))) {
 		t.Errorf("%s:\n%s\nwant\n%s", name, got, want)
+	}
+}
+
+// The system scope is root's: a daemon running as another user lists it
+// but may not change it (PermissionDenied, nothing written), while its
+// own user scope works.
+func TestSystemScopeRootOnly(t *testing.T) {
+	testenv.MustHaveRoot(t)
+	const nobody = 65534
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755) // for nobody to reach its state
+	os.Chmod(dir, 0o755)
+	sys := filepath.Join(dir, "system-services.json")
+	descs := "../registry/testdata/descriptors/"
+	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
+
+	// root registers a system service.
+	rootSock := filepath.Join(dir, "root.sock")
+	d := start(t, nil, "daemon", "--state", filepath.Join(dir, "root"), "--socket", rootSock, "--system-services", sys)
+	d.waitLine("daemon: ")
+	mustRun(t, []string{"TUBE_SOCKET=" + rootSock}, "services", "add", descs+"filestorage-1.0.xml", "--scope", "system")
+	d.stop()
+	before, err := os.ReadFile(sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// nobody's daemon, and nobody's commands.
+	state := filepath.Join(dir, "nobody")
+	os.Mkdir(state, 0o700)
+	os.Chown(state, nobody, nobody)
+	asNobody := func(cmd *exec.Cmd) *exec.Cmd {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		return cmd
+	}
+	sock := filepath.Join(state, "daemon.sock")
+	p := startCmd(t, asNobody(exec.Command(tubeBin, "daemon", "--state", state, "--socket", sock, "--system-services", sys)), nil)
+	p.waitLine("daemon: ")
+	env := []string{"TUBE_SOCKET=" + sock}
+	tube := func(args ...string) (int, string) { return runCmd(t, asNobody(exec.Command(tubeBin, args...)), env) }
+
+	if code, out := tube("services", "list", "--scope", "system"); code != 0 || !strings.Contains(out, "FileStorage") {
+		t.Fatalf("nobody listing the system scope: exit %d %s", code, out)
+	}
+	code, out := tube("services", "add", abs(descs+"testservice.xml"), "--scope", "system")
+	if code != 1 || !strings.Contains(out, "PermissionDenied") {
+		t.Fatalf("nobody adding to the system scope: exit %d %s", code, out)
+	}
+	if code, out := tube("services", "remove", "FileStorage", "--scope", "system"); code != 1 || !strings.Contains(out, "PermissionDenied") {
+		t.Fatalf("nobody removing from the system scope: exit %d %s", code, out)
+	}
+	if after, _ := os.ReadFile(sys); !bytes.Equal(before, after) {
+		t.Fatalf("the system scope changed:\n%s", after)
+	}
+	if code, out := tube("services", "add", abs(descs+"testservice.xml")); code != 0 {
+		t.Fatalf("nobody adding to the user scope: exit %d %s", code, out)
+	}
+	if code, out := tube("services", "list"); code != 0 || !strings.Contains(out, "TestService") || !strings.Contains(out, "FileStorage") {
+		t.Fatalf("nobody's listing: exit %d %s", code, out)
 	}
 }
