@@ -51,25 +51,10 @@ func (m *matcher) match(service string, in Interface) bool {
 	if f.Service != "" && !strings.EqualFold(f.Service, service) {
 		return false
 	}
-	if f.Interface != "" {
-		if !strings.EqualFold(f.Interface, in.Name) {
-			return false
-		}
-		if v := m.version; v != nil {
-			if f.Exact {
-				if in.Version != *v {
-					return false
-				}
-			} else if in.Version.Less(*v) {
-				return false
-			}
-		}
+	if f.Interface != "" && !strings.EqualFold(f.Interface, in.Name) {
+		return false
 	}
-	if f.Loadable {
-		if !subset(in.Capabilities, f.Capabilities) {
-			return false
-		}
-	} else if !subset(f.Capabilities, in.Capabilities) {
+	if !f.Loadable && !subset(f.Capabilities, in.Capabilities) {
 		return false
 	}
 	for k, v := range f.Properties {
@@ -77,7 +62,30 @@ func (m *matcher) match(service string, in Interface) bool {
 			return false
 		}
 	}
-	return true
+	return m.matchRest(in.Version, in.Capabilities)
+}
+
+// matchRest checks the criteria a registry's index leaves to the filter
+// (see index.candidates): the version, and MatchLoadable capabilities.
+func (m *matcher) matchRest(version Version, caps []string) bool {
+	f := m.f
+	if v := m.version; v != nil && f.Interface != "" {
+		if f.Exact {
+			if version != *v {
+				return false
+			}
+		} else if version.Less(*v) {
+			return false
+		}
+	}
+	return !f.Loadable || subset(caps, f.Capabilities)
+}
+
+// matchesAll reports whether the filter matches every implementation:
+// it names no criterion (a version counts only with an interface).
+func (m *matcher) matchesAll() bool {
+	f := m.f
+	return f.Service == "" && f.Interface == "" && len(f.Capabilities) == 0 && !f.Loadable && len(f.Properties) == 0
 }
 
 // subset reports whether every element of a is in b.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -76,34 +77,23 @@ type ref struct {
 	Scope   Scope   `json:"scope"` // where the service is registered
 }
 
-// state is one scope's registry, as stored.
+// state is one scope's registry, as stored. A state in Registry.st is
+// never changed: a write changes a copy (edit) and swaps it in once it
+// is saved (commit), so a failed save leaves nothing to undo.
 type state struct {
 	Services []*Descriptor `json:"services"`
 	// Defaults maps a lower-case interface name to its default.
 	Defaults map[string]ref `json:"defaults"`
 
-	// byIface indexes implementations by lower-case interface name, in
-	// result order; rebuilt after a change.
-	byIface map[string][]implRef
+	// idx is built by the first lookup that needs it, under Registry.mu.
+	idx *index
 }
 
-type implRef struct {
-	d *Descriptor
-	i int
-}
-
-// index returns the implementations of interface key.
-func (st *state) index(key string) []implRef {
-	if st.byIface == nil {
-		st.byIface = map[string][]implRef{}
-		for _, d := range st.Services {
-			for i, in := range d.Interfaces {
-				k := strings.ToLower(in.Name)
-				st.byIface[k] = append(st.byIface[k], implRef{d, i})
-			}
-		}
-	}
-	return st.byIface[key]
+// edit returns a copy of st to change: its own service list and
+// defaults, sharing st's descriptors, which a change replaces rather
+// than modifies.
+func (st *state) edit() *state {
+	return &state{Services: slices.Clone(st.Services), Defaults: maps.Clone(st.Defaults)}
 }
 
 func (st *state) service(name string) *Descriptor {
@@ -143,8 +133,12 @@ type Config struct {
 // Registry is the services of a user and of the system.
 type Registry struct {
 	cfg Config
-	mu  sync.Mutex
-	st  map[Scope]*state
+
+	mu sync.Mutex // guards the following
+	st map[Scope]*state
+	// scratch holds Find's candidate lists, one per scope searched,
+	// reused so that a lookup allocates little more than its result.
+	scratch [2][]int32
 }
 
 // Open loads both scopes.
@@ -187,9 +181,18 @@ func load(file string) (*state, error) {
 	return st, nil
 }
 
-// save writes a scope's state; on failure the caller restores the
-// previous state, so memory and disk agree.
-func (r *Registry) save(scope Scope) error {
+// commit saves next as scope's state and makes it current; if the save
+// fails the current state stays, so memory and disk agree.
+func (r *Registry) commit(scope Scope, next *state) error {
+	if err := r.save(scope, next); err != nil {
+		return err
+	}
+	r.st[scope] = next
+	return nil
+}
+
+// save writes st as scope's file.
+func (r *Registry) save(scope Scope, st *state) error {
 	file := r.cfg.UserFile
 	if scope == SystemScope {
 		file = r.cfg.SystemFile
@@ -197,7 +200,7 @@ func (r *Registry) save(scope Scope) error {
 	if file == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(r.st[scope], "", "  ")
+	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -224,17 +227,6 @@ func (r *Registry) writable(scope Scope) error {
 	return nil
 }
 
-// clone deep-copies a scope's state (to roll back a failed write).
-func (st *state) clone() *state {
-	b, _ := json.Marshal(st)
-	var c state
-	json.Unmarshal(b, &c)
-	if c.Defaults == nil {
-		c.Defaults = map[string]ref{}
-	}
-	return &c
-}
-
 // Add registers d in scope. A service name already registered takes
 // more interface implementations (Qt's incremental upgrade) at the same
 // location; a location registered to another service is
@@ -253,7 +245,6 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 			return errf(ServiceAlreadyExists, "location %s is registered to service %s already", d.Location(), o.Name)
 		}
 	}
-	old := st.clone()
 	existing := st.service(d.Name)
 	if existing != nil {
 		if !strings.EqualFold(existing.Location(), d.Location()) {
@@ -266,20 +257,33 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 				}
 			}
 		}
-		existing.Interfaces = append(existing.Interfaces, d.Interfaces...)
-		sortInterfaces(existing.Interfaces)
+	}
+	next := st.edit()
+	// The registry keeps its own copy of what it indexes: the caller may
+	// reuse d.
+	ins := make([]Interface, len(d.Interfaces))
+	for i, in := range d.Interfaces {
+		in.Capabilities = slices.Clone(in.Capabilities)
+		in.Properties = maps.Clone(in.Properties)
+		ins[i] = in
+	}
+	if existing != nil {
+		c := *existing
+		c.Interfaces = append(slices.Clone(existing.Interfaces), ins...)
+		sortInterfaces(c.Interfaces)
+		next.Services[slices.Index(next.Services, existing)] = &c
 	} else {
 		c := *d
-		c.Interfaces = slices.Clone(d.Interfaces)
+		c.Interfaces = ins
 		sortInterfaces(c.Interfaces)
-		i, _ := slices.BinarySearchFunc(st.Services, strings.ToLower(c.Name), func(o *Descriptor, name string) int {
+		i, _ := slices.BinarySearchFunc(next.Services, strings.ToLower(c.Name), func(o *Descriptor, name string) int {
 			return strings.Compare(strings.ToLower(o.Name), name)
 		})
-		st.Services = slices.Insert(st.Services, i, &c)
+		next.Services = slices.Insert(next.Services, i, &c)
 	}
 	for _, in := range d.Interfaces {
 		key := strings.ToLower(in.Name)
-		if _, ok := st.Defaults[key]; ok {
+		if _, ok := next.Defaults[key]; ok {
 			continue
 		}
 		best := in.Version
@@ -288,13 +292,11 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 				best = o.Version
 			}
 		}
-		st.Defaults[key] = ref{Service: d.Name, Version: best, Scope: scope}
+		next.Defaults[key] = ref{Service: d.Name, Version: best, Scope: scope}
 	}
-	if err := r.save(scope); err != nil {
-		r.st[scope] = old
+	if err := r.commit(scope, next); err != nil {
 		return err
 	}
-	st.byIface = nil
 	r.cfg.Notify(Event{Type: ServiceAdded, Service: d.Name, Scope: scope})
 	return nil
 }
@@ -314,23 +316,21 @@ func (r *Registry) Remove(name string, scope Scope) error {
 	if d == nil {
 		return errf(ComponentNotFound, "there is no service %s in the %s scope", name, scope)
 	}
-	old := st.clone()
-	st.Services = slices.DeleteFunc(st.Services, func(o *Descriptor) bool { return o == d })
-	for key, def := range st.Defaults {
+	next := st.edit()
+	next.Services = slices.DeleteFunc(next.Services, func(o *Descriptor) bool { return o == d })
+	for key, def := range next.Defaults {
 		if !strings.EqualFold(def.Service, d.Name) || def.Scope != scope {
 			continue
 		}
-		if best, ok := latest(st, scope, key); ok {
-			st.Defaults[key] = best
+		if best, ok := latest(next, scope, key); ok {
+			next.Defaults[key] = best
 		} else {
-			delete(st.Defaults, key)
+			delete(next.Defaults, key)
 		}
 	}
-	if err := r.save(scope); err != nil {
-		r.st[scope] = old
+	if err := r.commit(scope, next); err != nil {
 		return err
 	}
-	st.byIface = nil
 	r.cfg.Notify(Event{Type: ServiceRemoved, Service: d.Name, Scope: scope})
 	return nil
 }
@@ -365,26 +365,49 @@ func (r *Registry) Find(f Filter, scope Scope) ([]Implementation, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Services are kept in name order, their interfaces in name and
+	// version order, and so are the index's lists: results come out
+	// sorted.
+	type part struct {
+		ix  *index
+		ps  []int32 // positions in ix.all to check
+		all bool    // check all of ix.all
+	}
+	var parts []part
+	size, sized := 0, true
+	for j, s := range scopesFor(scope) {
+		ix := r.st[s].index(s)
+		ps, ok := ix.candidates(m.f, &r.scratch[j])
+		parts = append(parts, part{ix, ps, !ok})
+		if ok {
+			size += len(ps)
+		} else {
+			size += len(ix.all)
+			// Size the result by a full scan only when it selects all.
+			sized = sized && m.matchesAll()
+		}
+	}
 	var out []Implementation
-	for _, s := range scopesFor(scope) {
-		// Services are kept in name order, their interfaces in name and
-		// version order: results come out sorted.
-		st := r.st[s]
-		if f.Interface != "" {
-			for _, ref := range st.index(strings.ToLower(f.Interface)) {
-				if in := ref.d.Interfaces[ref.i]; m.match(ref.d.Name, in) {
-					out = append(out, implOf(ref.d, in, s))
+	if sized && size > 0 {
+		out = make([]Implementation, 0, size)
+	}
+	for _, pt := range parts {
+		if pt.all {
+			for i := range pt.ix.all {
+				if in := &pt.ix.all[i]; m.matchRest(in.Version, in.Capabilities) {
+					out = append(out, *in)
 				}
 			}
 			continue
 		}
-		for _, d := range st.Services {
-			for _, in := range d.Interfaces {
-				if m.match(d.Name, in) {
-					out = append(out, implOf(d, in, s))
-				}
+		for _, p := range pt.ps {
+			if in := &pt.ix.all[p]; m.matchRest(in.Version, in.Capabilities) {
+				out = append(out, *in)
 			}
 		}
+	}
+	if len(out) == 0 {
+		return nil, nil
 	}
 	return out, nil
 }
@@ -450,17 +473,17 @@ func (r *Registry) Default(iface string, scope Scope) (Implementation, error) {
 				return impl, nil
 			}
 			st := r.st[UserScope]
-			old := st.clone()
-			if best, ok := latest(st, UserScope, key); ok {
-				st.Defaults[key] = best
+			next := st.edit()
+			next.idx = st.idx // the services are the same
+			if best, ok := latest(next, UserScope, key); ok {
+				next.Defaults[key] = best
 			} else {
-				delete(st.Defaults, key)
+				delete(next.Defaults, key)
 			}
-			if err := r.save(UserScope); err != nil {
-				r.st[UserScope] = old
+			if err := r.commit(UserScope, next); err != nil {
 				return Implementation{}, err
 			}
-			if best, ok := st.Defaults[key]; ok {
+			if best, ok := next.Defaults[key]; ok {
 				impl, _ := r.lookup(UserScope, best.Service, iface, best.Version)
 				return impl, nil
 			}
@@ -513,13 +536,10 @@ func (r *Registry) SetDefault(service, iface string, version *Version, scope Sco
 		return errf(ComponentNotFound, "no %s service %s implements %s", where, service, what)
 	}
 	st := r.st[scope]
-	old := st.clone()
-	st.Defaults[strings.ToLower(iface)] = *target
-	if err := r.save(scope); err != nil {
-		r.st[scope] = old
-		return err
-	}
-	return nil
+	next := st.edit()
+	next.idx = st.idx // the services are the same
+	next.Defaults[strings.ToLower(iface)] = *target
+	return r.commit(scope, next)
 }
 
 // Services lists the registered services of scope (user: the user's

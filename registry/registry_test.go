@@ -233,6 +233,19 @@ func TestDefaults(t *testing.T) {
 			t.Fatalf("system default to a user service: %v", err)
 		}
 	})
+	t.Run("in the user scope a user default wins over the system's; the system scope ignores it", func(t *testing.T) {
+		r, _ := newReg(t)
+		// The system's is older and of a higher version: only the scope
+		// rule makes the user's win.
+		mustAdd(t, r, desc("Sys", "s", "i.x 2.0"), SystemScope)
+		mustAdd(t, r, desc("Usr", "u", "i.x 1.0"), UserScope)
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Usr 1.0 user" {
+			t.Fatalf("user scope default %s", got)
+		}
+		if got := defaultOf(t, r, "i.x", SystemScope); got != "Sys 2.0 system" {
+			t.Fatalf("system scope default %s", got)
+		}
+	})
 	t.Run("user scope falls back to the system default", func(t *testing.T) {
 		r, _ := newReg(t)
 		mustAdd(t, r, desc("Sys", "s", "i.x 1.0"), SystemScope)
@@ -256,6 +269,57 @@ func TestDefaults(t *testing.T) {
 		}
 		if got := defaultOf(t, r, "i.x", UserScope); got != "UsrNew 1.7 user" {
 			t.Fatalf("default %s", got)
+		}
+	})
+	t.Run("a user default to a vanished system implementation, no user one left: the system default", func(t *testing.T) {
+		r, _ := newReg(t)
+		// The system default is SysOld, the latest system one SysTop.
+		mustAdd(t, r, desc("SysOld", "s1", "i.x 1.0"), SystemScope)
+		mustAdd(t, r, desc("SysNew", "s2", "i.x 2.0"), SystemScope)
+		mustAdd(t, r, desc("SysTop", "s3", "i.x 3.0"), SystemScope)
+		if err := r.SetDefault("SysNew", "i.x", nil, UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Remove("SysNew", SystemScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "SysOld 1.0 system" {
+			t.Fatalf("default %s", got)
+		}
+		// The dangling user default is gone for good: the system
+		// implementation coming back does not revive it.
+		mustAdd(t, r, desc("SysNew", "s2", "i.x 2.0"), SystemScope)
+		if got := defaultOf(t, r, "i.x", UserScope); got != "SysOld 1.0 system" {
+			t.Fatalf("after the system implementation came back: %s", got)
+		}
+	})
+	t.Run("removing a service that is not the default leaves the default", func(t *testing.T) {
+		r, _ := newReg(t)
+		mustAdd(t, r, desc("Dflt", "d", "i.x 1.0"), UserScope)
+		mustAdd(t, r, desc("High", "h", "i.x 5.0"), UserScope)
+		mustAdd(t, r, desc("Other", "o", "i.x 3.0", "i.y 1.0"), UserScope)
+		// Recomputing would give High 5.0.
+		if err := r.Remove("Other", UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Dflt 1.0 user" {
+			t.Fatalf("after removing another service: %s", got)
+		}
+		if got := defaultOf(t, r, "i.y", UserScope); got != "none" {
+			t.Fatalf("the removed service's own interface: %s", got)
+		}
+		// A user default naming a system service is not the user
+		// service of the same name.
+		mustAdd(t, r, desc("Twin", "ts", "i.x 2.0"), SystemScope)
+		mustAdd(t, r, desc("Twin", "tu", "i.x 4.0"), UserScope)
+		if err := r.SetDefault("Twin", "i.x", &Version{2, 0}, UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Remove("Twin", UserScope); err != nil {
+			t.Fatal(err)
+		}
+		if got := defaultOf(t, r, "i.x", UserScope); got != "Twin 2.0 system" {
+			t.Fatalf("after removing the user twin: %s", got)
 		}
 	})
 	t.Run("removal falls back to the highest remaining version, ties by name", func(t *testing.T) {
@@ -305,6 +369,71 @@ func TestDurable(t *testing.T) {
 	os.WriteFile(cfg.UserFile, []byte("{not json"), 0o644)
 	if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("corrupt file: %v", err)
+	}
+}
+
+// A change that cannot be saved changes nothing in memory either: no
+// service, default or event that a restart would lose.
+func TestFailedSaveChangesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	var evs []Event
+	r, err := Open(Config{UserFile: filepath.Join(dir, "user.json"), CanWriteSystem: func() bool { return true },
+		Notify: func(e Event) { evs = append(evs, e) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAdd(t, r, desc("A", "a", "i.x 1.0 Cap k=v"), UserScope)
+	mustAdd(t, r, desc("B", "b", "i.x 2.0 Cap k=v"), UserScope)
+	find := func() []string {
+		got, err := r.Find(Filter{Capabilities: []string{"Cap"}, Properties: map[string]string{"k": "v"}}, UserScope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return names(got)
+	}
+	before := find()
+	// The state directory turns into a file: every save fails.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Add(desc("C", "c", "i.x 3.0 Cap k=v"), UserScope); err == nil {
+		t.Fatal("add saved nowhere succeeded")
+	}
+	if err := r.Add(desc("A", "a", "i.x 1.5 Cap k=v"), UserScope); err == nil {
+		t.Fatal("upgrade saved nowhere succeeded")
+	}
+	if err := r.Remove("A", UserScope); err == nil {
+		t.Fatal("remove saved nowhere succeeded")
+	}
+	if err := r.SetDefault("B", "i.x", nil, UserScope); err == nil {
+		t.Fatal("set default saved nowhere succeeded")
+	}
+	if got := find(); !slices.Equal(got, before) {
+		t.Fatalf("after failed writes: %q, want %q", got, before)
+	}
+	if got := defaultOf(t, r, "i.x", UserScope); got != "A 1.0 user" {
+		t.Fatalf("default after failed writes: %s", got)
+	}
+	if len(evs) != 2 {
+		t.Fatalf("events %+v", evs)
+	}
+}
+
+// The registry keeps its own copy of a descriptor: the caller may reuse
+// it.
+func TestAddCopies(t *testing.T) {
+	r, _ := newReg(t)
+	d := desc("A", "a", "i.x 1.0 Net k=v")
+	mustAdd(t, r, d, UserScope)
+	d.Interfaces[0].Name = "i.z"
+	d.Interfaces[0].Capabilities[0] = "Other"
+	d.Interfaces[0].Properties["k"] = "changed"
+	got, _ := r.Find(Filter{Interface: "i.x", Capabilities: []string{"Net"}, Properties: map[string]string{"k": "v"}}, UserScope)
+	if !slices.Equal(names(got), []string{"A i.x 1.0"}) || got[0].Capabilities[0] != "Net" || got[0].Properties["k"] != "v" {
+		t.Fatalf("after the caller changed its descriptor: %+v", got)
 	}
 }
 
