@@ -541,7 +541,7 @@ func (u *Unit) Connect() (net.Conn, error) {
 			return nil, err
 		}
 		go hold(theirs, in)
-		return &perClientConn{TCPConn: ours, in: in}, nil
+		return &perClientConn{c: ours, in: in}, nil
 	}
 	svc, in, err := u.connectShared()
 	if err != nil {
@@ -562,41 +562,57 @@ func (u *Unit) Connect() (net.Conn, error) {
 
 // perClientConn is the caller's end of a per-client instance's
 // connection. An instance that fails before it has sent a byte did not
-// take the connection: the reset that follows reads as a RefusedError,
-// which a tube reports as ConnectionRefused rather than a cut connection.
-// It reads with Read only (no raw descriptor), so that the refusal is
-// seen.
+// take the connection: the reset that follows reads (or writes) as a
+// RefusedError, which a tube reports as ConnectionRefused rather than a
+// cut connection. It has no raw descriptor and no vectored write, so
+// that every read and write goes through the methods that tell.
 type perClientConn struct {
-	*net.TCPConn
+	c   *net.TCPConn
 	in  *instance
 	got atomic.Bool // the instance has sent something
 }
 
 func (c *perClientConn) Read(p []byte) (int, error) {
-	n, err := c.TCPConn.Read(p)
+	n, err := c.c.Read(p)
 	if n > 0 {
 		c.got.Store(true)
 	}
-	if err != nil && !c.got.Load() && errors.Is(err, syscall.ECONNRESET) {
-		select {
-		case <-c.in.exited: // hold resets only after the exit
-			if c.in.err != nil {
-				return n, &RefusedError{Reason: fmt.Sprintf("the service exited before answering (%v)", c.in.err), Err: err}
-			}
-		default:
-		}
+	return n, c.refusal(err)
+}
+
+func (c *perClientConn) Write(p []byte) (int, error) {
+	n, err := c.c.Write(p)
+	return n, c.refusal(err)
+}
+
+// refusal turns the reset of a connection whose instance failed before
+// sending anything into a RefusedError.
+func (c *perClientConn) refusal(err error) error {
+	if err == nil || c.got.Load() || !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		return err
 	}
-	return n, err
+	select {
+	case <-c.in.exited: // hold resets only after the exit
+		if c.in.err != nil {
+			return &RefusedError{Reason: fmt.Sprintf("the service exited before answering (%v)", c.in.err), Err: err}
+		}
+	default:
+	}
+	return err
 }
 
-// SyscallConn is withheld (see perClientConn).
-func (c *perClientConn) SyscallConn() (syscall.RawConn, error) {
-	return nil, errors.New("activation: a per-client connection is read through Read")
-}
+func (c *perClientConn) Close() error                       { return c.c.Close() }
+func (c *perClientConn) CloseWrite() error                  { return c.c.CloseWrite() }
+func (c *perClientConn) SetLinger(sec int) error            { return c.c.SetLinger(sec) }
+func (c *perClientConn) LocalAddr() net.Addr                { return c.c.LocalAddr() }
+func (c *perClientConn) RemoteAddr() net.Addr               { return c.c.RemoteAddr() }
+func (c *perClientConn) SetDeadline(t time.Time) error      { return c.c.SetDeadline(t) }
+func (c *perClientConn) SetReadDeadline(t time.Time) error  { return c.c.SetReadDeadline(t) }
+func (c *perClientConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
 
-// RefusedError is a read error meaning the service never took the
-// connection: Reason says why; it wraps ErrRefused and the read's own
-// error (the reset).
+// RefusedError is a read or write error meaning the service never took
+// the connection: Reason says why; it wraps ErrRefused and the system
+// call's own error (the reset).
 type RefusedError struct {
 	Reason string
 	Err    error

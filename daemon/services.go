@@ -117,14 +117,14 @@ func (d *Daemon) Services(scope string) ([]*api.ServiceDescriptor, error) {
 }
 
 // FindServices lists the implementations a filter selects.
-func (d *Daemon) FindServices(req api.FindServicesRequest) ([]api.Implementation, error) {
+func (d *Daemon) FindServices(req api.FindServicesRequest) ([]*api.Implementation, error) {
 	s, err := scopeOf(req.Scope)
 	if err != nil {
 		return nil, err
 	}
 	out, err := d.services.Find(req.Filter, s)
 	if out == nil {
-		out = []api.Implementation{}
+		out = []*api.Implementation{}
 	}
 	return out, serviceErr(err)
 }

@@ -372,6 +372,9 @@ func (st *Stream) drain(wait bool) {
 				putBuf(b)
 			}
 			e := &ResetError{Code: CodeCancelled, Message: "the local connection closed before all data was delivered"}
+			if r := localReset(err); r.Code == CodeRefused {
+				e = r
+			}
 			if wait {
 				st.abort(e, true)
 			} else {

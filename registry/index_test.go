@@ -12,14 +12,16 @@ import (
 
 // scan is Find without the index: every implementation checked with the
 // filter, as Select does.
-func scan(r *Registry, f Filter, scope Scope) ([]Implementation, error) {
-	var out []Implementation
+func scan(r *Registry, f Filter, scope Scope) ([]*Implementation, error) {
+	var out []*Implementation
 	for _, s := range scopesFor(scope) {
 		got, err := Select(f, r.st[s].Services, s)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, got...)
+		for i := range got {
+			out = append(out, &got[i])
+		}
 	}
 	return out, nil
 }

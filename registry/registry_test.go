@@ -55,7 +55,7 @@ func mustAdd(t *testing.T, r *Registry, d *Descriptor, s Scope) {
 }
 
 // names lists "service iface M.m" of implementations.
-func names(impls []Implementation) []string {
+func names(impls []*Implementation) []string {
 	var out []string
 	for _, i := range impls {
 		out = append(out, fmt.Sprintf("%s %s %s", i.Service, i.Interface, i.Version))
