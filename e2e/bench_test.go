@@ -22,7 +22,9 @@ func TestBenchSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bench smoke run: %v\n%s", err, out)
 	}
-	for _, want := range []string{"| raw loopback |", "| socat |", "| ssh -L |", "| tube (direct) |", "| 200 through one tube | 200 | 0 |"} {
+	for _, want := range []string{"| raw loopback |", "| socat |", "| ssh -L |", "| tube (direct) |", "| 200 through one tube | 200 | 0 |",
+		"| tube relay |", "| coturn |", "| find by capability and property (MatchMinimum) |",
+		"| autostarted by its first connection (socket activation) |", "| through a tube (bob to alice's published service), autostarted |"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the report lacks %q:\n%s", want, out)
 		}
