@@ -1,8 +1,6 @@
 package daemon_test
 
 import (
-	"fmt"
-	"net"
 	"os"
 	"testing"
 
@@ -12,29 +10,13 @@ import (
 	"github.com/tubes-dev/tubes/internal/tubetest"
 )
 
-// The test binary doubles as a socket-activated service (see
-// activatedService) when ACTIVATED_SERVICE is set.
+// The test binary doubles as a socket-activated service
+// (serve.ActivatedMain) when ACTIVATED_SERVICE is set.
 func TestMain(m *testing.M) {
 	if os.Getenv("ACTIVATED_SERVICE") != "" {
-		activatedService()
-		return
+		serve.ActivatedMain()
 	}
 	os.Exit(m.Run())
-}
-
-// activatedService serves the socket it was given as fd 3 (LISTEN_FDS=1,
-// LISTEN_PID its own), a listening one (shared instance) or its one
-// connection (per-client): each connection gets back "activated PID
-// SHA256 N" for what it sent up to its half-close.
-func activatedService() {
-	err := serve.Activated(func(c net.Conn) {
-		fmt.Fprintf(c, "activated %d ", os.Getpid())
-		serve.HashBack(c)
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "activated service:", err)
-		os.Exit(3)
-	}
 }
 
 // testenvRoot requires root (another uid runs a client).

@@ -223,12 +223,7 @@ func TestOpenByInterface(t *testing.T) {
 // every byte checked, and stops once idle.
 func TestOpenAutostartedService(t *testing.T) {
 	ctx := context.Background()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := filepath.Join(t.TempDir(), "service.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+	script := tubetest.ActivatedScript(t, t.TempDir(), "service")
 	alice, bob := contacts(t)
 	xml := `<SFW version="1.1"><service><name>Hasher</name><filepath>` + script + `</filepath>
 <interface><name>org.example.Hash</name><version>1.0</version><customproperty key="idle">1</customproperty></interface></service></SFW>`
@@ -363,12 +358,7 @@ func TestAutostartFailureRefused(t *testing.T) {
 // are answered by two processes, and the status counts two starts.
 func TestAutostartPerClient(t *testing.T) {
 	ctx := context.Background()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := filepath.Join(t.TempDir(), "service.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+	script := tubetest.ActivatedScript(t, t.TempDir(), "service")
 	alice, bob := contacts(t)
 	xml := `<SFW version="1.1"><service><name>PerClient</name><filepath>` + script + `</filepath>
 <interface><name>org.example.PerClient</name><version>1.0</version><customproperty key="instance">per-client</customproperty></interface></service></SFW>`
@@ -464,10 +454,6 @@ func TestCapabilityGrants(t *testing.T) {
 func TestLocalUIDFilter(t *testing.T) {
 	testenvRoot(t)
 	ctx := context.Background()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir, err := os.MkdirTemp("", "tube-local-") // reachable by uid 65534, unlike t.TempDir
 	if err != nil {
 		t.Fatal(err)
@@ -477,8 +463,7 @@ func TestLocalUIDFilter(t *testing.T) {
 	log := &tubetest.LogBuffer{}
 	alice := tubetest.StartDaemonConfig(t, nodeConfig(log))
 	add := func(name, allow string) string {
-		script := filepath.Join(dir, name+".sh")
-		os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+		script := tubetest.ActivatedScript(t, dir, name)
 		xml := `<SFW version="1.1"><service><name>` + name + `</name><filepath>` + script + `</filepath>
 <interface><name>org.example.Local</name><version>1.0</version>` + allow + `</interface></service></SFW>`
 		if _, err := alice.C.AddService(ctx, xml, name+".xml", ""); err != nil {
@@ -514,6 +499,10 @@ func TestLocalUIDFilter(t *testing.T) {
 	// uid 65534 (running a copy of this binary it can read): refused by
 	// Private, let into Shared; into Group with gid 4242 only.
 	bin := filepath.Join(dir, "helper.test")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(exe)
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,7 @@ var tubeBin string
 
 func TestMain(m *testing.M) {
 	if os.Getenv("ACTIVATED_SERVICE") != "" {
-		activatedService()
+		serve.ActivatedMain() // what tests register as a service started on demand
 	}
 	dir, err := os.MkdirTemp("", "tube-e2e-")
 	if err != nil {
@@ -196,20 +196,4 @@ func daemon(t *testing.T) (*proc, []string) {
 	p := start(t, nil, "daemon", "--state", dir, "--socket", sock)
 	p.waitLine("daemon: ")
 	return p, []string{"TUBE_SOCKET=" + sock}
-}
-
-// activatedService is what the e2e tests register as a service started
-// on demand (this test binary, with ACTIVATED_SERVICE=1): each connection
-// gets back "activated PID " and the hash of what it sent up to its
-// half-close.
-func activatedService() {
-	err := serve.Activated(func(c net.Conn) {
-		fmt.Fprintf(c, "activated %d ", os.Getpid())
-		serve.HashBack(c)
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "activated service:", err)
-		os.Exit(3)
-	}
-	os.Exit(0)
 }

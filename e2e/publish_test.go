@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/tubetest"
 )
 
 // Publication and discovery through the CLI, as two people and a room
@@ -38,13 +39,8 @@ func TestPublishBrowseOpenCLI(t *testing.T) {
 
 	// Hasher starts on demand (this test binary as the service); Viewer
 	// is a service alice runs herself.
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	script := filepath.Join(dir, "hasher")
-	os.WriteFile(script, []byte("#!/bin/sh\nACTIVATED_SERVICE=1 exec "+exe+" \"$@\"\n"), 0o755)
+	script := tubetest.ActivatedScript(t, dir, "hasher")
 	viewer := serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
 	write := func(name, xml string) string {
 		path := filepath.Join(dir, name)

@@ -72,3 +72,21 @@ func Activated(handle func(net.Conn)) error {
 	Loop(ln, handle)
 	return errors.New("the listener closed")
 }
+
+// PIDHashBack answers like HashBack, after "activated PID " naming the
+// process that served the connection.
+func PIDHashBack(c net.Conn) {
+	fmt.Fprintf(c, "activated %d ", os.Getpid())
+	HashBack(c)
+}
+
+// ActivatedMain is the whole of the on-demand service that tests
+// register (their own binary, re-run): socket-activated, it answers each
+// connection with PIDHashBack, then exits.
+func ActivatedMain() {
+	if err := Activated(PIDHashBack); err != nil {
+		fmt.Fprintln(os.Stderr, "activated service:", err)
+		os.Exit(3)
+	}
+	os.Exit(0)
+}
