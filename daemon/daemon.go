@@ -124,6 +124,8 @@ func (d *Daemon) Start(ctx context.Context) {
 	for _, name := range d.order {
 		d.startLoop(d.accounts[name])
 	}
+	d.loops.Add(1)
+	go d.watchSystemServices(ctx)
 }
 
 // Wait waits until every account loop has stopped (after Start's ctx ends).

@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/registry"
@@ -35,6 +37,27 @@ func (d *Daemon) openServices() error {
 	d.services = r
 	d.syncActivations()
 	return nil
+}
+
+// systemPoll is how often the daemon looks for changes other daemons
+// (root's) made to the system scope, to tell its clients.
+const systemPoll = time.Second
+
+// watchSystemServices takes in changes to the system scope's file until
+// ctx ends: lookups see them at once; this makes their events come
+// without one.
+func (d *Daemon) watchSystemServices(ctx context.Context) {
+	defer d.loops.Done()
+	t := time.NewTicker(systemPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.services.Refresh()
+		}
+	}
 }
 
 // scopeOf reads a scope parameter ("" is the user scope).

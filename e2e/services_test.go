@@ -207,7 +207,8 @@ func golden(t *testing.T, name, got string) {
 
 // The system scope is root's: a daemon running as another user lists it
 // but may not change it (PermissionDenied, nothing written), while its
-// own user scope works.
+// own user scope works; what root's daemon registers there later, the
+// other daemon sees without a restart.
 func TestSystemScopeRootOnly(t *testing.T) {
 	testenv.MustHaveRoot(t)
 	const nobody = 65534
@@ -222,8 +223,8 @@ func TestSystemScopeRootOnly(t *testing.T) {
 	rootSock := filepath.Join(dir, "root.sock")
 	d := start(t, nil, "daemon", "--state", filepath.Join(dir, "root"), "--socket", rootSock, "--system-services", sys)
 	d.waitLine("daemon: ")
-	mustRun(t, []string{"TUBE_SOCKET=" + rootSock}, "services", "add", descs+"filestorage-1.0.xml", "--scope", "system")
-	d.stop()
+	rootEnv := []string{"TUBE_SOCKET=" + rootSock}
+	mustRun(t, rootEnv, "services", "add", descs+"filestorage-1.0.xml", "--scope", "system")
 	before, err := os.ReadFile(sys)
 	if err != nil {
 		t.Fatal(err)
@@ -262,4 +263,12 @@ func TestSystemScopeRootOnly(t *testing.T) {
 	if code, out := tube("services", "list"); code != 0 || !strings.Contains(out, "TestService") || !strings.Contains(out, "FileStorage") {
 		t.Fatalf("nobody's listing: exit %d %s", code, out)
 	}
+	extra := filepath.Join(dir, "extra.xml")
+	os.WriteFile(extra, []byte(`<SFW version="1.1"><service><name>Extra</name><ipcaddress>extra</ipcaddress>
+<interface><name>org.example.Extra</name><version>1.0</version></interface></service></SFW>`), 0o644)
+	mustRun(t, rootEnv, "services", "add", extra, "--scope", "system")
+	if code, out := tube("services", "find", "--interface", "org.example.Extra"); code != 0 || !strings.Contains(out, "Extra") || !strings.Contains(out, "system") {
+		t.Fatalf("nobody looking for what root registered since: exit %d %s", code, out)
+	}
+	d.stop()
 }

@@ -8,9 +8,12 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/tubes-dev/tubes/internal/atomicfile"
 )
@@ -136,6 +139,9 @@ type Registry struct {
 
 	mu sync.Mutex // guards the following
 	st map[Scope]*state
+	// sysStamp is the system scope's file as last read or written here:
+	// other daemons (root's) change it too.
+	sysStamp fileStamp
 	// scratch holds Find's candidate lists, one per scope searched,
 	// reused so that a lookup allocates little more than its result.
 	scratch [2][]int32
@@ -157,7 +163,68 @@ func Open(cfg Config) (*Registry, error) {
 		}
 		r.st[scope] = st
 	}
+	r.sysStamp = stampOf(cfg.SystemFile)
 	return r, nil
+}
+
+// fileStamp identifies a version of a file: an atomic write makes a new
+// inode, so any change shows.
+type fileStamp struct {
+	ino, size int64
+	mod       time.Time
+}
+
+func stampOf(file string) fileStamp {
+	fi, err := os.Stat(file)
+	if err != nil || file == "" {
+		return fileStamp{}
+	}
+	st := fileStamp{size: fi.Size(), mod: fi.ModTime()}
+	if s, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = int64(s.Ino)
+	}
+	return st
+}
+
+// Refresh takes in changes another process (root's daemon) made to the
+// system scope's file, with their events. Every lookup and change does
+// this first; Refresh is for a caller that wants the events without
+// looking anything up.
+func (r *Registry) Refresh() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.syncSystem()
+}
+
+// syncSystem reloads the system scope if its file is not the one last
+// read or written here, and notifies the services that appeared,
+// changed (ServiceAdded) or went (ServiceRemoved). A file that cannot be
+// read leaves the scope as it was. r.mu is held.
+func (r *Registry) syncSystem() {
+	file := r.cfg.SystemFile
+	if file == "" {
+		return
+	}
+	stamp := stampOf(file)
+	if stamp == r.sysStamp {
+		return
+	}
+	next, err := load(file)
+	if err != nil {
+		return
+	}
+	old := r.st[SystemScope]
+	r.st[SystemScope], r.sysStamp = next, stamp
+	for _, d := range next.Services {
+		if o := old.service(d.Name); o == nil || !reflect.DeepEqual(o, d) {
+			r.cfg.Notify(Event{Type: ServiceAdded, Service: d.Name, Scope: SystemScope})
+		}
+	}
+	for _, o := range old.Services {
+		if next.service(o.Name) == nil {
+			r.cfg.Notify(Event{Type: ServiceRemoved, Service: o.Name, Scope: SystemScope})
+		}
+	}
 }
 
 func load(file string) (*state, error) {
@@ -188,6 +255,9 @@ func (r *Registry) commit(scope Scope, next *state) error {
 		return err
 	}
 	r.st[scope] = next
+	if scope == SystemScope {
+		r.sysStamp = stampOf(r.cfg.SystemFile)
+	}
 	return nil
 }
 
@@ -239,6 +309,7 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.syncSystem()
 	st := r.st[scope]
 	for _, o := range st.Services {
 		if strings.EqualFold(o.Location(), d.Location()) && !strings.EqualFold(o.Name, d.Name) {
@@ -311,6 +382,7 @@ func (r *Registry) Remove(name string, scope Scope) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.syncSystem()
 	st := r.st[scope]
 	d := st.service(name)
 	if d == nil {
@@ -368,6 +440,7 @@ func (r *Registry) Find(f Filter, scope Scope) ([]*Implementation, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.syncSystem()
 	// Services are kept in name order, their interfaces in name and
 	// version order, and so are the index's lists: results come out
 	// sorted.
@@ -469,6 +542,7 @@ func (r *Registry) Default(iface string, scope Scope) (Implementation, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.syncSystem()
 	key := strings.ToLower(iface)
 	if scope == UserScope {
 		if def, ok := r.st[UserScope].Defaults[key]; ok {
@@ -509,6 +583,7 @@ func (r *Registry) SetDefault(service, iface string, version *Version, scope Sco
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.syncSystem()
 	var target *ref
 	for _, s := range scopesFor(scope) {
 		d := r.st[s].service(service)
@@ -553,6 +628,7 @@ func (r *Registry) Services(scope Scope) ([]*Descriptor, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.syncSystem()
 	var out []*Descriptor
 	for _, s := range scopesFor(scope) {
 		for _, d := range r.st[s].Services {

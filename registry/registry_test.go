@@ -450,3 +450,60 @@ func TestSaveMakesDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The system scope is one file that root's daemon writes and every
+// user's daemon reads: a change made through one registry is seen by
+// another at its next lookup, with its events (Refresh gives them
+// without a lookup), and a user's own changes do not depend on it.
+func TestSystemScopeShared(t *testing.T) {
+	dir := t.TempDir()
+	sys := filepath.Join(dir, "system.json")
+	open := func(user string, evs *[]Event, root bool) *Registry {
+		r, err := Open(Config{UserFile: filepath.Join(dir, user), SystemFile: sys,
+			CanWriteSystem: func() bool { return root }, Notify: func(e Event) { *evs = append(*evs, e) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	var rootEvs, userEvs []Event
+	root, user := open("root.json", &rootEvs, true), open("user.json", &userEvs, false)
+	mustAdd(t, user, desc("Mine", "m", "i.x 1.0"), UserScope)
+	userEvs = nil
+
+	mustAdd(t, root, desc("Sys", "s", "i.x 2.0"), SystemScope)
+	got, err := user.Find(Filter{Interface: "i.x"}, UserScope)
+	if err != nil || !slices.Equal(names(got), []string{"Mine i.x 1.0", "Sys i.x 2.0"}) {
+		t.Fatalf("the user's lookup after root added Sys: %q, %v", names(got), err)
+	}
+	if len(userEvs) != 1 || userEvs[0] != (Event{Type: ServiceAdded, Service: "Sys", Scope: SystemScope}) {
+		t.Fatalf("the user's events: %+v", userEvs)
+	}
+	userEvs = nil
+	user.Refresh() // nothing changed since
+	if len(userEvs) != 0 {
+		t.Fatalf("events without a change: %+v", userEvs)
+	}
+
+	if err := root.Remove("Sys", SystemScope); err != nil {
+		t.Fatal(err)
+	}
+	user.Refresh()
+	if len(userEvs) != 1 || userEvs[0] != (Event{Type: ServiceRemoved, Service: "Sys", Scope: SystemScope}) {
+		t.Fatalf("the user's events after root removed Sys: %+v", userEvs)
+	}
+	if got, _ := user.Find(Filter{Interface: "i.x"}, UserScope); !slices.Equal(names(got), []string{"Mine i.x 1.0"}) {
+		t.Fatalf("the user's lookup after the removal: %q", names(got))
+	}
+	// root's registry takes in what another root daemon wrote before
+	// changing the file itself: nothing is lost.
+	other := open("other.json", new([]Event), true)
+	mustAdd(t, other, desc("Other", "o", "i.y 1.0"), SystemScope)
+	mustAdd(t, root, desc("Third", "t", "i.z 1.0"), SystemScope)
+	if ds, _ := user.Services(SystemScope); len(ds) != 2 {
+		t.Fatalf("the system scope after two root registries wrote it: %d services", len(ds))
+	}
+	if len(rootEvs) == 0 || rootEvs[len(rootEvs)-2] != (Event{Type: ServiceAdded, Service: "Other", Scope: SystemScope}) {
+		t.Fatalf("root's events: %+v", rootEvs)
+	}
+}
