@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tubes-dev/tubes/internal/atomicfile"
 )
 
@@ -186,6 +188,29 @@ func stampOf(file string) fileStamp {
 	return st
 }
 
+// lockScope takes the system scope's file lock (FILE.lock, flock) for a
+// change: root's daemons then change the file one at a time, each
+// starting from what the one before wrote. The user scope is this
+// daemon's alone.
+func (r *Registry) lockScope(scope Scope) (func(), error) {
+	file := r.cfg.SystemFile
+	if scope != SystemScope || file == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(file+".lock", os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("registry: lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil // closing releases the lock
+}
+
 // Refresh takes in changes another process (root's daemon) made to the
 // system scope's file, with their events. Every lookup and change does
 // this first; Refresh is for a caller that wants the events without
@@ -309,6 +334,11 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	unlock, err := r.lockScope(scope)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	r.syncSystem()
 	st := r.st[scope]
 	for _, o := range st.Services {
@@ -382,6 +412,11 @@ func (r *Registry) Remove(name string, scope Scope) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	unlock, err := r.lockScope(scope)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	r.syncSystem()
 	st := r.st[scope]
 	d := st.service(name)
@@ -583,6 +618,11 @@ func (r *Registry) SetDefault(service, iface string, version *Version, scope Sco
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	unlock, err := r.lockScope(scope)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	r.syncSystem()
 	var target *ref
 	for _, s := range scopesFor(scope) {

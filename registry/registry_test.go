@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -505,5 +506,44 @@ func TestSystemScopeShared(t *testing.T) {
 	}
 	if len(rootEvs) == 0 || rootEvs[len(rootEvs)-2] != (Event{Type: ServiceAdded, Service: "Other", Scope: SystemScope}) {
 		t.Fatalf("root's events: %+v", rootEvs)
+	}
+}
+
+// Several root daemons changing the system scope at once each start from
+// what the one before wrote (a file lock orders them): every change
+// lands.
+func TestSystemScopeConcurrentWriters(t *testing.T) {
+	dir := t.TempDir()
+	sys := filepath.Join(dir, "system.json")
+	const writers, each = 4, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for w := range writers {
+		r, err := Open(Config{SystemFile: sys, CanWriteSystem: func() bool { return true }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				name := fmt.Sprintf("W%dS%d", w, i)
+				if err := r.Add(desc(name, strings.ToLower(name), "i.x 1.0"), SystemScope); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	r, err := Open(Config{SystemFile: sys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds, _ := r.Services(SystemScope); len(ds) != writers*each {
+		t.Fatalf("%d services in the system scope after %d writers added %d each", len(ds), writers, each)
 	}
 }
