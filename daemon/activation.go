@@ -15,14 +15,15 @@ import (
 
 	"github.com/tubes-dev/tubes/activation"
 	"github.com/tubes-dev/tubes/api"
-	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/ucred"
 	"github.com/tubes-dev/tubes/registry"
 )
 
-// Services with a <filepath> start on demand: the daemon listens for
-// them on loopback, and the first connection (through a tube) starts the
-// executable with the socket passed systemd-style. A custom property of
+// Services with a <filepath> start on demand: the first connection
+// (through a tube, handed over with Unit.Connect, or to the service's
+// uid/gid-filtered Unix socket) starts the executable with the socket
+// passed systemd-style. There is no TCP front socket: on loopback any
+// local user could reach it, past the filter. A custom property of
 // any of its interfaces chooses the instance mode ("instance": shared or
 // per-client), the idle stop of a shared one ("idle": seconds) and how
 // long a connection waits for a shared one to accept it
@@ -30,7 +31,6 @@ import (
 
 type activated struct {
 	unit   *activation.Unit
-	ln     net.Listener // loopback, for tubes
 	local  net.Listener // Unix socket, for local clients (uid/gid filtered)
 	socket string
 	path   string
@@ -42,16 +42,17 @@ type activations struct {
 	units map[string]*activated // service (lower case) → unit
 }
 
-// activated returns the loopback address of service d, started on
-// demand, making its unit on first use.
+// activated returns the local socket of service d, started on demand,
+// making its unit on first use.
 func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 	d.acts.mu.Lock()
 	defer d.acts.mu.Unlock()
 	key := strings.ToLower(desc.Name)
 	if a := d.acts.units[key]; a != nil && a.path == desc.FilePath {
-		return a.ln.Addr().String(), nil
+		return a.socket, nil
 	} else if a != nil {
 		a.close()
+		delete(d.acts.units, key)
 	}
 	cfg := activation.Config{Name: desc.Name, Path: desc.FilePath, Logger: d.log}
 	for _, in := range desc.Interfaces {
@@ -65,25 +66,19 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 			cfg.StartTimeout = time.Duration(s) * time.Second
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	u := activation.New(cfg)
-	go serve.Loop(ln, func(c net.Conn) { u.Serve(c) })
-	act := &activated{unit: u, ln: ln, path: desc.FilePath}
+	act := &activated{unit: activation.New(cfg), path: desc.FilePath}
 	if err := d.serveLocal(act, desc); err != nil {
-		d.log.Warn("on-demand service has no local socket", "service", desc.Name, "err", err)
+		act.unit.Close()
+		return "", fmt.Errorf("no local socket for %s: %w", desc.Name, err)
 	}
 	if d.acts.units == nil {
 		d.acts.units = map[string]*activated{}
 	}
 	d.acts.units[key] = act
-	return ln.Addr().String(), nil
+	return act.socket, nil
 }
 
 func (a *activated) close() {
-	a.ln.Close()
 	if a.local != nil {
 		a.local.Close()
 		os.Remove(a.socket)

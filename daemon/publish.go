@@ -480,12 +480,14 @@ func (d *Daemon) publishedExport(account, service, from string) (api.Export, boo
 	} else if strings.HasPrefix(desc.IPCAddress, "/") {
 		e.Unix = desc.IPCAddress
 	} else if desc.FilePath != "" {
-		addr, err := d.activated(desc)
+		// Tubes reach it through its unit (connectActivated); the socket
+		// names it for the export.
+		sock, err := d.activated(desc)
 		if err != nil {
 			d.log.Warn("on-demand service unavailable", "service", desc.Name, "err", err)
 			return api.Export{}, false
 		}
-		e.TCP = addr
+		e.Unix = sock
 	} else {
 		return api.Export{}, false
 	}

@@ -225,6 +225,7 @@ func TestOpenAutostartedService(t *testing.T) {
 	ctx := context.Background()
 	script := tubetest.ActivatedScript(t, t.TempDir(), "service")
 	alice, bob := contacts(t)
+	listeners := tcpListeners(t)
 	xml := `<SFW version="1.1"><service><name>Hasher</name><filepath>` + script + `</filepath>
 <interface><name>org.example.Hash</name><version>1.0</version><customproperty key="idle">1</customproperty></interface></service></SFW>`
 	if _, err := alice.C.AddService(ctx, xml, "hasher.xml", ""); err != nil {
@@ -235,6 +236,11 @@ func TestOpenAutostartedService(t *testing.T) {
 	}
 	if acts, _ := alice.C.Activations(ctx); acts["Hasher"].Starts != 0 {
 		t.Fatalf("started before any connection: %+v", acts)
+	}
+	// Nothing listens for it on TCP, where any local user could connect
+	// past its uid/gid filter.
+	if n := tcpListeners(t); n != listeners {
+		t.Fatalf("this process listens on %d TCP sockets, %d before the on-demand service was set up", n, listeners)
 	}
 	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Hash@1.0"})
 	if err != nil {
@@ -563,4 +569,33 @@ func contacts(t *testing.T) (alice, bob *tubetest.Daemon) {
 	bob.Register(t, "bob", relay)
 	tubetest.Befriend(t, alice, "alice", bob, "bob")
 	return alice, bob
+}
+
+// tcpListeners counts the listening TCP sockets this process holds.
+func tcpListeners(t *testing.T) int {
+	t.Helper()
+	mine := map[string]bool{}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(l, "socket:[") {
+			mine[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	n := 0
+	for _, table := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 9 && f[3] == "0A" && mine[f[9]] { // 0A: LISTEN
+				n++
+			}
+		}
+	}
+	return n
 }
