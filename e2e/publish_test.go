@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -62,24 +63,31 @@ func TestPublishBrowseOpenCLI(t *testing.T) {
 
 	// What each one sees, through filters.
 	golden(t, "services-browse-contact.json", mustRun(t, bob, "services", "browse", "alice", "--json"))
+	browse := func(env []string, args ...string) (impls []api.RemoteImplementation) {
+		t.Helper()
+		if err := json.Unmarshal([]byte(mustRun(t, env, args...)), &impls); err != nil {
+			t.Fatal(err)
+		}
+		return impls
+	}
 	var impls []api.RemoteImplementation
-	json.Unmarshal([]byte(mustRun(t, bob, "services", "browse", "alice", "--interface", "org.example.hash", "--version", "2.0", "--json")), &impls)
+	impls = browse(bob, "services", "browse", "alice", "--interface", "org.example.hash", "--version", "2.0", "--json")
 	if len(impls) != 1 || impls[0].Version.String() != "2.1" || impls[0].Publisher != "alice" {
 		t.Fatalf("bob browsing for org.example.Hash 2.0 or later: %+v", impls)
 	}
-	json.Unmarshal([]byte(mustRun(t, bob, "services", "browse", "alice", "--interface", "org.example.Hash", "--version", "2.0", "--exact", "--json")), &impls)
+	impls = browse(bob, "services", "browse", "alice", "--interface", "org.example.Hash", "--version", "2.0", "--exact", "--json")
 	if len(impls) != 0 {
 		t.Fatalf("bob browsing for exactly 2.0: %+v", impls)
 	}
 	golden(t, "services-browse-room.json", mustRun(t, carol, "services", "browse", "--room", "lab", "--property", "format=png", "--json"))
-	json.Unmarshal([]byte(mustRun(t, carol, "services", "browse", "--room", "lab", "--property", "format=PNG", "--json")), &impls)
+	impls = browse(carol, "services", "browse", "--room", "lab", "--property", "format=PNG", "--json")
 	if len(impls) != 0 {
 		t.Fatalf("property values are case-sensitive; carol got %+v", impls)
 	}
 	if code, out := run(t, carol, "services", "browse", "alice"); code != 1 || !strings.Contains(out, "contact") {
 		t.Errorf("carol browsing alice, not her contact: exit %d %s", code, out)
 	}
-	json.Unmarshal([]byte(mustRun(t, carol, "services", "browse", "alice", "--room", "lab", "--json")), &impls)
+	impls = browse(carol, "services", "browse", "alice", "--room", "lab", "--json")
 	if len(impls) != 1 || impls[0].Service != "Viewer" || impls[0].Room != "lab" {
 		t.Fatalf("carol browsing what alice publishes to lab: %+v", impls)
 	}
@@ -111,6 +119,24 @@ func TestPublishBrowseOpenCLI(t *testing.T) {
 	addr = strings.TrimSpace(mustRun(t, carol, "open", "alice/org.example.View@1.0", "--room", "lab"))
 	if got := exchange(t, addr, data); got != string(data) {
 		t.Fatalf("carol's connection to Viewer echoed %d bytes of %d", len(got), len(data))
+	}
+	// The tube that answered carol's request is hers alone and ends with
+	// her closing it.
+	var tubes []api.Tube
+	json.Unmarshal([]byte(mustRun(t, carol, "tubes", "--json")), &tubes)
+	if len(tubes) != 1 || tubes[0].Room != "lab" || tubes[0].Peer != "alice" {
+		t.Fatalf("carol's tubes: %+v", tubes)
+	}
+	mustRun(t, carol, "close", tubes[0].ID)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		tubes = nil
+		json.Unmarshal([]byte(mustRun(t, alice, "tubes", "--json")), &tubes)
+		if !slices.ContainsFunc(tubes, func(x api.Tube) bool { return x.Room == "lab" }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice still has the tube carol closed: %+v", tubes)
+		}
 	}
 	// What is not published to someone stays closed to them.
 	if code, out := run(t, carol, "open", "alice/Hasher", "--room", "lab"); code != 1 || !strings.Contains(out, "PermissionDenied") {

@@ -318,36 +318,9 @@ func (m *Manager) checkOfferer(t *tube) {
 // Export exports a local service; client is the calling local-API client
 // ("" if none), which owns a generator export.
 func (m *Manager) Export(client string, e api.Export) (api.Export, error) {
-	if err := checkService(e.Service); err != nil {
+	x, err := m.newExport(client, e)
+	if err != nil {
 		return api.Export{}, err
-	}
-	if err := checkExportAddr(&e); err != nil {
-		return api.Export{}, err
-	}
-	if err := checkParams(e.Parameters); err != nil {
-		return api.Export{}, err
-	}
-	sources := 0
-	for _, on := range []bool{len(e.Parameters) > 0, e.ParamsExec != "", e.ParamsGenerator} {
-		if on {
-			sources++
-		}
-	}
-	if sources > 1 {
-		return api.Export{}, tperr.New(tperr.InvalidArgument, "an export takes fixed parameters, params_exec or a params_generator, only one of them")
-	}
-	if e.ParamsGenerator && client == "" {
-		return api.Export{}, tperr.New(tperr.InvalidArgument, "a parameters generator is a local-API client: open /v1/events and send its client_id in the %s header", api.ClientHeader)
-	}
-	for _, n := range e.Allow {
-		if n == "" || n == m.cfg.Account {
-			return api.Export{}, tperr.New(tperr.InvalidArgument, "allow %q is not a contact name", n)
-		}
-	}
-	e.Account = m.cfg.Account
-	x := &export{Export: e}
-	if e.ParamsGenerator {
-		x.client = client
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -356,7 +329,43 @@ func (m *Manager) Export(client string, e api.Export) (api.Export, error) {
 	}
 	m.exports[e.Service] = x
 	m.log.Info("exported", "service", e.Service, "tcp", e.TCP, "unix", e.Unix)
-	return e, nil
+	return x.Export, nil
+}
+
+// newExport checks e and makes the export, without registering it.
+func (m *Manager) newExport(client string, e api.Export) (*export, error) {
+	if err := checkService(e.Service); err != nil {
+		return nil, err
+	}
+	if err := checkExportAddr(&e); err != nil {
+		return nil, err
+	}
+	if err := checkParams(e.Parameters); err != nil {
+		return nil, err
+	}
+	sources := 0
+	for _, on := range []bool{len(e.Parameters) > 0, e.ParamsExec != "", e.ParamsGenerator} {
+		if on {
+			sources++
+		}
+	}
+	if sources > 1 {
+		return nil, tperr.New(tperr.InvalidArgument, "an export takes fixed parameters, params_exec or a params_generator, only one of them")
+	}
+	if e.ParamsGenerator && client == "" {
+		return nil, tperr.New(tperr.InvalidArgument, "a parameters generator is a local-API client: open /v1/events and send its client_id in the %s header", api.ClientHeader)
+	}
+	for _, n := range e.Allow {
+		if n == "" || n == m.cfg.Account {
+			return nil, tperr.New(tperr.InvalidArgument, "allow %q is not a contact name", n)
+		}
+	}
+	e.Account = m.cfg.Account
+	x := &export{Export: e}
+	if e.ParamsGenerator {
+		x.client = client
+	}
+	return x, nil
 }
 
 // Unexport removes an export; tubes already offered keep working.
@@ -404,10 +413,12 @@ func (m *Manager) params(ctx context.Context, e *export, req ParamsRequest) (map
 
 // Offer offers an exported service to a contact or a room.
 func (m *Manager) Offer(ctx context.Context, req api.OfferRequest) (api.Tube, error) {
-	return m.offer(ctx, req, "")
+	return m.offer(ctx, req, "", nil)
 }
 
-func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request string) (api.Tube, error) {
+// offer offers a tube to req's service: e, or the export of that name.
+// request is the reverse-tube request it answers, if any.
+func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request string, e *export) (api.Tube, error) {
 	if err := checkService(req.Service); err != nil {
 		return api.Tube{}, err
 	}
@@ -425,9 +436,11 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	if req.To == m.cfg.Account {
 		return api.Tube{}, tperr.New(tperr.InvalidArgument, "you cannot offer a tube to yourself")
 	}
-	m.mu.Lock()
-	e := m.exports[req.Service]
-	m.mu.Unlock()
+	if e == nil {
+		m.mu.Lock()
+		e = m.exports[req.Service]
+		m.mu.Unlock()
+	}
 	if e == nil {
 		return api.Tube{}, tperr.New(tperr.NotAvailable, "%s has not exported %q; run tube export %s first", m.cfg.Account, req.Service, req.Service)
 	}
@@ -657,7 +670,7 @@ func (m *Manager) onClose(from, room string, body []byte) error {
 		return nil // already gone here
 	case !t.outgoing && t.peer == from:
 		m.endTube(t, name, fmt.Sprintf("%s closed the tube", from)+suffix(c.Message))
-	case t.outgoing && t.room == "" && t.peer == from:
+	case t.outgoing && (t.room == "" && t.peer == from || t.only != "" && t.only == from):
 		m.endTube(t, name, fmt.Sprintf("%s closed the tube", from)+suffix(c.Message))
 	case t.outgoing && t.room != "" && t.members[from]:
 		delete(t.accepted, from)
@@ -1218,43 +1231,37 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 	go func() {
 		ctx, cancel := context.WithTimeout(m.ctx, openTimeout)
 		defer cancel()
-		refuse := func(name, msg string) {
-			m.log.Info("refused a tube request", "from", from, "service", r.Service, "why", msg)
+		refuse := func(name, msg, detail string) {
+			m.log.Info("refused a tube request", "from", from, "room", room, "service", r.Service, "why", msg, "detail", detail)
 			m.cfg.Signaller.Send(ctx, from, room, kindRefuse, mustJSON(refuseMsg{Request: r.Request, Error: name, Message: msg}))
 		}
 		m.mu.Lock()
 		e := m.exports[r.Service]
 		m.mu.Unlock()
 		if e == nil && m.cfg.Published != nil {
-			// A published service is exported for this one offer, with
-			// who it is published to now; the tube keeps the export,
-			// the export list does not.
+			// A published service is exported for this requester and
+			// this offer only (the tube keeps the export; the export list
+			// never has it), as it is published to them now.
 			if pe, ok := m.cfg.Published(r.Service, from); ok {
-				if _, err := m.Export("", pe); err != nil {
+				x, err := m.newExport("", pe)
+				if err != nil {
 					m.log.Warn("published service not exported", "service", r.Service, "err", err)
 				}
-				m.mu.Lock()
-				e = m.exports[r.Service]
-				m.mu.Unlock()
-				defer func() {
-					m.mu.Lock()
-					if m.exports[r.Service] == e {
-						delete(m.exports, r.Service)
-					}
-					m.mu.Unlock()
-				}()
+				e = x
 			}
+		}
+		where := ""
+		if room != "" {
+			where = " in room " + room
 		}
 		if e == nil || !m.mayRequest(ctx, e, from, room) {
-			where := ""
-			if room != "" {
-				where = " in room " + room
-			}
-			refuse(tperr.PermissionDenied, fmt.Sprintf("%s has not exported %s for %s%s", m.cfg.Account, r.Service, from, where))
+			refuse(tperr.PermissionDenied, fmt.Sprintf("%s has not exported %s for %s%s", m.cfg.Account, r.Service, from, where), "")
 			return
 		}
-		if _, err := m.offer(ctx, api.OfferRequest{Service: r.Service, To: from, Room: room}, r.Request); err != nil {
-			refuse(tperr.NameOr(err, tperr.NotAvailable), err.Error())
+		if _, err := m.offer(ctx, api.OfferRequest{Service: r.Service, To: from, Room: room}, r.Request, e); err != nil {
+			// The requester learns that it failed, not why: the reason
+			// may name local things (a parameters command's output).
+			refuse(tperr.NameOr(err, tperr.NotAvailable), fmt.Sprintf("%s could not offer %s%s", m.cfg.Account, r.Service, where), err.Error())
 		}
 	}()
 	return nil
@@ -1336,6 +1343,8 @@ func (m *Manager) OnRoomEvent(room, member string, joined, deleted bool) {
 			m.endTube(t, tperr.Cancelled, "you left room "+room)
 		case !t.outgoing && member == t.peer && !joined:
 			m.endTube(t, tperr.Cancelled, t.peer+", who offered the tube, left room "+room)
+		case t.outgoing && !joined && t.only == member:
+			m.endTube(t, tperr.Cancelled, member+", whose request it answered, left room "+room)
 		case t.outgoing && !joined:
 			delete(t.members, member)
 			delete(t.accepted, member)
