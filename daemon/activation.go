@@ -29,6 +29,12 @@ import (
 // long a connection waits for a shared one to accept it
 // ("start-timeout": seconds).
 
+// localProperties are the custom properties that tell this daemon how to
+// run a service (above) and who may reach its local socket: settings of
+// this machine, not part of what the service offers, so they are not
+// published.
+var localProperties = []string{"instance", "idle", "start-timeout", "allow-uid", "allow-gid"}
+
 type activated struct {
 	unit   *activation.Unit
 	local  net.Listener // Unix socket, for local clients (uid/gid filtered)

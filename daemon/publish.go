@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,8 +37,10 @@ const (
 	kindBrowse    = "svc.browse"
 	kindCatalog   = "svc.catalog"
 
-	maxCatalog    = 256  // services one publisher shows us
-	maxSources    = 4096 // publishers (contact, or room member) remembered per account
+	maxCatalog    = 256      // services one publisher shows us
+	maxSources    = 4096     // publishers (contact, or room member) remembered per account
+	maxRemote     = 4096     // published services remembered per account, all publishers
+	maxPublished  = 16 << 10 // bytes of one published service's message
 	browseTimeout = 5 * time.Second
 	roomWait      = 2 * time.Second
 )
@@ -122,6 +126,9 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	if (p.To == "") == (p.Room == "") {
 		return p, tperr.New(tperr.InvalidArgument, "a service is published to a contact (to) or a room (room), exactly one")
 	}
+	if err := normalizeNames(&p.To, &p.Room); err != nil {
+		return p, err
+	}
 	a, c, err := d.live(name)
 	if err != nil {
 		return p, err
@@ -131,7 +138,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
 	}
 	p.Service = desc.Name
-	body, _ := json.Marshal(publishedMsg{Service: desc.Published()})
+	body, _ := json.Marshal(publishedMsg{Service: publicForm(desc)})
 	if _, err := c.Send(ctx, p.To, p.Room, kindPublished, body); err != nil {
 		return p, err
 	}
@@ -150,6 +157,9 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 
 // Unpublish withdraws a publication.
 func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) error {
+	if err := normalizeNames(&p.To, &p.Room); err != nil {
+		return err
+	}
 	a, err := d.account(name)
 	if err != nil {
 		return err
@@ -240,6 +250,9 @@ func (d *Daemon) Publications(name string) ([]api.Publication, error) {
 func (d *Daemon) Browse(ctx context.Context, name string, req api.BrowseRequest) ([]api.RemoteImplementation, error) {
 	if req.Contact == "" && req.Room == "" {
 		return nil, tperr.New(tperr.InvalidArgument, "browse a contact, a room, or a member of a room (both)")
+	}
+	if err := normalizeNames(&req.Contact, &req.Room); err != nil {
+		return nil, err
 	}
 	if _, err := registry.Select(req.Filter, nil, registry.RemoteScope); err != nil {
 		return nil, serviceErr(err)
@@ -343,6 +356,9 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 	switch m.Kind {
 	case kindPublished:
 		var p publishedMsg
+		if len(m.Body) > maxPublished {
+			return fmt.Errorf("a published service of %d bytes (at most %d)", len(m.Body), maxPublished)
+		}
 		if err := json.Unmarshal(m.Body, &p); err != nil {
 			return err
 		}
@@ -367,6 +383,16 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 		if _, known := cat[key]; !known && len(cat) >= maxCatalog {
 			d.pubs.mu.Unlock()
 			return errors.New("a publisher's catalog is full")
+		}
+		if _, known := cat[key]; !known {
+			total := 0
+			for _, c := range d.pubs.remote[a.name] {
+				total += len(c)
+			}
+			if total >= maxRemote {
+				d.pubs.mu.Unlock()
+				return errors.New("too many published services remembered")
+			}
 		}
 		cat[key] = p.Service
 		d.pubs.mu.Unlock()
@@ -433,7 +459,7 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	defaults := map[string]string{}
 	for _, n := range names {
 		if desc, ok := d.publishedDescriptor(n); ok && len(out) < maxCatalog {
-			out = append(out, desc.Published())
+			out = append(out, publicForm(desc))
 		}
 	}
 	// Our defaults, where they are among what we show.
@@ -544,4 +570,45 @@ func (d *Daemon) resolveOpen(ctx context.Context, name string, req *api.OpenRequ
 	d.log.Info("interface resolved", "contact", req.Contact, "interface", iface, "version", version, "service", best.Service, "implementation", best.Version.String())
 	req.Service = best.Service
 	return nil
+}
+
+// normalizeNames puts a contact and a room name (either may be empty) in
+// the form the rendezvous uses (trimmed, lower case), so that what a user
+// types matches what messages carry.
+func normalizeNames(contact, room *string) error {
+	for _, n := range []struct {
+		kind string
+		p    *string
+	}{{"contact", contact}, {"room", room}} {
+		if *n.p == "" {
+			continue
+		}
+		v, err := rendezvous.NormalizeName(n.kind, *n.p)
+		if err != nil {
+			return err
+		}
+		*n.p = v
+	}
+	return nil
+}
+
+// publicForm is desc as those it is published to see it: no location,
+// and none of the custom properties that configure this machine.
+func publicForm(desc *registry.Descriptor) *registry.Descriptor {
+	p := desc.Published()
+	p.Interfaces = slices.Clone(p.Interfaces) // the registry's are read only
+	for i, in := range p.Interfaces {
+		if in.Properties == nil {
+			continue
+		}
+		props := maps.Clone(in.Properties)
+		for _, k := range localProperties {
+			delete(props, k)
+		}
+		if len(props) == 0 {
+			props = nil
+		}
+		p.Interfaces[i].Properties = props
+	}
+	return p
 }

@@ -325,6 +325,9 @@ func (d *Daemon) AddHandler(name, client string, req api.HandleRequest) (string,
 
 // Open asks a contact for a reverse tube and accepts it.
 func (d *Daemon) Open(ctx context.Context, name string, req api.OpenRequest) (api.Tube, error) {
+	if err := normalizeNames(&req.Contact, &req.Room); err != nil {
+		return api.Tube{}, err
+	}
 	m, err := d.tubesOf(name)
 	if err != nil {
 		return api.Tube{}, err

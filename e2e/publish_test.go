@@ -116,7 +116,7 @@ func TestPublishBrowseOpenCLI(t *testing.T) {
 	if code, out := run(t, carol, "open", "alice/org.example.View@1.0"); code != 1 || !strings.Contains(out, "--room") {
 		t.Errorf("carol opening without naming the room: exit %d %s", code, out)
 	}
-	addr = strings.TrimSpace(mustRun(t, carol, "open", "alice/org.example.View@1.0", "--room", "lab"))
+	addr = strings.TrimSpace(mustRun(t, carol, "open", "alice/org.example.View@1.0", "--room", " Lab")) // named as the rendezvous does: trimmed, any case
 	if got := exchange(t, addr, data); got != string(data) {
 		t.Fatalf("carol's connection to Viewer echoed %d bytes of %d", len(got), len(data))
 	}
