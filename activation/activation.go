@@ -74,12 +74,13 @@ type Unit struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.Mutex // guards the fields below
-	shared  *instance  // the shared instance, while it runs
-	clients int
-	idle    *time.Timer
-	status  Status
-	closed  bool
+	mu        sync.Mutex         // guards the fields below
+	shared    *instance          // the shared instance, while it runs
+	perClient map[*instance]bool // per-client instances, while they run
+	clients   int
+	idle      *time.Timer
+	status    Status
+	closed    bool
 }
 
 // instance is one process of the service.
@@ -263,6 +264,7 @@ func (u *Unit) reap(in *instance) {
 	in.err = err
 	switch {
 	case u.cfg.Mode == PerClient:
+		delete(u.perClient, in)
 		u.clients--
 		if err != nil {
 			u.status.LastError = "a per-client instance failed (" + err.Error() + ")"
@@ -453,6 +455,10 @@ func (u *Unit) startPerClient(conn net.Conn) (*instance, error) {
 		return nil, err
 	}
 	u.clients++
+	if u.perClient == nil {
+		u.perClient = map[*instance]bool{}
+	}
+	u.perClient[in] = true
 	go u.reap(in)
 	return in, nil
 }
@@ -483,6 +489,9 @@ func (u *Unit) Close() error {
 	}
 	if u.shared != nil {
 		stop(u.shared.cmd)
+	}
+	for in := range u.perClient {
+		stop(in.cmd) // their clients see them end (reset, if killed)
 	}
 	return nil
 }

@@ -217,6 +217,37 @@ func TestPerClientInstances(t *testing.T) {
 	}
 }
 
+// Closing a unit (its service unregistered, the daemon stopping) ends
+// its per-client instances too: their clients see the end (a reset: the
+// instance was killed), and none is left running.
+func TestCloseEndsPerClientInstances(t *testing.T) {
+	u := unit(t, PerClient, "hang", Config{})
+	var conns []net.Conn
+	for range 2 {
+		c, err := u.Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	for deadline := time.Now().Add(10 * time.Second); u.Status().Clients != 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v, want 2 clients", u.Status())
+		}
+	}
+	u.Close()
+	for i, c := range conns {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("client %d after Close: %v, want a reset", i, err)
+		}
+	}
+	if st := u.Status(); st.Clients != 0 {
+		t.Fatalf("status after Close %+v, want no client", st)
+	}
+}
+
 // A service that is missing, cannot be executed, exits at once, or never
 // accepts: the client gets a reset (never a clean end), Connect refuses
 // (ErrRefused) when the service did not take the connection, and Status
