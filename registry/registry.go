@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -139,17 +140,30 @@ type Config struct {
 type Registry struct {
 	cfg Config
 
+	// writer orders this registry's own changes to the system scope
+	// (a token, taken before the file lock): they queue here rather than
+	// in lockScope's retries.
+	writer chan struct{}
+
 	mu sync.Mutex // guards the following
 	st map[Scope]*state
 	// sysStamp is the system scope's file as last read or written here:
-	// other daemons (root's) change it too.
+	// other daemons (root's) change it too. sysFile is that version of
+	// the file, kept open so that its inode number cannot name a later
+	// version (a file system reuses the number of a freed inode, and a
+	// same-size rewrite within one clock tick has the same times).
 	sysStamp fileStamp
+	sysFile  *os.File
 	// scratch holds Find's candidate lists, one per scope searched,
 	// reused so that a lookup allocates little more than its result.
 	scratch [2][]int32
 }
 
-// Open loads both scopes.
+// Open loads both scopes. A user file that cannot be read or is corrupt
+// fails it; a system file (root's) that cannot be read or is corrupt
+// leaves the system scope empty until the file changes, as a later sync
+// would: a bad system file must not keep every user's daemon from
+// starting.
 func Open(cfg Config) (*Registry, error) {
 	if cfg.CanWriteSystem == nil {
 		cfg.CanWriteSystem = func() bool { return os.Geteuid() == 0 }
@@ -157,58 +171,165 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.Notify == nil {
 		cfg.Notify = func(Event) {}
 	}
-	r := &Registry{cfg: cfg, st: map[Scope]*state{}}
-	for scope, file := range map[Scope]string{UserScope: cfg.UserFile, SystemScope: cfg.SystemFile} {
-		st, err := load(file)
-		if err != nil {
-			return nil, err
-		}
-		r.st[scope] = st
+	r := &Registry{cfg: cfg, st: map[Scope]*state{}, writer: make(chan struct{}, 1)}
+	st, _, f, err := load(cfg.UserFile, UserScope)
+	if f != nil {
+		f.Close()
 	}
-	r.sysStamp = stampOf(cfg.SystemFile)
+	if err != nil {
+		return nil, err
+	}
+	r.st[UserScope] = st
+	sys, stamp, f, err := load(cfg.SystemFile, SystemScope)
+	switch {
+	case err == nil:
+		r.st[SystemScope] = sys
+		r.holdSystem(stamp, f)
+	case f != nil: // corrupt: read again once it changes
+		r.st[SystemScope] = emptyState()
+		r.holdSystem(stamp, f)
+	default: // unreadable: read again at the next sync
+		r.st[SystemScope] = emptyState()
+	}
 	return r, nil
 }
 
 // fileStamp identifies a version of a file: an atomic write makes a new
-// inode, so any change shows.
+// inode, and an inode changed in place changes its size or times.
 type fileStamp struct {
-	ino, size int64
-	mod       time.Time
+	dev, ino     uint64
+	size         int64
+	mtime, ctime int64 // nanoseconds
 }
 
-func stampOf(file string) fileStamp {
-	fi, err := os.Stat(file)
-	if err != nil || file == "" {
-		return fileStamp{}
-	}
-	st := fileStamp{size: fi.Size(), mod: fi.ModTime()}
+func stampFrom(fi fs.FileInfo) fileStamp {
+	st := fileStamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 	if s, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.ino = int64(s.Ino)
+		st.dev, st.ino, st.ctime = s.Dev, s.Ino, s.Ctim.Nano()
 	}
 	return st
 }
 
+// stampOf stamps file as it is now; a file that is not there has the
+// zero stamp.
+func stampOf(file string) fileStamp {
+	if file == "" {
+		return fileStamp{}
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return fileStamp{}
+	}
+	return stampFrom(fi)
+}
+
+// holdSystem records f (nil: no file), stamped stamp, as the system
+// scope's file last read or written here. r.mu is held.
+func (r *Registry) holdSystem(stamp fileStamp, f *os.File) {
+	if r.sysFile != nil {
+		r.sysFile.Close()
+	}
+	r.sysStamp, r.sysFile = stamp, f
+}
+
+// lockWait bounds how long a change waits for the system scope's file
+// lock; lockRetry bounds the pause between two tries.
+var lockWait = 5 * time.Second
+
+const lockRetry = 50 * time.Millisecond
+
 // lockScope takes the system scope's file lock (FILE.lock, flock) for a
 // change: root's daemons then change the file one at a time, each
 // starting from what the one before wrote. The user scope is this
-// daemon's alone.
+// daemon's alone. It is taken before r.mu, never under it, so lookups
+// do not wait for it, and it waits at most lockWait: a process holding
+// the lock for longer gets a change refused, not a daemon hung. Root's
+// lock file is root's own, mode 0600: another user cannot open it to
+// take the lock.
 func (r *Registry) lockScope(scope Scope) (func(), error) {
 	file := r.cfg.SystemFile
 	if scope != SystemScope || file == "" {
 		return func() {}, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-		return nil, err
+	name := file + ".lock"
+	deadline := time.Now().Add(lockWait)
+	select {
+	case r.writer <- struct{}{}:
+	default:
+		t := time.NewTimer(lockWait)
+		select {
+		case r.writer <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			return nil, fmt.Errorf("registry: the system scope is locked by another change of this daemon (%s)", name)
+		}
 	}
-	f, err := os.OpenFile(file+".lock", os.O_RDWR|os.O_CREATE, 0o644)
+	release := func() { <-r.writer }
+	f, err := openLock(filepath.Dir(file), name)
 	if err != nil {
+		release()
 		return nil, err
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("registry: lock %s: %w", f.Name(), err)
+	for pause := time.Millisecond; ; pause = min(2*pause, lockRetry) {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close(); release() }, nil // closing releases the lock
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != unix.EWOULDBLOCK {
+			f.Close()
+			release()
+			return nil, fmt.Errorf("registry: lock %s: %w", name, err)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			f.Close()
+			release()
+			return nil, fmt.Errorf("registry: the system scope is locked by another process (%s)", name)
+		}
+		time.Sleep(min(pause, left))
 	}
-	return func() { f.Close() }, nil // closing releases the lock
+}
+
+// openLock opens (or makes) the lock file name in dir. It does not
+// follow a symbolic link and is not another kind of file; root's is
+// owned by root and made mode 0600 (a lock file made by an older daemon
+// was 0644).
+func openLock(dir, name string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("registry: lock file %s is a symbolic link: refusing it", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: lock file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("registry: lock file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("registry: lock file %s is not a regular file: refusing it", name)
+	}
+	if os.Geteuid() == 0 {
+		if s, ok := fi.Sys().(*syscall.Stat_t); !ok || s.Uid != 0 {
+			f.Close()
+			return nil, fmt.Errorf("registry: lock file %s is not owned by root: refusing it", name)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			if err := f.Chmod(0o600); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("registry: lock file: %w", err)
+			}
+		}
+	}
+	return f, nil
 }
 
 // Refresh takes in changes another process (root's daemon) made to the
@@ -224,22 +345,26 @@ func (r *Registry) Refresh() {
 // syncSystem reloads the system scope if its file is not the one last
 // read or written here, and notifies the services that appeared,
 // changed (ServiceAdded) or went (ServiceRemoved). A file that cannot be
-// read leaves the scope as it was. r.mu is held.
+// read leaves the scope as it was, and is tried again at the next sync;
+// a corrupt one too, and is tried again once it changes. r.mu is held.
 func (r *Registry) syncSystem() {
 	file := r.cfg.SystemFile
 	if file == "" {
 		return
 	}
-	stamp := stampOf(file)
-	if stamp == r.sysStamp {
+	if stampOf(file) == r.sysStamp {
 		return
 	}
-	next, err := load(file)
+	next, stamp, f, err := load(file, SystemScope)
 	if err != nil {
+		if f != nil { // read, and corrupt: not worth reading again
+			r.holdSystem(stamp, f)
+		}
 		return
 	}
+	r.holdSystem(stamp, f)
 	old := r.st[SystemScope]
-	r.st[SystemScope], r.sysStamp = next, stamp
+	r.st[SystemScope] = next
 	for _, d := range next.Services {
 		if o := old.service(d.Name); o == nil || !reflect.DeepEqual(o, d) {
 			r.cfg.Notify(Event{Type: ServiceAdded, Service: d.Name, Scope: SystemScope})
@@ -252,25 +377,87 @@ func (r *Registry) syncSystem() {
 	}
 }
 
-func load(file string) (*state, error) {
-	st := &state{Defaults: map[string]ref{}}
+// maxScopeFile bounds the size of a scope's file.
+const maxScopeFile = 64 << 20
+
+func emptyState() *state { return &state{Defaults: map[string]ref{}} }
+
+// load reads scope's file, stamped as the version read: it stamps the
+// descriptor it reads through. A file that is not there is an empty
+// scope. It returns the file, open, when it read it (the caller closes
+// it), even when what it read is corrupt: then the error says so. Another
+// error (no file returned) is one of reading, which may pass.
+//
+// What another process wrote is checked as Add would have: services
+// that are null, break a descriptor rule (Validate) or repeat a name
+// are dropped, the rest put back in order, and defaults that name a
+// scope the file cannot refer to are dropped. A default naming a
+// service that is not there stays: lookups pass over it.
+func load(file string, scope Scope) (*state, fileStamp, *os.File, error) {
+	st := emptyState()
 	if file == "" {
-		return st, nil
+		return st, fileStamp{}, nil, nil
 	}
-	b, err := os.ReadFile(file)
+	// O_NONBLOCK: a FIFO put there does not hang the open.
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		return st, nil
+		return st, fileStamp{}, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, fileStamp{}, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fileStamp{}, nil, err
+	}
+	stamp := stampFrom(fi)
+	if !fi.Mode().IsRegular() {
+		return nil, stamp, f, fmt.Errorf("registry: %s is corrupt: not a regular file", file)
+	}
+	if fi.Size() > maxScopeFile {
+		return nil, stamp, f, fmt.Errorf("registry: %s is corrupt: larger than %d MiB", file, maxScopeFile>>20)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxScopeFile+1))
+	if err != nil {
+		f.Close()
+		return nil, fileStamp{}, nil, err
+	}
+	if len(b) > maxScopeFile {
+		return nil, stamp, f, fmt.Errorf("registry: %s is corrupt: larger than %d MiB", file, maxScopeFile>>20)
 	}
 	if err := json.Unmarshal(b, st); err != nil {
-		return nil, fmt.Errorf("registry: %s is corrupt: %v", file, err)
+		return nil, stamp, f, fmt.Errorf("registry: %s is corrupt: %v", file, err)
+	}
+	st.sanitize(scope)
+	return st, stamp, f, nil
+}
+
+// sanitize drops from st, just read as scope's, what Add would not have
+// put there, and restores the order lookups rely on.
+func (st *state) sanitize(scope Scope) {
+	seen := map[string]bool{}
+	st.Services = slices.DeleteFunc(st.Services, func(d *Descriptor) bool {
+		if d == nil || Validate(d) != nil || seen[strings.ToLower(d.Name)] {
+			return true
+		}
+		seen[strings.ToLower(d.Name)] = true
+		return false
+	})
+	slices.SortStableFunc(st.Services, func(a, b *Descriptor) int {
+		return strings.Compare(strings.ToLower(a.Name), strings.ToLower(b.Name))
+	})
+	for _, d := range st.Services {
+		sortInterfaces(d.Interfaces)
 	}
 	if st.Defaults == nil {
 		st.Defaults = map[string]ref{}
 	}
-	return st, nil
+	for key, def := range st.Defaults {
+		if def.Scope != scope && (scope != UserScope || def.Scope != SystemScope) {
+			delete(st.Defaults, key)
+		}
+	}
 }
 
 // commit saves next as scope's state and makes it current; if the save
@@ -280,8 +467,20 @@ func (r *Registry) commit(scope Scope, next *state) error {
 		return err
 	}
 	r.st[scope] = next
-	if scope == SystemScope {
-		r.sysStamp = stampOf(r.cfg.SystemFile)
+	if scope == SystemScope && r.cfg.SystemFile != "" {
+		// The file lock is held: the file is the one just written.
+		f, err := os.Open(r.cfg.SystemFile)
+		if err != nil {
+			r.holdSystem(fileStamp{}, nil) // read again at the next sync
+			return nil
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			r.holdSystem(fileStamp{}, nil)
+			return nil
+		}
+		r.holdSystem(stampFrom(fi), f)
 	}
 	return nil
 }
@@ -332,13 +531,13 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 	if err := r.writable(scope); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	unlock, err := r.lockScope(scope)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.syncSystem()
 	st := r.st[scope]
 	for _, o := range st.Services {
@@ -410,13 +609,13 @@ func (r *Registry) Remove(name string, scope Scope) error {
 	if err := r.writable(scope); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	unlock, err := r.lockScope(scope)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.syncSystem()
 	st := r.st[scope]
 	d := st.service(name)
@@ -555,7 +754,11 @@ func implOf(d *Descriptor, in Interface, scope Scope) Implementation {
 
 // lookup finds one implementation in scope.
 func (r *Registry) lookup(scope Scope, service, iface string, v Version) (Implementation, bool) {
-	d := r.st[scope].service(service)
+	st := r.st[scope]
+	if st == nil {
+		return Implementation{}, false
+	}
+	d := st.service(service)
 	if d == nil {
 		return Implementation{}, false
 	}
@@ -616,13 +819,13 @@ func (r *Registry) SetDefault(service, iface string, version *Version, scope Sco
 	if err := r.writable(scope); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	unlock, err := r.lockScope(scope)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.syncSystem()
 	var target *ref
 	for _, s := range scopesFor(scope) {
