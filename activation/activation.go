@@ -642,6 +642,7 @@ func pair() (ours, theirs *net.TCPConn, err error) {
 		return nil, nil, err
 	}
 	defer ln.Close()
+	ln.SetDeadline(time.Now().Add(5 * time.Second)) // others' connections cannot keep us here
 	ours, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		return nil, nil, err

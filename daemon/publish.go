@@ -288,7 +288,7 @@ collect:
 	for len(answers) < len(got) {
 		select {
 		case ans := <-ch:
-			if slices.Contains(got, ans.from) && !answered[ans.from] {
+			if slices.Contains(got, ans.from) && ans.room == req.Room && !answered[ans.from] {
 				answered[ans.from] = true
 				answers = append(answers, ans)
 			}
