@@ -534,7 +534,29 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	v := t.view(m.cfg.Account)
 	m.mu.Unlock()
 	m.log.Info("offered a tube", "tube", id, "service", t.service, "to", t.peer, "room", t.room)
+	if only != "" {
+		// Room events are followed from now on (updateNeed); a requester
+		// who left before that is looked for once more.
+		go m.checkRequester(t)
+	}
 	return v, nil
+}
+
+// checkRequester ends t, a room tube answering only's request, if only is
+// no longer a member of its room.
+func (m *Manager) checkRequester(t *tube) {
+	ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
+	defer cancel()
+	members, err := m.cfg.Signaller.RoomMembers(ctx, t.room)
+	if err != nil || slices.Contains(members, t.only) {
+		return
+	}
+	m.mu.Lock()
+	if m.tubes[t.id] == t {
+		m.endTube(t, tperr.Cancelled, t.only+", whose request it answered, is not in room "+t.room)
+	}
+	m.mu.Unlock()
+	m.updateNeed()
 }
 
 // keys fetches and parses the public keys of names; names the rendezvous
