@@ -238,6 +238,22 @@ var lockWait = 5 * time.Second
 
 const lockRetry = 50 * time.Millisecond
 
+// change begins a change of scope: it checks the scope may be changed,
+// takes the system scope's file lock, then the registry's, and takes in
+// what another daemon wrote. end releases both.
+func (r *Registry) change(scope Scope) (end func(), err error) {
+	if err := r.writable(scope); err != nil {
+		return nil, err
+	}
+	unlock, err := r.lockScope(scope)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.syncSystem()
+	return func() { r.mu.Unlock(); unlock() }, nil
+}
+
 // lockScope takes the system scope's file lock (FILE.lock, flock) for a
 // change: root's daemons then change the file one at a time, each
 // starting from what the one before wrote. The user scope is this
@@ -528,17 +544,11 @@ func (r *Registry) writable(scope Scope) error {
 // provides is ImplementationAlreadyExists. Each interface d provides that
 // has no default in scope gets d's highest version of it.
 func (r *Registry) Add(d *Descriptor, scope Scope) error {
-	if err := r.writable(scope); err != nil {
-		return err
-	}
-	unlock, err := r.lockScope(scope)
+	end, err := r.change(scope)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.syncSystem()
+	defer end()
 	st := r.st[scope]
 	for _, o := range st.Services {
 		if strings.EqualFold(o.Location(), d.Location()) && !strings.EqualFold(o.Name, d.Name) {
@@ -606,17 +616,11 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 // minor; equal versions go to the service name first in order), or no
 // default.
 func (r *Registry) Remove(name string, scope Scope) error {
-	if err := r.writable(scope); err != nil {
-		return err
-	}
-	unlock, err := r.lockScope(scope)
+	end, err := r.change(scope)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.syncSystem()
+	defer end()
 	st := r.st[scope]
 	d := st.service(name)
 	if d == nil {
@@ -816,17 +820,11 @@ func (r *Registry) Default(iface string, scope Scope) (Implementation, error) {
 // version of iface, or exactly version when given. A user default may
 // name a system service; a system default only a system service.
 func (r *Registry) SetDefault(service, iface string, version *Version, scope Scope) error {
-	if err := r.writable(scope); err != nil {
-		return err
-	}
-	unlock, err := r.lockScope(scope)
+	end, err := r.change(scope)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.syncSystem()
+	defer end()
 	var target *ref
 	for _, s := range scopesFor(scope) {
 		d := r.st[s].service(service)

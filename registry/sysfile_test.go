@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tubes-dev/tubes/internal/testenv"
 )
 
 // shortLockWait makes lockScope give up sooner, for the test.
@@ -146,9 +148,7 @@ func TestSystemLockFileRefused(t *testing.T) {
 			return "lock file"
 		},
 		"another user's": func(t *testing.T, lock string) string {
-			if os.Geteuid() != 0 {
-				t.Skip("root only")
-			}
+			testenv.MustHaveRoot(t) // another user's file
 			if err := os.WriteFile(lock, nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
