@@ -87,6 +87,13 @@ type Stream struct {
 	onClose  func(error)
 	err      error // set when reset
 	finished bool
+
+	// lmu orders writes to the local socket against the pump's end of
+	// file: a write that fails on a reset takes the socket's error, and
+	// the pump's next read then sees a plain end of file. broken (set
+	// under lmu with the failed write) tells it that end is a reset.
+	lmu    sync.Mutex
+	broken bool
 }
 
 func newStream(s *Session, id uint32) *Stream {
@@ -356,6 +363,7 @@ func (st *Stream) drain(wait bool) {
 		st.mu.Unlock()
 		var n int
 		var err error
+		st.lmu.Lock()
 		if wait {
 			// Everything queued at once (writev): one system call for
 			// several frames when the application reads slower than we
@@ -367,6 +375,8 @@ func (st *Stream) drain(wait bool) {
 		} else {
 			n, err = writevNow(rc, bufs)
 		}
+		st.broken = err != nil
+		st.lmu.Unlock()
 		if err != nil {
 			for _, b := range bufs {
 				putBuf(b)
@@ -478,6 +488,12 @@ func (st *Stream) pump() {
 			return
 		}
 		if errors.Is(err, io.EOF) {
+			st.lmu.Lock()
+			broken := st.broken
+			st.lmu.Unlock()
+			if broken { // a reset, which the writer is reporting (RST)
+				return
+			}
 			st.mu.Lock()
 			st.sendDone = true
 			st.mu.Unlock()
