@@ -207,7 +207,7 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 			return fmt.Errorf("demo: alice's TURN allocation outlived her tubes")
 		}
 	}
-	d.say("alice's TURN allocation ended with her last tube; the relay forwarded only TLS records")
+	d.say("alice's TURN allocation ended with her last tube")
 
 	fmt.Fprintln(e.stdout, "All checks held.")
 	if !keep {

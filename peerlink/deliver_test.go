@@ -32,10 +32,9 @@ func TestSmallFramesThroughAFullSocket(t *testing.T) {
 	// its sequence number, sent before the application reads anything.
 	const frames, size = 30000, 100
 	for i := range frames {
-		b := make([]byte, headerLen+size)
-		putHeader(b, frameData, st.id, size)
-		binary.BigEndian.PutUint32(b[headerLen:], uint32(i))
-		if err := l.client.writeFrame(b); err != nil {
+		b := make([]byte, size+frameRoom)
+		binary.BigEndian.PutUint32(b[recHeaderLen:], uint32(i))
+		if err := l.client.writeFrame(b, size, frameData, st.id); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,23 +1,21 @@
 package peerlink
 
-import (
-	"encoding/binary"
-	"fmt"
-	"io"
-)
-
-// Frame layout, after the TLS handshake, in both directions:
+// Wire layout after the TLS 1.3 handshake, in both directions: a stream
+// of records (record.go), one frame each.
 //
-//	+------+-----------+-----------+-----------------+
-//	| type | stream id | length    | payload         |
-//	| 1 B  | 4 B, BE   | 4 B, BE   | length bytes    |
-//	+------+-----------+-----------+-----------------+
+//	+-----------+------------------------------------------------+-----+
+//	| length    | sealed: payload | type, 1 B | stream id, 4 B BE  | tag |
+//	| 4 B, BE   |                                                 | 16 B|
+//	+-----------+------------------------------------------------+-----+
+//
+// length counts everything after it (sealed bytes and tag). The frame's
+// type and stream come after its payload so that a receiver, opening the
+// record in place, finds the payload at the start of its buffer.
 //
 // Stream ids are odd when opened by the side that dialed the link and
 // even when opened by the side that accepted it, so both may open
 // streams without coordinating. Stream id 0 is the link itself (ctrl,
 // ping, pong, goaway).
-const headerLen = 9
 
 // Frame types.
 const (
@@ -44,29 +42,3 @@ const (
 	// written them to its local socket.
 	initialWindow = 4 << 20
 )
-
-type frameHeader struct {
-	typ    byte
-	stream uint32
-	length uint32
-}
-
-func putHeader(b []byte, typ byte, stream uint32, length int) {
-	b[0] = typ
-	binary.BigEndian.PutUint32(b[1:5], stream)
-	binary.BigEndian.PutUint32(b[5:9], uint32(length))
-}
-
-func readHeader(r io.Reader, b []byte) (frameHeader, error) {
-	if _, err := io.ReadFull(r, b[:headerLen]); err != nil {
-		return frameHeader{}, err
-	}
-	h := frameHeader{typ: b[0], stream: binary.BigEndian.Uint32(b[1:5]), length: binary.BigEndian.Uint32(b[5:9])}
-	if h.length > maxFrame {
-		return h, fmt.Errorf("peerlink: frame of %d bytes exceeds %d", h.length, maxFrame)
-	}
-	if h.typ > frameGoAway {
-		return h, fmt.Errorf("peerlink: unknown frame type %d", h.typ)
-	}
-	return h, nil
-}

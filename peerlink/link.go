@@ -1,6 +1,7 @@
 // Package peerlink carries tube connections between two daemons: one
 // link per pair of accounts, TLS 1.3 with both sides' ed25519 account
-// keys pinned from the rendezvous, and many streams multiplexed over it.
+// keys pinned from the rendezvous, and many streams multiplexed over it in
+// records keyed from that handshake (record.go).
 //
 // # Flow
 //
@@ -19,7 +20,7 @@
 // receiver writes to its local socket), so one slow application never
 // stalls the others, and buffers are bounded. FIN is carried through as a
 // half-close; RST, or the link dying, reaches the local socket as a reset.
-// The frame layout is in frame.go.
+// The wire layout is in frame.go.
 package peerlink
 
 import (
@@ -41,7 +42,7 @@ import (
 )
 
 // ALPN protocol of Tubes links.
-const alpn = "tube/1"
+const alpn = "tube/2"
 
 // Identity is the local account a link speaks for.
 type Identity struct {
@@ -97,8 +98,7 @@ func Client(ctx context.Context, raw net.Conn, self *Identity, peer string, peer
 	if err != nil {
 		return nil, err
 	}
-	bc := &batchConn{Conn: raw}
-	conn := tls.Client(bc, &tls.Config{
+	conn := tls.Client(&handshakeConn{Conn: raw}, &tls.Config{
 		MinVersion:             tls.VersionTLS13,
 		Certificates:           []tls.Certificate{cert},
 		InsecureSkipVerify:     true, // the key is pinned in VerifyConnection instead
@@ -115,10 +115,11 @@ func Client(ctx context.Context, raw net.Conn, self *Identity, peer string, peer
 			return nil
 		},
 	})
-	if err := handshake(ctx, conn); err != nil {
+	out, in, err := handshake(ctx, conn, true)
+	if err != nil {
 		return nil, err
 	}
-	return newSession(conn, bc, true, h, log), nil
+	return newSession(raw, out, in, true, h, log), nil
 }
 
 // Verifier decides whether an account with a key may open a link to us.
@@ -133,9 +134,8 @@ func Server(ctx context.Context, raw net.Conn, self *Identity, verify Verifier, 
 	if err != nil {
 		return nil, "", err
 	}
-	bc := &batchConn{Conn: raw}
 	var peer string
-	conn := tls.Server(bc, &tls.Config{
+	conn := tls.Server(&handshakeConn{Conn: raw}, &tls.Config{
 		MinVersion:             tls.VersionTLS13,
 		Certificates:           []tls.Certificate{cert},
 		ClientAuth:             tls.RequireAnyClientCert,
@@ -153,22 +153,35 @@ func Server(ctx context.Context, raw net.Conn, self *Identity, verify Verifier, 
 			return nil
 		},
 	})
-	if err := handshake(ctx, conn); err != nil {
+	out, in, err := handshake(ctx, conn, false)
+	if err != nil {
 		return nil, "", err
 	}
-	return newSession(conn, bc, false, handlerFor(peer), log), peer, nil
+	return newSession(raw, out, in, false, handlerFor(peer), log), peer, nil
 }
 
-func handshake(ctx context.Context, conn *tls.Conn) error {
+// handshake runs the TLS handshake and returns the record states for
+// this side's writes and reads. The TLS connection is not used after it:
+// the link's records go over the raw connection under it.
+func handshake(ctx context.Context, conn *tls.Conn, client bool) (out, in *cipherState, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := conn.HandshakeContext(ctx); err != nil {
 		conn.Close()
-		return fmt.Errorf("peerlink: TLS handshake: %w", err)
+		return nil, nil, fmt.Errorf("peerlink: TLS handshake: %w", err)
 	}
-	if conn.ConnectionState().NegotiatedProtocol != alpn {
+	cs := conn.ConnectionState()
+	if cs.NegotiatedProtocol != alpn {
 		conn.Close()
-		return errors.New("peerlink: the peer does not speak " + alpn)
+		return nil, nil, errors.New("peerlink: the peer does not speak " + alpn)
 	}
-	return nil
+	c, s, err := keySchedule(cs)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	if client {
+		return c, s, nil
+	}
+	return s, c, nil
 }

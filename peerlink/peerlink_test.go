@@ -72,6 +72,13 @@ type link struct {
 
 func newLink(t testing.TB, serverHandler Handler) link {
 	t.Helper()
+	return newLinkVia(t, serverHandler, nil)
+}
+
+// newLinkVia is newLink with the client dialing via(the server's
+// address) instead, when via is not nil: a man in the middle.
+func newLinkVia(t testing.TB, serverHandler Handler, via func(addr string) string) link {
+	t.Helper()
 	alice, bob := ident(t, "alice"), ident(t, "bob")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -98,7 +105,11 @@ func newLink(t testing.TB, serverHandler Handler) link {
 		}, func(string) Handler { return serverHandler }, discardLog)
 		ch <- res{s, peer, err}
 	}()
-	raw, err := net.Dial("tcp", l.Addr().String())
+	addr := l.Addr().String()
+	if via != nil {
+		addr = via(addr)
+	}
+	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

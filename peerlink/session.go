@@ -35,16 +35,18 @@ var (
 // ErrClosed is returned by operations on a closed session.
 var ErrClosed = errors.New("peerlink: link closed")
 
-// Session is a multiplexed link over one TLS connection.
+// Session is a multiplexed link over one connection, after its TLS
+// handshake.
 type Session struct {
-	conn   net.Conn   // the TLS connection
-	bc     *batchConn // under the TLS connection
+	conn   net.Conn // the network connection the records go over
 	client bool
 	h      Handler
 	log    *slog.Logger
 
-	wmu  sync.Mutex // serializes frame writes; guards werr
+	wmu  sync.Mutex // serializes frame writes; guards werr and out
 	werr error
+	out  *cipherState
+	in   *cipherState // the reader's own
 
 	mu      sync.Mutex // guards the fields below
 	streams map[uint32]*Stream
@@ -56,9 +58,10 @@ type Session struct {
 	wg       sync.WaitGroup
 }
 
-// newSession starts a session on an established TLS connection.
-func newSession(conn net.Conn, bc *batchConn, client bool, h Handler, log *slog.Logger) *Session {
-	s := &Session{conn: conn, bc: bc, client: client, h: h, log: log,
+// newSession starts a session on conn, whose TLS handshake gave the
+// record states out and in.
+func newSession(conn net.Conn, out, in *cipherState, client bool, h Handler, log *slog.Logger) *Session {
+	s := &Session{conn: conn, out: out, in: in, client: client, h: h, log: log,
 		streams: map[uint32]*Stream{}, done: make(chan struct{})}
 	if client {
 		s.nextID = 1
@@ -105,18 +108,18 @@ func (s *Session) NumStreams() int {
 // RemoteAddr is the address of the underlying connection's peer.
 func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
-// writeFrame writes one complete frame (header and payload in b). The
-// TLS records it produces leave in one write to the network.
-func (s *Session) writeFrame(b []byte) error {
+// writeFrame seals a frame into a record, in place, and writes it in one
+// system call. The payload is buf[recHeaderLen:recHeaderLen+n]; buf has
+// room for n+frameRoom bytes. The caller keeps buf.
+func (s *Session) writeFrame(buf []byte, n int, typ byte, stream uint32) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.werr != nil {
 		return s.werr
 	}
-	s.bc.begin()
-	_, err := s.conn.Write(b)
-	if ferr := s.bc.flush(); err == nil {
-		err = ferr
+	rec, err := s.out.seal(buf, n, typ, stream)
+	if err == nil {
+		_, err = s.conn.Write(rec)
 	}
 	if err != nil {
 		s.werr = err
@@ -126,10 +129,9 @@ func (s *Session) writeFrame(b []byte) error {
 }
 
 func (s *Session) writeSmall(typ byte, stream uint32, payload []byte) error {
-	b := make([]byte, headerLen+len(payload))
-	putHeader(b, typ, stream, len(payload))
-	copy(b[headerLen:], payload)
-	return s.writeFrame(b)
+	b := make([]byte, len(payload)+frameRoom)
+	copy(b[recHeaderLen:], payload)
+	return s.writeFrame(b, len(payload), typ, stream)
 }
 
 // OpenStream opens a stream with metadata for the peer's handler. It
@@ -199,11 +201,10 @@ func (s *Session) remove(st *Stream) {
 
 func (s *Session) readLoop() {
 	defer s.wg.Done()
-	// Smaller than a data frame, so that frame payloads are read straight
+	// Smaller than a bulk record, so that large records are read straight
 	// into their buffers rather than copied through this one.
 	br := bufio.NewReaderSize(s.conn, 16<<10)
-	hdr := make([]byte, headerLen)
-	err := s.read(br, hdr)
+	err := s.read(br)
 	code := CodeLost
 	if errors.Is(err, errGoAway) {
 		code = CodeCancelled
@@ -213,84 +214,108 @@ func (s *Session) readLoop() {
 
 var errGoAway = errors.New("peerlink: the peer closed the link")
 
-func (s *Session) read(br *bufio.Reader, hdr []byte) error {
+func (s *Session) read(br *bufio.Reader) error {
+	var hdr [recHeaderLen]byte
 	for {
-		h, err := readHeader(br, hdr)
-		if err != nil {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return fmt.Errorf("peerlink: the peer closed the connection")
 			}
 			return err
 		}
+		n, err := recordLength(hdr[:])
+		if err != nil {
+			return err
+		}
+		buf := getBuf(n)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			putBuf(buf)
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("peerlink: the peer closed the connection in the middle of a record")
+			}
+			return err
+		}
+		typ, stream, payload, err := s.in.open(buf, hdr[:])
+		if err != nil {
+			putBuf(buf)
+			return err
+		}
 		s.lastRecv.Store(time.Now().UnixNano())
-		switch h.typ {
-		case frameData:
-			st := s.stream(h.stream)
-			if st == nil {
-				// Data for a stream that was reset meanwhile.
-				if _, err := br.Discard(int(h.length)); err != nil {
-					return err
-				}
-				continue
-			}
-			buf := getBuf(int(h.length))
-			if _, err := io.ReadFull(br, buf); err != nil {
-				putBuf(buf)
-				return err
-			}
-			if err := st.deliver(buf); err != nil {
+		if typ == frameData {
+			// The payload is at the start of buf, so the stream gives the
+			// buffer back to its pool once written.
+			if err := s.data(stream, payload); err != nil {
 				return err
 			}
 			continue
 		}
-		payload := make([]byte, h.length)
-		if _, err := io.ReadFull(br, payload); err != nil {
+		// Other frames are small: the handler gets a copy of its own.
+		payload = append([]byte(nil), payload...)
+		putBuf(buf)
+		if err := s.frame(typ, stream, payload); err != nil {
 			return err
 		}
-		switch h.typ {
-		case frameOpen:
-			if h.stream == 0 || (h.stream%2 == 1) != !s.client {
-				return fmt.Errorf("peerlink: peer opened stream %d with the wrong parity", h.stream)
-			}
-			s.mu.Lock()
-			if _, dup := s.streams[h.stream]; dup || s.err != nil {
-				s.mu.Unlock()
-				return fmt.Errorf("peerlink: peer reopened stream %d", h.stream)
-			}
-			st := newStream(s, h.stream)
-			s.streams[h.stream] = st
-			hd := s.h
-			s.mu.Unlock()
-			hd.Open(st, payload)
-		case frameFin:
-			if st := s.stream(h.stream); st != nil {
-				st.recvFin()
-			}
-		case frameRst:
-			if st := s.stream(h.stream); st != nil {
-				e := &ResetError{Code: CodeCancelled, Remote: true}
-				if len(payload) > 0 {
-					e.Code = Code(payload[0])
-					e.Message = string(payload[1:])
-				}
-				st.abort(e, false)
-			}
-		case frameWindow:
-			if len(payload) != 4 {
-				return fmt.Errorf("peerlink: malformed window frame")
-			}
-			if st := s.stream(h.stream); st != nil {
-				st.addCredit(int(binary.BigEndian.Uint32(payload)))
-			}
-		case framePing:
-			go s.writeSmall(framePong, 0, payload)
-		case framePong:
-		case frameCtrl:
-			s.handler().Ctrl(payload)
-		case frameGoAway:
-			return errGoAway
-		}
 	}
+}
+
+// data hands a DATA frame's payload (a pooled buffer) to its stream.
+func (s *Session) data(stream uint32, payload []byte) error {
+	st := s.stream(stream)
+	if st == nil { // data for a stream that was reset meanwhile
+		putBuf(payload)
+		return nil
+	}
+	return st.deliver(payload)
+}
+
+// frame acts on a frame other than DATA.
+func (s *Session) frame(typ byte, stream uint32, payload []byte) error {
+	switch typ {
+	case frameOpen:
+		if stream == 0 || (stream%2 == 1) != !s.client {
+			return fmt.Errorf("peerlink: peer opened stream %d with the wrong parity", stream)
+		}
+		s.mu.Lock()
+		if _, dup := s.streams[stream]; dup || s.err != nil {
+			s.mu.Unlock()
+			return fmt.Errorf("peerlink: peer reopened stream %d", stream)
+		}
+		st := newStream(s, stream)
+		s.streams[stream] = st
+		hd := s.h
+		s.mu.Unlock()
+		hd.Open(st, payload)
+	case frameFin:
+		if st := s.stream(stream); st != nil {
+			st.recvFin()
+		}
+	case frameRst:
+		if st := s.stream(stream); st != nil {
+			e := &ResetError{Code: CodeCancelled, Remote: true}
+			if len(payload) > 0 {
+				e.Code = Code(payload[0])
+				e.Message = string(payload[1:])
+			}
+			st.abort(e, false)
+		}
+	case frameWindow:
+		if len(payload) != 4 {
+			return fmt.Errorf("peerlink: malformed window frame")
+		}
+		if st := s.stream(stream); st != nil {
+			st.addCredit(int(binary.BigEndian.Uint32(payload)))
+		}
+	case framePing:
+		go s.writeSmall(framePong, 0, payload)
+	case framePong:
+	case frameCtrl:
+		s.handler().Ctrl(payload)
+	case frameGoAway:
+		return errGoAway
+	default:
+		return fmt.Errorf("peerlink: unknown frame type %d", typ)
+	}
+	return nil
 }
 
 func (s *Session) keepalive() {
@@ -311,53 +336,10 @@ func (s *Session) keepalive() {
 	}
 }
 
-// batchConn sits under the TLS connection and, between begin and flush,
-// gathers what TLS writes so that the several records of one frame leave
-// in one system call.
-type batchConn struct {
-	net.Conn
-	mu       sync.Mutex // guards batching and buf (TLS may write from its read path)
-	batching bool
-	buf      []byte
-}
-
-func (b *batchConn) begin() {
-	b.mu.Lock()
-	b.batching = true
-	b.mu.Unlock()
-}
-
-func (b *batchConn) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	if b.batching {
-		b.buf = append(b.buf, p...)
-		b.mu.Unlock()
-		return len(p), nil
-	}
-	b.mu.Unlock()
-	return b.Conn.Write(p)
-}
-
-func (b *batchConn) flush() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.batching = false
-	if len(b.buf) == 0 {
-		return nil
-	}
-	_, err := b.Conn.Write(b.buf)
-	if cap(b.buf) > 4*(maxData+headerLen) {
-		b.buf = nil // do not keep a large buffer after a burst
-	} else {
-		b.buf = b.buf[:0]
-	}
-	return err
-}
-
 // Buffers for stream data, in size classes: a frame's buffer is the
 // smallest class that holds it, so a small message queued at a receiver
 // does not pin a megabyte.
-var bufClasses = [...]int{16 << 10, 64 << 10, 256 << 10, headerLen + maxData}
+var bufClasses = [...]int{16 << 10, 64 << 10, 256 << 10, maxData + frameRoom}
 
 var bufPools [len(bufClasses)]sync.Pool
 

@@ -457,8 +457,8 @@ func (st *Stream) pump() {
 		if rc != nil {
 			buf, n, err = readLocal(rc, limit)
 		} else {
-			buf = getBuf(headerLen + maxData)
-			n, err = local.Read(buf[headerLen : headerLen+limit])
+			buf = getBuf(maxData + frameRoom)
+			n, err = local.Read(buf[recHeaderLen : recHeaderLen+limit])
 		}
 		if n > 0 {
 			st.mu.Lock()
@@ -469,8 +469,7 @@ func (st *Stream) pump() {
 				putBuf(buf)
 				return
 			}
-			putHeader(buf, frameData, st.id, n)
-			if st.s.writeFrame(buf[:headerLen+n]) != nil {
+			if st.s.writeFrame(buf, n, frameData, st.id) != nil {
 				putBuf(buf)
 				return
 			}
@@ -537,7 +536,7 @@ func (st *Stream) waitCredit() int {
 }
 
 // readLocal reads up to limit bytes from the local socket into a pooled
-// frame buffer (after headerLen bytes of room). It takes the buffer only
+// frame buffer (at recHeaderLen: a record is sealed around it in place). It takes the buffer only
 // when the socket is readable and gives it back before waiting, so an idle
 // connection holds no buffer, and a busy one costs one system call per
 // read. A nil buffer comes back only with an error.
@@ -547,10 +546,10 @@ func readLocal(rc syscall.RawConn, limit int) ([]byte, int, error) {
 	var rerr error
 	err := rc.Read(func(fd uintptr) bool {
 		if buf == nil {
-			buf = getBuf(headerLen + maxData)
+			buf = getBuf(maxData + frameRoom)
 		}
 		for {
-			m, e := unix.Read(int(fd), buf[headerLen:headerLen+limit])
+			m, e := unix.Read(int(fd), buf[recHeaderLen:recHeaderLen+limit])
 			switch {
 			case e == unix.EINTR:
 				continue
