@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,13 +233,17 @@ func (u *Unit) startShared() error {
 
 // start starts one process with f as its descriptor 3. An executable
 // that is missing or not executable is refused here, with a clear error,
-// rather than left to the shell's exit status 127 or 126. Callers hold
-// u.mu.
+// rather than left to the shell's exit status 127 or 126; so is one that
+// another user could replace (safeExecutable). Callers hold u.mu.
 func (u *Unit) start(f *os.File) (*instance, error) {
 	u.status.Starts++
 	u.status.LastStart = time.Now()
-	if _, err := exec.LookPath(u.cfg.Path); err != nil && !errors.Is(err, exec.ErrDot) {
+	path, err := exec.LookPath(u.cfg.Path)
+	if err != nil && !errors.Is(err, exec.ErrDot) {
 		return nil, u.fail("cannot start %s: %v", u.cfg.Path, cause(err))
+	}
+	if err := safeExecutable(path); err != nil {
+		return nil, u.fail("will not start %s: %v", u.cfg.Path, err)
 	}
 	cmd := u.command(f)
 	if err := cmd.Start(); err != nil {
@@ -246,6 +251,44 @@ func (u *Unit) start(f *os.File) (*instance, error) {
 	}
 	u.log.Info("on-demand service started", "pid", cmd.Process.Pid, "path", u.cfg.Path, "mode", u.cfg.Mode)
 	return &instance{cmd: cmd, exited: make(chan struct{})}, nil
+}
+
+// safeExecutable refuses an executable that a user other than root or
+// this process's own could replace: the file and every directory above
+// it, on the path as given and on its real path, must belong to root or
+// to this user and be writable by no one else (a directory with the
+// sticky bit, such as /tmp, may be). Otherwise the daemon would run, as
+// its user, whatever somebody else put there; for root's daemon and a
+// system-scope service, a way to root. The rule is sshd's StrictModes.
+func safeExecutable(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return cause(err)
+	}
+	uid := uint32(os.Geteuid())
+	for _, p := range []string{abs, real} {
+		for ; ; p = filepath.Dir(p) {
+			var st unix.Stat_t
+			if err := unix.Stat(p, &st); err != nil {
+				return fmt.Errorf("%s: %w", p, cause(err))
+			}
+			if st.Uid != 0 && st.Uid != uid {
+				return fmt.Errorf("%s belongs to uid %d, neither root nor this user (uid %d)", p, st.Uid, uid)
+			}
+			sticky := st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Mode&unix.S_ISVTX != 0
+			if st.Mode&0o022 != 0 && !sticky {
+				return fmt.Errorf("%s is writable by other users (mode %04o)", p, st.Mode&0o7777)
+			}
+			if p == "/" {
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // cause is the innermost of err's wrapped errors ("no such file or

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tubes-dev/tubes/internal/serve"
+	"github.com/tubes-dev/tubes/internal/testenv"
 )
 
 // The test binary is also the on-demand service: TestMain runs it as one
@@ -262,6 +263,32 @@ func TestFailuresReset(t *testing.T) {
 	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Executables another user could replace.
+	script := func(dir, name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	worldWritable := script(t.TempDir(), "world-writable", 0o777)
+	openDir := filepath.Join(t.TempDir(), "open")
+	if err := os.Mkdir(openDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(openDir, 0o777)
+	inOpenDir := script(openDir, "service", 0o755)
+	linkDir := t.TempDir()
+	viaLink := filepath.Join(linkDir, "link")
+	if err := os.Symlink(inOpenDir, viaLink); err != nil {
+		t.Fatal(err)
+	}
+	othersDir := t.TempDir()
+	others := script(othersDir, "others", 0o755)
+	chownErr := os.Chown(others, 65534, 65534)
 	for _, c := range []struct {
 		name, mode, behaviour, path, why string
 		refused                          bool // Connect itself refuses
@@ -273,8 +300,17 @@ func TestFailuresReset(t *testing.T) {
 		{"exits at once", Shared, "exit", "", "exited before accepting (exit status 1)", true},
 		{"exits at once", PerClient, "exit", "", "a per-client instance failed (exit status 1)", false},
 		{"never accepts", Shared, "hang", "", "did not accept within", true},
+		{"writable by others", Shared, "echo", worldWritable, "will not start " + worldWritable + ": " + worldWritable + " is writable by other users (mode 0777)", true},
+		{"writable by others", PerClient, "echo", worldWritable, "is writable by other users (mode 0777)", true},
+		{"in a directory others can write", Shared, "echo", inOpenDir, openDir + " is writable by other users (mode 0777)", true},
+		{"through a link into such a directory", PerClient, "echo", viaLink, openDir + " is writable by other users (mode 0777)", true},
+		{"another user's", Shared, "echo", others, others + " belongs to uid 65534, neither root nor this user", true},
 	} {
 		t.Run(c.mode+"/"+c.name, func(t *testing.T) {
+			if c.path == others && chownErr != nil {
+				testenv.MustHaveRoot(t)
+				t.Fatalf("chown: %v", chownErr)
+			}
 			newUnit := func() *Unit {
 				u := unit(t, c.mode, c.behaviour, Config{StartTimeout: 500 * time.Millisecond})
 				if c.path != "" {
