@@ -33,10 +33,10 @@ const (
 // Limits.
 const (
 	// maxData is the largest DATA payload a sender produces (large reads
-	// of the local socket are what make bulk transfers fast); receivers
-	// accept up to maxFrame for any frame.
+	// of the local socket are what make bulk transfers fast), and
+	// maxFrame the largest payload of any frame.
 	maxData  = 1 << 20
-	maxFrame = 2 << 20
+	maxFrame = maxData
 	// initialWindow is each stream's receive window: the most bytes a
 	// sender may have in flight on one stream before the receiver has
 	// written them to its local socket.

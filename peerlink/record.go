@@ -33,7 +33,7 @@ import (
 // altered, dropped, replayed, reordered or cut short fails to open, and
 // the link ends. After recordsPerKey records both ends move the
 // direction's secret on (HKDF, as TLS 1.3's KeyUpdate does), well before
-// AES-GCM's per-key limit: at most recordsPerKey × 2 MiB = 32 GiB, where
+// AES-GCM's per-key limit: at most recordsPerKey × 1 MiB = 16 GiB, where
 // RFC 8446 §5.5 allows about 2^24.5 full 16 KiB records (390 GB).
 
 // exporterLabel names the link's keys in the TLS exporter. RFC 5705
@@ -146,6 +146,9 @@ func (c *cipherState) next() ([]byte, error) {
 // buf[recHeaderLen:recHeaderLen+n], and cap(buf) is at least
 // n+frameRoom. It returns the record's bytes (a prefix of buf).
 func (c *cipherState) seal(buf []byte, n int, typ byte, stream uint32) ([]byte, error) {
+	if n > maxFrame || cap(buf) < n+frameRoom {
+		return nil, fmt.Errorf("peerlink: a frame of %d bytes in a buffer of %d (at most %d, with %d of room)", n, cap(buf), maxFrame, frameRoom)
+	}
 	p := buf[recHeaderLen : recHeaderLen+n+trailerLen]
 	p[n] = typ
 	binary.BigEndian.PutUint32(p[n+1:], stream)
@@ -180,6 +183,13 @@ func (c *cipherState) open(rec, hdr []byte) (typ byte, stream uint32, payload []
 // recordLength checks a record's length header.
 func recordLength(hdr []byte) (int, error) {
 	n := binary.BigEndian.Uint32(hdr)
+	if (hdr[0] == 21 || hdr[0] == 23) && hdr[1] == 3 && hdr[2] == 3 {
+		// A TLS record (alert, or an encrypted one): the peer's TLS
+		// refused the handshake after ours had finished (in TLS 1.3 the
+		// client finishes first), and says so in an alert. No link
+		// record is that long.
+		return 0, errors.New("peerlink: the peer refused the link's TLS handshake (a TLS alert came instead of a link record)")
+	}
 	if n < trailerLen+tagLen || n > maxRecord {
 		return 0, fmt.Errorf("peerlink: a record of %d bytes from the peer (allowed: %d to %d)", n, trailerLen+tagLen, maxRecord)
 	}

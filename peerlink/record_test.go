@@ -135,6 +135,22 @@ func TestRecordRejects(t *testing.T) {
 	shorter := bytes.Clone(r[1])
 	binary.BigEndian.PutUint32(shorter, uint32(len(r[1])-recHeaderLen-1))
 	cat := func(rs ...[]byte) []byte { return bytes.Join(rs, nil) }
+	// fresh seals from record 0 again, with the same key.
+	fresh := func(frames ...func(c *cipherState) []byte) []byte {
+		c, err := newCipherState(in.suite, bytes.Clone(in.secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b []byte
+		for _, f := range frames {
+			b = append(b, f(c)...)
+		}
+		return b
+	}
+	frame := func(typ byte, stream uint32, p string) func(c *cipherState) []byte {
+		return func(c *cipherState) []byte { return sealed(t, c, typ, stream, []byte(p)) }
+	}
+	tooLong := binary.BigEndian.AppendUint32(nil, maxRecord+1)
 	for _, c := range []struct {
 		name  string
 		input []byte
@@ -152,6 +168,13 @@ func TestRecordRejects(t *testing.T) {
 		{"another key", foreign, "failed authentication", ""},
 		{"length too large", cat(r[0], []byte{0xff, 0xff, 0xff, 0xff}), "a record of 4294967295 bytes", "m0"},
 		{"length too small", []byte{0, 0, 0, 3, 1, 2, 3}, "a record of 3 bytes", ""},
+		{"length one byte over", cat(r[0], tooLong), "a record of 1048598 bytes", "m0"},
+		{"a TLS alert", []byte{21, 3, 3, 0, 19, 1, 2, 3}, "refused the link's TLS handshake", ""},
+		{"empty data frame", fresh(frame(frameCtrl, 0, "m0"), frame(frameData, 1, "")), "an empty data frame on stream 1", "m0"},
+		{"malformed ping", fresh(frame(frameCtrl, 0, "m0"), frame(framePing, 0, "abc")), "malformed ping frame", "m0"},
+		{"malformed window", fresh(frame(frameWindow, 1, "abc")), "malformed window frame", ""},
+		{"unknown type", fresh(frame(frameCtrl, 0, "m0"), frame(frameGoAway+1, 0, "")), "unknown frame type 9", "m0"},
+		{"open with the wrong parity", fresh(frame(frameOpen, 2, "\x00")), "wrong parity", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			in := *in // each case starts at record 0
@@ -289,4 +312,69 @@ func TestTamperedLinkEnds(t *testing.T) {
 	if got, err := readToError(service); bytes.Contains(got, []byte("tampering")) || !isReset(err) {
 		t.Fatalf("the service read %q, then %v; want a reset and nothing of the altered record", got, err)
 	}
+}
+
+// A record is sealed for one direction only: one a side sealed does not
+// open on that same side (a reflection), and does on the other.
+func TestRecordNotReflected(t *testing.T) {
+	l := newLink(t, funcHandler{})
+	// No frame has crossed the new link yet: every state is at record 0.
+	l.client.wmu.Lock()
+	out := *l.client.out
+	l.client.wmu.Unlock()
+	rec := sealed(t, &out, frameCtrl, 0, []byte("to the server"))
+	own, other := *l.client.in, *l.server.in
+	if _, _, _, err := own.open(bytes.Clone(rec[recHeaderLen:]), rec[:recHeaderLen]); err == nil {
+		t.Fatal("the client opens a record it sealed itself")
+	}
+	if _, _, p, err := other.open(bytes.Clone(rec[recHeaderLen:]), rec[:recHeaderLen]); err != nil || string(p) != "to the server" {
+		t.Fatalf("the server opened the client's record as %q, %v", p, err)
+	}
+}
+
+// A received record of a 16, 64 or 256 KiB payload (common local read
+// sizes) or of a full frame fits the class of its payload size, not the
+// next one up.
+func TestBufferClasses(t *testing.T) {
+	prev := 0
+	for class, payload := range []int{16 << 10, 64 << 10, 256 << 10, maxData} {
+		for _, n := range []int{prev + 100, payload} {
+			if b := getBuf(n + trailerLen + tagLen); cap(b) != bufClasses[class] {
+				t.Errorf("the record of a %d-byte payload takes a buffer of %d, want %d", n, cap(b), bufClasses[class])
+			}
+		}
+		prev = payload
+	}
+}
+
+// Tiny frames waiting for a slow (here: not yet attached) application
+// share buffers: 10,000 one-byte frames hold one buffer, not 10,000.
+func TestTinyFramesShareBuffers(t *testing.T) {
+	out, in := directionStates(t, tls.TLS_AES_128_GCM_SHA256)
+	wire := sealed(t, out, frameOpen, 1, []byte{0}) // kept, not attached
+	const frames = 10000
+	for i := range frames {
+		wire = append(wire, sealed(t, out, frameData, 1, []byte{byte(i)})...)
+	}
+	s := newSessionForRead(in, out, &ctrlRecorder{})
+	if err := s.read(bufio.NewReader(bytes.NewReader(wire))); err == nil || !strings.Contains(err.Error(), "closed the connection") {
+		t.Fatalf("the reader stopped with %v", err)
+	}
+	st := s.stream(1)
+	st.mu.Lock()
+	queue, queued := len(st.queue), st.queued
+	var got []byte
+	for _, b := range st.queue {
+		got = append(got, b...)
+	}
+	st.mu.Unlock()
+	if queued != frames || len(got) != frames || queue > 1 {
+		t.Fatalf("%d one-byte frames queued as %d bytes in %d buffers", frames, queued, queue)
+	}
+	for i, b := range got {
+		if b != byte(i) {
+			t.Fatalf("byte %d is %d, out of order", i, b)
+		}
+	}
+	s.fail(errors.New("done"), CodeCancelled)
 }

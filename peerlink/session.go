@@ -54,6 +54,7 @@ type Session struct {
 	err     error // why the session ended
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
+	ponging  atomic.Bool  // a pong is being sent
 	done     chan struct{}
 	wg       sync.WaitGroup
 }
@@ -118,10 +119,10 @@ func (s *Session) writeFrame(buf []byte, n int, typ byte, stream uint32) error {
 		return s.werr
 	}
 	rec, err := s.out.seal(buf, n, typ, stream)
-	if err == nil {
-		_, err = s.conn.Write(rec)
-	}
 	if err != nil {
+		return err // nothing was sent: the link goes on
+	}
+	if _, err = s.conn.Write(rec); err != nil {
 		s.werr = err
 		go s.fail(fmt.Errorf("peerlink: write: %w", err), CodeLost)
 	}
@@ -260,6 +261,10 @@ func (s *Session) read(br *bufio.Reader) error {
 
 // data hands a DATA frame's payload (a pooled buffer) to its stream.
 func (s *Session) data(stream uint32, payload []byte) error {
+	if len(payload) == 0 {
+		putBuf(payload)
+		return fmt.Errorf("peerlink: an empty data frame on stream %d", stream)
+	}
 	st := s.stream(stream)
 	if st == nil { // data for a stream that was reset meanwhile
 		putBuf(payload)
@@ -306,7 +311,17 @@ func (s *Session) frame(typ byte, stream uint32, payload []byte) error {
 			st.addCredit(int(binary.BigEndian.Uint32(payload)))
 		}
 	case framePing:
-		go s.writeSmall(framePong, 0, payload)
+		if len(payload) != 8 {
+			return fmt.Errorf("peerlink: malformed ping frame")
+		}
+		// One pong at a time: a peer that pings without reading what we
+		// send gets no queue of goroutines here.
+		if s.ponging.CompareAndSwap(false, true) {
+			go func() {
+				s.writeSmall(framePong, 0, payload)
+				s.ponging.Store(false)
+			}()
+		}
 	case framePong:
 	case frameCtrl:
 		s.handler().Ctrl(payload)
@@ -339,7 +354,7 @@ func (s *Session) keepalive() {
 // Buffers for stream data, in size classes: a frame's buffer is the
 // smallest class that holds it, so a small message queued at a receiver
 // does not pin a megabyte.
-var bufClasses = [...]int{16 << 10, 64 << 10, 256 << 10, maxData + frameRoom}
+var bufClasses = [...]int{16<<10 + frameRoom, 64<<10 + frameRoom, 256<<10 + frameRoom, maxData + frameRoom}
 
 var bufPools [len(bufClasses)]sync.Pool
 

@@ -213,7 +213,15 @@ func (st *Stream) deliver(b []byte) error {
 		putBuf(b)
 		return fmt.Errorf("peerlink: peer overran the window of stream %d", st.id)
 	}
-	st.queue = append(st.queue, b)
+	if n := len(st.queue); n > 0 && len(b) <= coalesceMax && cap(st.queue[n-1])-len(st.queue[n-1]) >= len(b) {
+		// A small frame joins the one queued before it, in that buffer's
+		// spare room: many small frames waiting for a slow application
+		// fill buffers, rather than pin one each.
+		st.queue[n-1] = append(st.queue[n-1], b...)
+		putBuf(b)
+	} else {
+		st.queue = append(st.queue, b)
+	}
 	st.queued += len(b)
 	start := st.local != nil && !st.draining
 	if start {
@@ -232,6 +240,10 @@ func (st *Stream) deliver(b []byte) error {
 	}
 	return nil
 }
+
+// coalesceMax is the largest received frame that is copied into the
+// spare room of the buffer queued before it.
+const coalesceMax = 4 << 10
 
 // directWriteMax is the largest frame the link's reader tries to write to
 // the local socket itself; larger ones go to a drain goroutine at once,
