@@ -395,7 +395,7 @@ func (u *Unit) waitAccepted(in *instance) error {
 	// seen empty at once, look again shortly: the handshake's last ACK
 	// may not have reached the listener yet.
 	seen, zeros := false, 0
-	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 20*time.Millisecond) {
+	for delay := 20 * time.Microsecond; ; delay = min(2*delay, 20*time.Millisecond) {
 		select {
 		case <-in.exited:
 			u.mu.Lock()
@@ -425,7 +425,22 @@ func (u *Unit) waitAccepted(in *instance) error {
 			defer u.mu.Unlock()
 			return u.fail("the service did not accept within %s", u.cfg.StartTimeout)
 		}
-		time.Sleep(delay)
+		pause(delay)
+	}
+}
+
+// pause sleeps for d. A pause under a millisecond sleeps in nanosleep(2)
+// on this thread: the runtime's timers wake a sleeper no sooner than about
+// a millisecond after it asked (epoll's timeout is in milliseconds), and
+// every connection to a running on-demand service waits here for the
+// service to accept, which takes it some tens of microseconds.
+func pause(d time.Duration) {
+	if d >= time.Millisecond {
+		time.Sleep(d)
+		return
+	}
+	ts := unix.NsecToTimespec(int64(d))
+	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
 	}
 }
 

@@ -142,6 +142,10 @@ func (b *bench) relayRows(ctx context.Context, r relayRun) error {
 			tubes[s.name]/tubes["coturn"], tubes[s.name]/r.raw, ms(p50), ms(p99)))
 	}
 
+	if err := b.allocationRows(ctx, servers, []int{r.ourPID, r.coturnPID}); err != nil {
+		return err
+	}
+
 	// Memory and scale: connections through an allocation, each bound
 	// and forwarded to the echo server.
 	echo := make([]string, len(servers))
@@ -284,4 +288,102 @@ type relayRun struct {
 	ourPID, coturnPID   int
 	tubeIperf, tubeEcho [2]string // our relay, coturn
 	raw                 float64   // raw loopback iperf3 throughput, bit/s
+}
+
+// allocationRows measures TURN allocations on each server: how many per
+// second a client can make and end (control connection, the 401
+// challenge, Allocate, Refresh 0), sixteen at a time; and how many one
+// server holds open at once, each a control connection and a relayed
+// port.
+func (b *bench) allocationRows(ctx context.Context, servers []struct{ name, addr string }, pids []int) error {
+	rate, held := 500, 1000
+	if *smoke {
+		rate, held = 20, 50
+	}
+	b.rows = append(b.rows, "", fmt.Sprintf("| TURN TCP allocations | made and ended per second (%d, 16 at a time) | held open at once (%d asked) | RSS growth per held allocation |", rate, held), "| --- | --- | --- | --- |")
+	for i, s := range servers {
+		perSec, err := allocationRate(ctx, s.addr, rate, 16)
+		if err != nil {
+			return fmt.Errorf("allocations on %s: %w", s.name, err)
+		}
+		before := rss(pids[i])
+		clients, err := holdAllocations(ctx, s.addr, held, 16)
+		time.Sleep(2 * time.Second) // as for idle connections
+		grown := rss(pids[i]) - before
+		n := len(clients)
+		for _, c := range clients {
+			c.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("holding allocations on %s: %w", s.name, err)
+		}
+		b.rows = append(b.rows, fmt.Sprintf("| %s | %.0f | %d | %.1f KiB |", s.name, perSec, n, float64(grown)/float64(max(n, 1))))
+	}
+	return nil
+}
+
+// allocationRate makes and ends n allocations on server, parallel at a
+// time, and returns how many per second.
+func allocationRate(ctx context.Context, server string, n, parallel int) (float64, error) {
+	jobs := make(chan int)
+	errs := make(chan error, parallel)
+	t0 := time.Now()
+	for w := range parallel {
+		go func() {
+			user, pass := relay.RESTCredentials(benchSecret, fmt.Sprintf("bench-rate-%d", w), time.Hour, time.Now())
+			for range jobs {
+				c, err := turnclient.Allocate(ctx, turnclient.Config{Server: server, Username: user, Password: pass})
+				if err != nil {
+					errs <- err
+					for range jobs {
+					}
+					return
+				}
+				c.Close()
+			}
+			errs <- nil
+		}()
+	}
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	var first error
+	for range parallel {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return float64(n) / time.Since(t0).Seconds(), first
+}
+
+// holdAllocations makes n allocations on server (each under a user of
+// its own: a relay bounds one user's allocations) and returns them open.
+func holdAllocations(ctx context.Context, server string, n, parallel int) ([]*turnclient.Client, error) {
+	out := make([]*turnclient.Client, n)
+	errs := make(chan error, n)
+	sem := make(chan struct{}, parallel)
+	for i := range n {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			user, pass := relay.RESTCredentials(benchSecret, fmt.Sprintf("bench-hold-%d", i), time.Hour, time.Now())
+			c, err := turnclient.Allocate(ctx, turnclient.Config{Server: server, Username: user, Password: pass})
+			out[i] = c
+			errs <- err
+		}()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	held := out[:0]
+	for _, c := range out {
+		if c != nil {
+			held = append(held, c)
+		}
+	}
+	return held, first
 }
