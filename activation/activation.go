@@ -393,9 +393,14 @@ func (u *Unit) waitAccepted(in *instance) error {
 	deadline := time.Now().Add(u.cfg.StartTimeout)
 	// An empty queue means accepted once our connection was seen in it;
 	// seen empty at once, look again shortly: the handshake's last ACK
-	// may not have reached the listener yet.
+	// may not have reached the listener yet. Looked at after 20 µs, then
+	// less often: a running service accepts within some tens of
+	// microseconds, one starting within milliseconds (looked at every
+	// millisecond for a quarter of a second), one that hangs every 20 ms
+	// until it times out.
 	seen, zeros := false, 0
-	for delay := 20 * time.Microsecond; ; delay = min(2*delay, 20*time.Millisecond) {
+	start := time.Now()
+	for delay := 20 * time.Microsecond; ; {
 		select {
 		case <-in.exited:
 			u.mu.Lock()
@@ -412,13 +417,14 @@ func (u *Unit) waitAccepted(in *instance) error {
 				queued = info.Unacked // a listener's accept queue length
 			}
 		})
-		if cerr != nil || gerr != nil {
-			continue // the listener closed: the service is gone (above)
-		}
-		if queued > 0 {
-			seen = true
-		} else if zeros++; seen || zeros >= 2 {
-			return nil
+		// An error means the listener closed: the service is gone, which
+		// the next look at exited says.
+		if cerr == nil && gerr == nil {
+			if queued > 0 {
+				seen = true
+			} else if zeros++; seen || zeros >= 2 {
+				return nil
+			}
 		}
 		if time.Now().After(deadline) {
 			u.mu.Lock()
@@ -426,6 +432,12 @@ func (u *Unit) waitAccepted(in *instance) error {
 			return u.fail("the service did not accept within %s", u.cfg.StartTimeout)
 		}
 		pause(delay)
+		switch {
+		case delay < time.Millisecond:
+			delay = min(2*delay, time.Millisecond)
+		case time.Since(start) > 250*time.Millisecond:
+			delay = 20 * time.Millisecond
+		}
 	}
 }
 
