@@ -22,31 +22,21 @@ func serveForward(spec string) {
 	if !ok {
 		log.Fatalf("-forward wants LISTEN,TARGET, not %q", spec)
 	}
-	l, err := net.Listen("tcp", listen)
-	if err != nil {
-		log.Fatal(err)
-	}
-	for {
-		c, err := l.Accept()
+	serveTCP("forwarder", listen, func(c net.Conn) {
+		s, err := net.Dial("tcp", target)
 		if err != nil {
-			log.Fatal(err)
+			log.Printf("forwarder: %v", err)
+			c.Close()
+			return
 		}
 		go func() {
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				log.Printf("forwarder: %v", err)
-				c.Close()
-				return
-			}
-			go func() {
-				io.Copy(s, c)
-				s.(*net.TCPConn).CloseWrite()
-			}()
-			io.Copy(c, s)
-			c.Close()
-			s.Close()
+			io.Copy(s, c)
+			s.(*net.TCPConn).CloseWrite()
 		}()
-	}
+		io.Copy(c, s)
+		c.Close()
+		s.Close()
+	})
 }
 
 // forwardTo starts hops bare forwarders in a chain in front of target

@@ -788,6 +788,17 @@ func echoAll(conns []net.Conn, parallel int) (ok, errs int, took time.Duration) 
 
 func serveEcho(addr string) {
 	raiseFileLimit()
+	serveTCP("echo server", addr, func(c net.Conn) {
+		defer c.Close()
+		// A plain copy: io.Copy between TCP sockets would splice(2)
+		// through a pipe, two more descriptors per connection.
+		io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 2048))
+	})
+}
+
+// serveTCP runs handle on its own goroutine for every connection to addr,
+// riding out accept errors (such as running out of descriptors).
+func serveTCP(name, addr string, handle func(net.Conn)) {
 	var live atomic.Int64
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -796,17 +807,14 @@ func serveEcho(addr string) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			log.Printf("echo server (%d connections open): %v", live.Load(), err)
+			log.Printf("%s (%d connections open): %v", name, live.Load(), err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		live.Add(1)
 		go func() {
 			defer live.Add(-1)
-			defer c.Close()
-			// A plain copy: io.Copy between TCP sockets would splice(2)
-			// through a pipe, two more descriptors per connection.
-			io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 2048))
+			handle(c)
 		}()
 	}
 }
