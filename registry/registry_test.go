@@ -55,6 +55,20 @@ func mustAdd(t *testing.T, r *Registry, d *Descriptor, s Scope) {
 	}
 }
 
+func mustSetDefault(t *testing.T, r *Registry, service, iface string, v *Version, s Scope) {
+	t.Helper()
+	if err := r.SetDefault(service, iface, v, s); err != nil {
+		t.Fatalf("set %s as the default %s: %v", service, iface, err)
+	}
+}
+
+func mustRemove(t *testing.T, r *Registry, service string, s Scope) {
+	t.Helper()
+	if err := r.Remove(service, s); err != nil {
+		t.Fatalf("remove %s: %v", service, err)
+	}
+}
+
 // names lists "service iface M.m" of implementations.
 func names(impls []*Implementation) []string {
 	var out []string
@@ -134,9 +148,7 @@ func TestScopes(t *testing.T) {
 	if !slices.Equal(*evs, want) {
 		t.Fatalf("events %+v", *evs)
 	}
-	if err := r.Remove("Usr", UserScope); err != nil {
-		t.Fatal(err)
-	}
+	mustRemove(t, r, "Usr", UserScope)
 	if (*evs)[2] != (Event{ServiceRemoved, "Usr", UserScope}) {
 		t.Fatalf("events %+v", *evs)
 	}
@@ -199,16 +211,12 @@ func TestDefaults(t *testing.T) {
 		r, _ := newReg(t)
 		mustAdd(t, r, desc("First", "f", "i.x 1.0"), UserScope)
 		mustAdd(t, r, desc("Second", "s", "i.x 2.0", "i.x 2.4"), UserScope)
-		if err := r.SetDefault("second", "i.x", nil, UserScope); err != nil {
-			t.Fatal(err)
-		}
+		mustSetDefault(t, r, "second", "i.x", nil, UserScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "Second 2.4 user" {
 			t.Fatalf("default %s", got)
 		}
 		v := Version{2, 0}
-		if err := r.SetDefault("Second", "i.x", &v, UserScope); err != nil {
-			t.Fatal(err)
-		}
+		mustSetDefault(t, r, "Second", "i.x", &v, UserScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "Second 2.0 user" {
 			t.Fatalf("default %s", got)
 		}
@@ -224,9 +232,7 @@ func TestDefaults(t *testing.T) {
 		r, _ := newReg(t)
 		mustAdd(t, r, desc("Usr", "u", "i.x 1.0"), UserScope)
 		mustAdd(t, r, desc("Sys", "s", "i.x 1.0"), SystemScope)
-		if err := r.SetDefault("Sys", "i.x", nil, UserScope); err != nil {
-			t.Fatal(err)
-		}
+		mustSetDefault(t, r, "Sys", "i.x", nil, UserScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "Sys 1.0 system" {
 			t.Fatalf("user default %s", got)
 		}
@@ -262,12 +268,8 @@ func TestDefaults(t *testing.T) {
 		mustAdd(t, r, desc("Sys", "s", "i.x 3.0"), SystemScope)
 		mustAdd(t, r, desc("UsrOld", "u1", "i.x 1.0"), UserScope)
 		mustAdd(t, r, desc("UsrNew", "u2", "i.x 1.7"), UserScope)
-		if err := r.SetDefault("Sys", "i.x", nil, UserScope); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Remove("Sys", SystemScope); err != nil {
-			t.Fatal(err)
-		}
+		mustSetDefault(t, r, "Sys", "i.x", nil, UserScope)
+		mustRemove(t, r, "Sys", SystemScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "UsrNew 1.7 user" {
 			t.Fatalf("default %s", got)
 		}
@@ -278,12 +280,8 @@ func TestDefaults(t *testing.T) {
 		mustAdd(t, r, desc("SysOld", "s1", "i.x 1.0"), SystemScope)
 		mustAdd(t, r, desc("SysNew", "s2", "i.x 2.0"), SystemScope)
 		mustAdd(t, r, desc("SysTop", "s3", "i.x 3.0"), SystemScope)
-		if err := r.SetDefault("SysNew", "i.x", nil, UserScope); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Remove("SysNew", SystemScope); err != nil {
-			t.Fatal(err)
-		}
+		mustSetDefault(t, r, "SysNew", "i.x", nil, UserScope)
+		mustRemove(t, r, "SysNew", SystemScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "SysOld 1.0 system" {
 			t.Fatalf("default %s", got)
 		}
@@ -300,9 +298,7 @@ func TestDefaults(t *testing.T) {
 		mustAdd(t, r, desc("High", "h", "i.x 5.0"), UserScope)
 		mustAdd(t, r, desc("Other", "o", "i.x 3.0", "i.y 1.0"), UserScope)
 		// Recomputing would give High 5.0.
-		if err := r.Remove("Other", UserScope); err != nil {
-			t.Fatal(err)
-		}
+		mustRemove(t, r, "Other", UserScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "Dflt 1.0 user" {
 			t.Fatalf("after removing another service: %s", got)
 		}
@@ -313,12 +309,8 @@ func TestDefaults(t *testing.T) {
 		// service of the same name.
 		mustAdd(t, r, desc("Twin", "ts", "i.x 2.0"), SystemScope)
 		mustAdd(t, r, desc("Twin", "tu", "i.x 4.0"), UserScope)
-		if err := r.SetDefault("Twin", "i.x", &Version{2, 0}, UserScope); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Remove("Twin", UserScope); err != nil {
-			t.Fatal(err)
-		}
+		mustSetDefault(t, r, "Twin", "i.x", &Version{2, 0}, UserScope)
+		mustRemove(t, r, "Twin", UserScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "Twin 2.0 system" {
 			t.Fatalf("after removing the user twin: %s", got)
 		}
@@ -329,9 +321,7 @@ func TestDefaults(t *testing.T) {
 		mustAdd(t, r, desc("Zed", "z", "i.x 2.3"), UserScope)
 		mustAdd(t, r, desc("Abe", "a", "i.x 2.3"), UserScope)
 		mustAdd(t, r, desc("Low", "l", "i.x 2.10"), UserScope)
-		if err := r.Remove("Dflt", UserScope); err != nil {
-			t.Fatal(err)
-		}
+		mustRemove(t, r, "Dflt", UserScope)
 		if got := defaultOf(t, r, "i.x", UserScope); got != "Low 2.10 user" {
 			t.Fatalf("after removal: %s", got)
 		}
