@@ -82,6 +82,10 @@ type Unit struct {
 	idle      *time.Timer
 	status    Status
 	closed    bool
+
+	stops       sync.WaitGroup // stop's grace-period goroutines
+	grace       time.Duration  // how long a group has after SIGTERM
+	signalGroup func(pgid int, sig unix.Signal)
 }
 
 // instance is one process of the service.
@@ -92,6 +96,14 @@ type instance struct {
 	// (nil for exit status 0).
 	exited chan struct{}
 	err    error
+
+	// reapMu is held while the leader is reaped and while its process
+	// group is signalled: a group is signalled only while its leader is
+	// unreaped (alive, or a zombie), when its pid, the group's id, cannot
+	// belong to anyone else.
+	reapMu   sync.Mutex
+	reaped   bool // guarded by reapMu
+	stopping bool // guarded by reapMu: stop was asked; stragglers are killed with the leader
 }
 
 // New returns a unit; nothing starts until a connection comes.
@@ -111,7 +123,7 @@ func New(cfg Config) *Unit {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Unit{cfg: cfg, log: cfg.Logger.With("service", cfg.Name)}
+	return &Unit{cfg: cfg, log: cfg.Logger.With("service", cfg.Name), grace: stopGrace, signalGroup: signalGroup}
 }
 
 // Name is the service's name.
@@ -300,9 +312,23 @@ func cause(err error) error {
 	return err
 }
 
-// reap waits for an instance to end and records how.
+// reap waits for an instance to end and records how. It waits for the
+// leader's exit without reaping it (waitid WNOWAIT), then, holding
+// in.reapMu, kills what is left of a group that was asked to stop and
+// reaps the leader: no signal is sent to the group's id once it may have
+// been given to another process.
 func (u *Unit) reap(in *instance) {
+	pid := in.cmd.Process.Pid
+	var info unix.Siginfo
+	for unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+	}
+	in.reapMu.Lock()
+	if in.stopping {
+		u.signalGroup(pid, unix.SIGKILL) // the leader is a zombie: its id is still ours
+	}
 	err := in.cmd.Wait()
+	in.reaped = true
+	in.reapMu.Unlock()
 	u.mu.Lock()
 	in.err = err
 	switch {
@@ -479,19 +505,47 @@ func (u *Unit) release() {
 		defer u.mu.Unlock()
 		if u.shared == in && u.clients == 0 {
 			u.log.Info("on-demand service idle; stopping it", "pid", in.cmd.Process.Pid)
-			stop(in.cmd)
+			u.stop(in)
 		}
 	})
 }
 
-// stop asks a process group to end, then kills it.
-func stop(cmd *exec.Cmd) {
-	pgid := cmd.Process.Pid
-	unix.Kill(-pgid, unix.SIGTERM)
-	go func() {
-		time.Sleep(5 * time.Second)
-		unix.Kill(-pgid, unix.SIGKILL)
-	}()
+// stopGrace is how long a process group has to end after SIGTERM before
+// it is killed.
+const stopGrace = 5 * time.Second
+
+// signalGroup signals the process group pgid.
+func signalGroup(pgid int, sig unix.Signal) { unix.Kill(-pgid, sig) }
+
+// signal sends sig to the instance's process group while its leader is
+// unreaped, and reports whether it did.
+func (u *Unit) signal(in *instance, sig unix.Signal) bool {
+	in.reapMu.Lock()
+	defer in.reapMu.Unlock()
+	if in.reaped {
+		return false
+	}
+	in.stopping = true
+	u.signalGroup(in.cmd.Process.Pid, sig)
+	return true
+}
+
+// stop asks an instance's process group to end, and kills it if its
+// leader has not ended stopGrace later; once the leader has ended, reap
+// kills what is left of the group.
+func (u *Unit) stop(in *instance) {
+	if !u.signal(in, unix.SIGTERM) {
+		return
+	}
+	u.stops.Go(func() {
+		t := time.NewTimer(u.grace)
+		defer t.Stop()
+		select {
+		case <-in.exited:
+		case <-t.C:
+			u.signal(in, unix.SIGKILL)
+		}
+	})
 }
 
 // servePerClient runs one process for conn, given conn as descriptor 3.
@@ -558,10 +612,10 @@ func (u *Unit) Close() error {
 		u.idle.Stop()
 	}
 	if u.shared != nil {
-		stop(u.shared.cmd)
+		u.stop(u.shared)
 	}
 	for in := range u.perClient {
-		stop(in.cmd) // their clients see them end (reset, if killed)
+		u.stop(in) // their clients see them end (reset, if killed)
 	}
 	return nil
 }

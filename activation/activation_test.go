@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -53,6 +55,9 @@ func service(mode string) {
 		os.Exit(1)
 	case "hang":
 		select {}
+	case "stubborn": // ignores SIGTERM
+		signal.Ignore(syscall.SIGTERM)
+		serve.Loop(must(net.FileListener(f)), handle)
 	case "slow":
 		time.Sleep(300 * time.Millisecond)
 	case "crash":
@@ -449,4 +454,91 @@ func TestConnect(t *testing.T) {
 			}
 		})
 	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		os.Exit(4)
+	}
+	return v
+}
+
+// watchSignals records what is sent to process groups and whether each
+// group's leader was still unreaped then (a zombie or alive: waitid with
+// WNOWAIT finds it), as stop must ensure.
+func watchSignals(u *Unit) func() []string {
+	var mu sync.Mutex
+	var sent []string
+	u.signalGroup = func(pgid int, sig unix.Signal) {
+		var info unix.Siginfo
+		state := "unreaped"
+		if err := unix.Waitid(unix.P_PID, pgid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil); err != nil {
+			state = "reaped (" + err.Error() + ")"
+		}
+		mu.Lock()
+		sent = append(sent, unix.SignalName(sig)+" "+state)
+		mu.Unlock()
+		signalGroup(pgid, sig)
+	}
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), sent...)
+	}
+}
+
+func startedShared(t *testing.T, u *Unit) *instance {
+	t.Helper()
+	c, err := u.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.shared == nil {
+		t.Fatal("no shared instance after a connection")
+	}
+	return u.shared
+}
+
+// Stopping a service signals its process group only while the group's
+// leader is unreaped: once it is reaped its pid, the group's id, may be
+// another process's. A service that ends on SIGTERM gets no SIGKILL
+// after it was reaped (the old stop sent one 5 s later, whatever
+// happened); one that ignores SIGTERM is killed after the grace period.
+func TestStopSignalsOnlyUnreapedGroups(t *testing.T) {
+	t.Run("ends on SIGTERM", func(t *testing.T) {
+		u := unit(t, Shared, "echo", Config{})
+		sent := watchSignals(u)
+		in := startedShared(t, u)
+		u.Close()
+		<-in.exited
+		u.stops.Wait()
+		got := sent()
+		if len(got) == 0 || got[0] != "SIGTERM unreaped" {
+			t.Fatalf("signals %q, want SIGTERM to the unreaped group first", got)
+		}
+		for _, s := range got {
+			if !strings.HasSuffix(s, " unreaped") {
+				t.Fatalf("signals %q: one was sent after the leader was reaped", got)
+			}
+		}
+	})
+	t.Run("ignores SIGTERM", func(t *testing.T) {
+		u := unit(t, Shared, "stubborn", Config{})
+		u.grace = 100 * time.Millisecond
+		sent := watchSignals(u)
+		in := startedShared(t, u)
+		u.Close()
+		<-in.exited
+		u.stops.Wait()
+		if got := sent(); len(got) < 2 || got[0] != "SIGTERM unreaped" || got[1] != "SIGKILL unreaped" {
+			t.Fatalf("signals %q, want SIGTERM then SIGKILL, both to the unreaped group", got)
+		}
+		var ee *exec.ExitError
+		if !errors.As(in.err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("the service ended with %v, want killed by SIGKILL", in.err)
+		}
+	})
 }
