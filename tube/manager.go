@@ -587,7 +587,10 @@ func (m *Manager) sendOffer(ctx context.Context, t *tube, to string, key identit
 	if err != nil {
 		return tperr.Wrap(err, tperr.EncryptionError, "cannot seal the parameters of tube %s for %s", t.id, to)
 	}
-	msg := offerMsg{ID: t.id, Service: t.service, Addrs: m.peerAddrs(), Path: t.wantPath, Relay: t.relay, Params: sealed, Request: request}
+	m.mu.Lock()
+	relay := t.relay // reallocate replaces it under m.mu
+	m.mu.Unlock()
+	msg := offerMsg{ID: t.id, Service: t.service, Addrs: m.peerAddrs(), Path: t.wantPath, Relay: relay, Params: sealed, Request: request}
 	room := t.room
 	_, err = m.cfg.Signaller.Send(ctx, to, room, kindOffer, mustJSON(msg))
 	return err

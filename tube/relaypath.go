@@ -52,6 +52,22 @@ func (m *Manager) relayFor(ctx context.Context, want string) (*relayInfo, error)
 	return &relayInfo{Addr: c.RelayedAddr().String(), Server: server}, nil
 }
 
+// setRelay gives the outgoing tube t a new relay allocation and returns
+// whom it is offered to.
+func (m *Manager) setRelay(t *tube, info *relayInfo) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t.relay = info
+	if t.room == "" {
+		return []string{t.peer}
+	}
+	var to []string
+	for n := range t.members {
+		to = append(to, n)
+	}
+	return to
+}
+
 // allocation returns the account's live TCP allocation, making one if
 // there is none.
 func (m *Manager) allocation(ctx context.Context) (*turnclient.Client, string, error) {
@@ -175,16 +191,7 @@ func (m *Manager) reallocate() {
 		}
 		info := &relayInfo{Addr: c.RelayedAddr().String(), Server: server}
 		for _, t := range ts {
-			m.mu.Lock()
-			t.relay = info
-			to := []string{t.peer}
-			if t.room != "" {
-				to = to[:0]
-				for n := range t.members {
-					to = append(to, n)
-				}
-			}
-			m.mu.Unlock()
+			to := m.setRelay(t, info)
 			keys, err := m.keys(ctx, to)
 			if err != nil {
 				continue
