@@ -127,6 +127,15 @@ func (c *Client) do(ctx context.Context, method, path string, header http.Header
 	return nil
 }
 
+// fetch makes a request of the daemon and decodes its answer into a T.
+// (Not "return out, c.do(…, &out)": the order in which a return
+// statement evaluates out and the call is not specified.)
+func fetch[T any](ctx context.Context, c *Client, method, path string, header http.Header, body any) (T, error) {
+	var out T
+	err := c.do(ctx, method, path, header, body, &out)
+	return out, err
+}
+
 func (c *Client) dialError(err error) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "no such file"):
@@ -159,27 +168,23 @@ func acct(name string) string {
 
 // Status returns accounts, tubes and connections.
 func (c *Client) Status(ctx context.Context) (api.Status, error) {
-	var s api.Status
-	return s, c.do(ctx, "GET", "/v1/status", nil, nil, &s)
+	return fetch[api.Status](ctx, c, "GET", "/v1/status", nil, nil)
 }
 
 // Accounts lists the daemon's accounts.
 func (c *Client) Accounts(ctx context.Context) ([]api.Account, error) {
-	var out []api.Account
-	return out, c.do(ctx, "GET", "/v1/accounts", nil, nil, &out)
+	return fetch[[]api.Account](ctx, c, "GET", "/v1/accounts", nil, nil)
 }
 
 // Account returns one account ("" means the only one).
 func (c *Client) Account(ctx context.Context, name string) (api.Account, error) {
-	var out api.Account
-	return out, c.do(ctx, "GET", "/v1/accounts/"+acct(name), nil, nil, &out)
+	return fetch[api.Account](ctx, c, "GET", "/v1/accounts/"+acct(name), nil, nil)
 }
 
 // AddAccount creates an account (registering it when asked) and returns it
 // after its first connection attempt.
 func (c *Client) AddAccount(ctx context.Context, req api.AddAccountRequest) (api.Account, error) {
-	var out api.Account
-	return out, c.do(ctx, "POST", "/v1/accounts", nil, req, &out)
+	return fetch[api.Account](ctx, c, "POST", "/v1/accounts", nil, req)
 }
 
 // RemoveAccount deletes an account and its key from the daemon.
@@ -189,20 +194,17 @@ func (c *Client) RemoveAccount(ctx context.Context, name string) error {
 
 // Connect asks an account to connect and returns at once.
 func (c *Client) Connect(ctx context.Context, name string) (api.Account, error) {
-	var out api.Account
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(name)+"/connect", nil, nil, &out)
+	return fetch[api.Account](ctx, c, "POST", "/v1/accounts/"+acct(name)+"/connect", nil, nil)
 }
 
 // ConnectWait asks an account to connect and returns after the attempt.
 func (c *Client) ConnectWait(ctx context.Context, name string) (api.Account, error) {
-	var out api.Account
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(name)+"/connect?wait=1", nil, nil, &out)
+	return fetch[api.Account](ctx, c, "POST", "/v1/accounts/"+acct(name)+"/connect?wait=1", nil, nil)
 }
 
 // Disconnect disconnects an account.
 func (c *Client) Disconnect(ctx context.Context, name string) (api.Account, error) {
-	var out api.Account
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(name)+"/disconnect", nil, nil, &out)
+	return fetch[api.Account](ctx, c, "POST", "/v1/accounts/"+acct(name)+"/disconnect", nil, nil)
 }
 
 // RequestHandles is the spec's RequestHandles.
@@ -242,21 +244,18 @@ func (c *Client) interest(ctx context.Context, account, op string, tokens []stri
 
 // Contacts lists an account's contacts.
 func (c *Client) Contacts(ctx context.Context, account string) ([]api.Contact, error) {
-	var out []api.Contact
-	return out, c.do(ctx, "GET", "/v1/accounts/"+acct(account)+"/contacts", nil, nil, &out)
+	return fetch[[]api.Contact](ctx, c, "GET", "/v1/accounts/"+acct(account)+"/contacts", nil, nil)
 }
 
 // AddContact asks name to be a contact (approving their request if they
 // asked first).
 func (c *Client) AddContact(ctx context.Context, account, name string) (api.Contact, error) {
-	var out api.Contact
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/contacts", nil, api.NameRequest{Name: name}, &out)
+	return fetch[api.Contact](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/contacts", nil, api.NameRequest{Name: name})
 }
 
 // ApproveContact approves name's request.
 func (c *Client) ApproveContact(ctx context.Context, account, name string) (api.Contact, error) {
-	var out api.Contact
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/contacts/"+url.PathEscape(name)+"/approve", nil, nil, &out)
+	return fetch[api.Contact](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/contacts/"+url.PathEscape(name)+"/approve", nil, nil)
 }
 
 // RemoveContact removes a contact or a request.
@@ -266,26 +265,22 @@ func (c *Client) RemoveContact(ctx context.Context, account, name string) error 
 
 // Presence lists contacts' and room members' presence.
 func (c *Client) Presence(ctx context.Context, account string) ([]api.Presence, error) {
-	var out []api.Presence
-	return out, c.do(ctx, "GET", "/v1/accounts/"+acct(account)+"/presence", nil, nil, &out)
+	return fetch[[]api.Presence](ctx, c, "GET", "/v1/accounts/"+acct(account)+"/presence", nil, nil)
 }
 
 // Rooms lists the rooms an account belongs to.
 func (c *Client) Rooms(ctx context.Context, account string) ([]api.Room, error) {
-	var out []api.Room
-	return out, c.do(ctx, "GET", "/v1/accounts/"+acct(account)+"/rooms", nil, nil, &out)
+	return fetch[[]api.Room](ctx, c, "GET", "/v1/accounts/"+acct(account)+"/rooms", nil, nil)
 }
 
 // CreateRoom creates a room.
 func (c *Client) CreateRoom(ctx context.Context, account, room string) (api.Room, error) {
-	var out api.Room
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/rooms", nil, api.RoomRequest{Room: room}, &out)
+	return fetch[api.Room](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/rooms", nil, api.RoomRequest{Room: room})
 }
 
 // JoinRoom joins a room.
 func (c *Client) JoinRoom(ctx context.Context, account, room string) (api.Room, error) {
-	var out api.Room
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/rooms/"+url.PathEscape(room)+"/join", nil, nil, &out)
+	return fetch[api.Room](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/rooms/"+url.PathEscape(room)+"/join", nil, nil)
 }
 
 // LeaveRoom leaves a room.
@@ -295,14 +290,12 @@ func (c *Client) LeaveRoom(ctx context.Context, account, room string) error {
 
 // RoomMembers lists a room's members.
 func (c *Client) RoomMembers(ctx context.Context, account, room string) ([]api.Member, error) {
-	var out []api.Member
-	return out, c.do(ctx, "GET", "/v1/accounts/"+acct(account)+"/rooms/"+url.PathEscape(room)+"/members", nil, nil, &out)
+	return fetch[[]api.Member](ctx, c, "GET", "/v1/accounts/"+acct(account)+"/rooms/"+url.PathEscape(room)+"/members", nil, nil)
 }
 
 // Send delivers a message to a contact or a room through the rendezvous.
 func (c *Client) Send(ctx context.Context, account string, req api.SendRequest) (api.SendResponse, error) {
-	var out api.SendResponse
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/messages", nil, req, &out)
+	return fetch[api.SendResponse](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/messages", nil, req)
 }
 
 // ---- events ----

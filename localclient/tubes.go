@@ -18,8 +18,7 @@ func (c *Client) Export(ctx context.Context, account string, e api.Export) (api.
 		}
 		h = http.Header{api.ClientHeader: {s.id}}
 	}
-	var out api.Export
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/exports", h, e, &out)
+	return fetch[api.Export](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/exports", h, e)
 }
 
 // Unexport removes an export.
@@ -29,34 +28,29 @@ func (c *Client) Unexport(ctx context.Context, account, service string) error {
 
 // Exports lists the exports of every account.
 func (c *Client) Exports(ctx context.Context) ([]api.Export, error) {
-	var out []api.Export
-	return out, c.do(ctx, "GET", "/v1/exports", nil, nil, &out)
+	return fetch[[]api.Export](ctx, c, "GET", "/v1/exports", nil, nil)
 }
 
 // Offer offers an exported service to a contact or a room; the returned
 // tube's ID is the same on both sides.
 func (c *Client) Offer(ctx context.Context, account string, req api.OfferRequest) (api.Tube, error) {
-	var out api.Tube
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/tubes", nil, req, &out)
+	return fetch[api.Tube](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/tubes", nil, req)
 }
 
 // Tubes lists the tubes of every account.
 func (c *Client) Tubes(ctx context.Context) ([]api.Tube, error) {
-	var out []api.Tube
-	return out, c.do(ctx, "GET", "/v1/tubes", nil, nil, &out)
+	return fetch[[]api.Tube](ctx, c, "GET", "/v1/tubes", nil, nil)
 }
 
 // Tube returns one tube.
 func (c *Client) Tube(ctx context.Context, id string) (api.Tube, error) {
-	var out api.Tube
-	return out, c.do(ctx, "GET", "/v1/tubes/"+url.PathEscape(id), nil, nil, &out)
+	return fetch[api.Tube](ctx, c, "GET", "/v1/tubes/"+url.PathEscape(id), nil, nil)
 }
 
 // Accept accepts an incoming tube; it returns once the tube's local
 // socket (Address) accepts connections.
 func (c *Client) Accept(ctx context.Context, id string, req api.AcceptRequest) (api.Tube, error) {
-	var out api.Tube
-	return out, c.do(ctx, "POST", "/v1/tubes/"+url.PathEscape(id)+"/accept", nil, req, &out)
+	return fetch[api.Tube](ctx, c, "POST", "/v1/tubes/"+url.PathEscape(id)+"/accept", nil, req)
 }
 
 // CloseTube closes a tube; its connections end with Cancelled.
@@ -66,15 +60,13 @@ func (c *Client) CloseTube(ctx context.Context, id string) error {
 
 // Connections lists live tube connections.
 func (c *Client) Connections(ctx context.Context) ([]api.Connection, error) {
-	var out []api.Connection
-	return out, c.do(ctx, "GET", "/v1/connections", nil, nil, &out)
+	return fetch[[]api.Connection](ctx, c, "GET", "/v1/connections", nil, nil)
 }
 
 // Whois tells which contact a connection to an exported service comes
 // from, by its source address.
 func (c *Client) Whois(ctx context.Context, source string) (api.Whois, error) {
-	var out api.Whois
-	return out, c.do(ctx, "GET", "/v1/whois?source="+url.QueryEscape(source), nil, nil, &out)
+	return fetch[api.Whois](ctx, c, "GET", "/v1/whois?source="+url.QueryEscape(source), nil, nil)
 }
 
 // Handle accepts matching offers automatically for as long as this
@@ -102,8 +94,7 @@ func (c *Client) SessionID(ctx context.Context) (string, error) {
 // Open asks a contact for a tube to a service it exported for us (a
 // reverse tube) and accepts it.
 func (c *Client) Open(ctx context.Context, account string, req api.OpenRequest) (api.Tube, error) {
-	var out api.Tube
-	return out, c.do(ctx, "POST", "/v1/accounts/"+acct(account)+"/open", nil, req, &out)
+	return fetch[api.Tube](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/open", nil, req)
 }
 
 // AnswerParams answers a ParametersRequested event addressed to this

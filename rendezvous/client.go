@@ -326,6 +326,21 @@ func (c *Client) call(ctx context.Context, op string, req, resp any) error {
 	return request(ctx, c.nc, svcSubject(c.cfg.Account, op), req, resp)
 }
 
+// call makes a request of the account service and decodes its answer
+// into a T.
+func call[T any](ctx context.Context, c *Client, op string, req any) (T, error) {
+	var out T
+	err := c.call(ctx, op, req, &out)
+	return out, err
+}
+
+// requestAs makes a request and decodes its answer into a T.
+func requestAs[T any](ctx context.Context, nc *nats.Conn, subject string, req any) (T, error) {
+	var out T
+	err := request(ctx, nc, subject, req, &out)
+	return out, err
+}
+
 func request(ctx context.Context, nc *nats.Conn, subject string, req, resp any) error {
 	var body []byte
 	if req != nil {
@@ -372,20 +387,17 @@ func (c *Client) Exists(ctx context.Context, contacts, rooms []string) (accounts
 
 // Contacts lists the contact list with each relation's state.
 func (c *Client) Contacts(ctx context.Context) ([]Contact, error) {
-	var out []Contact
-	return out, c.call(ctx, opContacts, nil, &out)
+	return call[[]Contact](ctx, c, opContacts, nil)
 }
 
 // ContactRequest asks name to be a contact (or approves their request).
 func (c *Client) ContactRequest(ctx context.Context, name string) (Contact, error) {
-	var out Contact
-	return out, c.call(ctx, opContactRequest, nameReq{Name: name}, &out)
+	return call[Contact](ctx, c, opContactRequest, nameReq{Name: name})
 }
 
 // ContactApprove approves name's request.
 func (c *Client) ContactApprove(ctx context.Context, name string) (Contact, error) {
-	var out Contact
-	return out, c.call(ctx, opContactApprove, nameReq{Name: name}, &out)
+	return call[Contact](ctx, c, opContactApprove, nameReq{Name: name})
 }
 
 // ContactRemove removes a contact, cancels a request or refuses one.
@@ -395,20 +407,17 @@ func (c *Client) ContactRemove(ctx context.Context, name string) error {
 
 // Rooms lists the rooms we belong to.
 func (c *Client) Rooms(ctx context.Context) ([]Room, error) {
-	var out []Room
-	return out, c.call(ctx, opRooms, nil, &out)
+	return call[[]Room](ctx, c, opRooms, nil)
 }
 
 // RoomCreate creates a room we own.
 func (c *Client) RoomCreate(ctx context.Context, room string) (Room, error) {
-	var out Room
-	return out, c.call(ctx, opRoomCreate, roomReq{Room: room}, &out)
+	return call[Room](ctx, c, opRoomCreate, roomReq{Room: room})
 }
 
 // RoomJoin joins an existing room.
 func (c *Client) RoomJoin(ctx context.Context, room string) (Room, error) {
-	var out Room
-	return out, c.call(ctx, opRoomJoin, roomReq{Room: room}, &out)
+	return call[Room](ctx, c, opRoomJoin, roomReq{Room: room})
 }
 
 // RoomLeave leaves a room; the owner leaving deletes it.
@@ -418,14 +427,12 @@ func (c *Client) RoomLeave(ctx context.Context, room string) error {
 
 // RoomMembers lists a room's members (members only).
 func (c *Client) RoomMembers(ctx context.Context, room string) ([]Member, error) {
-	var out []Member
-	return out, c.call(ctx, opRoomMembers, roomReq{Room: room}, &out)
+	return call[[]Member](ctx, c, opRoomMembers, roomReq{Room: room})
 }
 
 // Presence returns the presence of every contact and room co-member.
 func (c *Client) Presence(ctx context.Context) ([]PresenceEvent, error) {
-	var out []PresenceEvent
-	return out, c.call(ctx, opPresence, nil, &out)
+	return call[[]PresenceEvent](ctx, c, opPresence, nil)
 }
 
 // Send delivers a message to a mutual contact (to), to the online members
@@ -440,15 +447,17 @@ func (c *Client) Send(ctx context.Context, to, room, kind string, body []byte) (
 // Keys returns the public keys (U…) of those names that are mutual
 // contacts or room co-members; others are left out.
 func (c *Client) Keys(ctx context.Context, names []string) (map[string]string, error) {
-	out := map[string]string{}
-	return out, c.call(ctx, opKeys, keysReq{Names: names}, &out)
+	out, err := call[map[string]string](ctx, c, opKeys, keysReq{Names: names})
+	if out == nil {
+		out = map[string]string{}
+	}
+	return out, err
 }
 
 // TURN asks the relay for a credential for its TURN server; it fails with
 // NotAvailable when the relay runs none.
 func (c *Client) TURN(ctx context.Context) (TURNCredential, error) {
-	var out TURNCredential
-	return out, c.call(ctx, opTURN, struct{}{}, &out)
+	return call[TURNCredential](ctx, c, opTURN, struct{}{})
 }
 
 // ---- registration ----
@@ -609,8 +618,7 @@ func (a *Admin) UserAdd(ctx context.Context, name, key string) (invite string, e
 
 // UserList lists accounts and outstanding invitations.
 func (a *Admin) UserList(ctx context.Context) ([]User, error) {
-	var out []User
-	return out, request(ctx, a.nc, adminPrefix+opUserList, nil, &out)
+	return requestAs[[]User](ctx, a.nc, adminPrefix+opUserList, nil)
 }
 
 // UserRemove removes an account (its contacts, rooms it owns, live

@@ -486,7 +486,8 @@ func readAdmin(dir string) (rendezvous.AdminInfo, error) {
 	if err != nil {
 		return info, err
 	}
-	return info, json.Unmarshal(b, &info)
+	err = json.Unmarshal(b, &info)
+	return info, err
 }
 
 func TestKeysAndRoomMemberDelivery(t *testing.T) {

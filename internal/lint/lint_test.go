@@ -4,6 +4,7 @@ package lint
 
 import (
 	"bytes"
+	"go/ast"
 	"go/format"
 	"go/parser"
 	"go/token"
@@ -87,5 +88,58 @@ func TestPackageDocs(t *testing.T) {
 		if !documented[key] {
 			t.Errorf("package %s has no package comment (\"// Package …\")", key)
 		}
+	}
+}
+
+// TestReturnOrder fails on a return statement that hands back a variable
+// beside a call given that variable's address (return out, f(&out)):
+// the Go spec leaves the order of those two evaluations open, so the
+// caller may get out as it was before the call filled it.
+func TestReturnOrder(t *testing.T) {
+	fset := token.NewFileSet()
+	for _, f := range goFiles(t) {
+		af, err := parser.ParseFile(fset, f, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(af, func(n ast.Node) bool {
+			ret, ok := n.(*ast.ReturnStmt)
+			if !ok || len(ret.Results) < 2 {
+				return true
+			}
+			bare := map[string]bool{}
+			for _, r := range ret.Results {
+				if id, ok := unparen(r).(*ast.Ident); ok {
+					bare[id.Name] = true
+				}
+			}
+			for _, r := range ret.Results {
+				ast.Inspect(r, func(n ast.Node) bool {
+					call, ok := n.(*ast.CallExpr)
+					if !ok {
+						return true
+					}
+					for _, a := range call.Args {
+						if u, ok := unparen(a).(*ast.UnaryExpr); ok && u.Op == token.AND {
+							if id, ok := unparen(u.X).(*ast.Ident); ok && bare[id.Name] {
+								t.Errorf("%s: return hands back %s beside a call given &%s; the order of the two is unspecified: call first, then return", fset.Position(ret.Pos()), id.Name, id.Name)
+							}
+						}
+					}
+					return true
+				})
+			}
+			return true
+		})
+	}
+}
+
+func unparen(e ast.Expr) ast.Expr {
+	for {
+		p, ok := e.(*ast.ParenExpr)
+		if !ok {
+			return e
+		}
+		e = p.X
 	}
 }
