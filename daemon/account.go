@@ -64,6 +64,7 @@ type account struct {
 	nextRetry  time.Time
 	attempts   uint64        // finished connection attempts
 	settled    chan struct{} // closed and replaced when an attempt finishes
+	changed    chan struct{} // closed and replaced when the status changes
 	removed    bool
 }
 
@@ -81,6 +82,7 @@ func newAccount(d *Daemon, st accountState, key *identity.Key) (*account, error)
 		interfaces: append([]string(nil), baseInterfaces...),
 		wake:       make(chan struct{}, 1),
 		settled:    make(chan struct{}),
+		changed:    make(chan struct{}),
 	}
 	if st.CA != "" {
 		a.roots = x509.NewCertPool()
@@ -187,6 +189,8 @@ func (a *account) setStatus(s connection.Status, r connection.Reason, ce *rendez
 		return
 	}
 	a.status, a.reason = s, r
+	close(a.changed)
+	a.changed = make(chan struct{})
 	if s != connection.Disconnected {
 		a.lastErr = nil
 		a.nextRetry = time.Time{}
@@ -218,6 +222,29 @@ func (a *account) settle() {
 	a.attempts++
 	close(a.settled)
 	a.settled = make(chan struct{})
+}
+
+// waitStatus waits until the account's status is want, for at most
+// timeout, and returns the account as it is then; it fails with Timeout
+// if the status did not come.
+func (a *account) waitStatus(ctx context.Context, want connection.Status, timeout time.Duration) (api.Account, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		a.mu.Lock()
+		st, ch := a.status, a.changed
+		a.mu.Unlock()
+		if st == want {
+			return a.snapshot(), nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return a.snapshot(), ctx.Err()
+		case <-timer.C:
+			return a.snapshot(), tperr.New(tperr.Timeout, "%s is still %s %v after it was asked to be %s", a.name, st, timeout, want)
+		}
+	}
 }
 
 // waitAttempt waits until an attempt that ends after now has finished.

@@ -345,20 +345,14 @@ func (d *Daemon) Disconnect(name string) error {
 }
 
 // WaitDisconnected waits (up to 5 s) until a disconnected account's
-// connection has ended, and returns it.
+// connection has ended, and returns it; it fails with Timeout if the
+// connection has not ended by then.
 func (d *Daemon) WaitDisconnected(ctx context.Context, name string) (api.Account, error) {
 	a, err := d.account(name)
 	if err != nil {
 		return api.Account{}, err
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s := a.snapshot()
-		if s.Status == connection.Disconnected.String() || time.Now().After(deadline) || ctx.Err() != nil {
-			return s, nil
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return a.waitStatus(ctx, connection.Disconnected, 5*time.Second)
 }
 
 // WaitSettled waits for the account's next connection attempt to end, or

@@ -217,10 +217,16 @@ func (d *Daemon) withdrawRemoved(service string) {
 		}
 		d.pubs.pubs[acct] = keep
 	}
+	var saveErr error
 	if len(gone) > 0 {
-		d.pubs.save()
+		saveErr = d.pubs.save()
 	}
 	d.pubs.mu.Unlock()
+	if saveErr != nil {
+		// The service has left the registry, so its publications are
+		// withdrawn all the same; the file keeps them until the next save.
+		d.log.Error("publications of a removed service not saved", "service", service, "err", saveErr)
+	}
 	for acct, ps := range gone {
 		a, err := d.account(acct)
 		if err != nil {
