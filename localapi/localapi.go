@@ -23,11 +23,10 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/connection"
 	"github.com/tubes-dev/tubes/daemon"
+	"github.com/tubes-dev/tubes/internal/ucred"
 	"github.com/tubes-dev/tubes/tperr"
 )
 
@@ -81,33 +80,18 @@ func Listen(path string) (net.Listener, error) {
 
 type credKey struct{}
 
-// peerCred reads SO_PEERCRED of a Unix connection.
-func peerCred(c net.Conn) (*unix.Ucred, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return nil, errors.New("not a Unix socket")
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, credErr
-}
-
 // Serve serves on ln until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			cred, err := peerCred(c)
+			uc, ok := c.(*net.UnixConn)
+			if !ok {
+				s.log.Warn("local API connection is not on a Unix socket; its calls are refused")
+				return ctx
+			}
+			cred, err := ucred.Peer(uc)
 			if err != nil {
 				s.log.Warn("cannot read peer credentials", "err", err)
 				return ctx
@@ -134,11 +118,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // ServeHTTP checks the caller's uid, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	cred, _ := r.Context().Value(credKey{}).(*unix.Ucred)
-	if cred == nil || int(cred.Uid) != s.uid {
+	cred, ok := r.Context().Value(credKey{}).(ucred.Cred)
+	if !ok || int(cred.UID) != s.uid {
 		uid := -1
-		if cred != nil {
-			uid = int(cred.Uid)
+		if ok {
+			uid = int(cred.UID)
 		}
 		s.log.Warn("local API call from another user refused", "uid", uid, "path", r.URL.Path)
 		writeError(w, tperr.New(tperr.PermissionDenied, "this daemon belongs to uid %d; uid %d may not use it", s.uid, uid))
