@@ -124,7 +124,82 @@ Try it:                  tube demo`,
 		servicesCmd(e),
 		demoCmd(e), versionCmd(e),
 	)
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	groupsNeedSubcommands(root)
+	helpNeedsACommand(root)
 	return root
+}
+
+// helpNeedsACommand makes "tube help NOSUCH" a usage error (cobra prints
+// the root's help and exits 0).
+func helpNeedsACommand(root *cobra.Command) {
+	for _, h := range root.Commands() {
+		if h.Name() != "help" || h.Run == nil {
+			continue
+		}
+		run := h.Run
+		h.Run = nil
+		h.RunE = func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				if found, rest, err := c.Root().Find(args); err != nil || len(rest) > 0 || found == c.Root() {
+					return usagef("tube help: there is no command %q", strings.Join(args, " "))
+				}
+			}
+			run(c, args)
+			return nil
+		}
+	}
+}
+
+// groupsNeedSubcommands makes every command group without an action of its
+// own a usage error when run bare or with a subcommand it does not have
+// (cobra would print the group's help and exit 0, so a script's typo
+// would pass as success); a group with an action takes no stray
+// arguments. It walks the whole tree.
+func groupsNeedSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		groupsNeedSubcommands(sub)
+	}
+	if !c.HasSubCommands() {
+		return
+	}
+	if c.Runnable() {
+		if c.Args == nil {
+			c.Args = exactArgs(0)
+		}
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.Annotations = map[string]string{groupAnnotation: "true"}
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return usagef("%s needs a subcommand: %s", cmd.CommandPath(), strings.Join(subcommands(cmd), ", "))
+		}
+		return unknownSubcommand(cmd, args[0])
+	}
+}
+
+// unknownSubcommand is the usage error for a subcommand c does not have.
+func unknownSubcommand(c *cobra.Command, name string) error {
+	if s := c.SuggestionsFor(name); len(s) > 0 {
+		return usagef("%s has no subcommand %q; did you mean %s?", c.CommandPath(), name, strings.Join(s, " or "))
+	}
+	return usagef("%s has no subcommand %q (it has %s)", c.CommandPath(), name, strings.Join(subcommands(c), ", "))
+}
+
+// groupAnnotation marks a command group that has no action of its own.
+const groupAnnotation = "tube:group"
+
+// subcommands names c's visible subcommands.
+func subcommands(c *cobra.Command) []string {
+	var names []string
+	for _, sub := range c.Commands() {
+		if sub.IsAvailableCommand() {
+			names = append(names, sub.Name())
+		}
+	}
+	return names
 }
 
 func jsonFlag(cmd *cobra.Command, e *env) {
@@ -134,10 +209,15 @@ func jsonFlag(cmd *cobra.Command, e *env) {
 // exactArgs is cobra.ExactArgs with a usage error naming what is missing.
 func exactArgs(n int, what ...string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
-		if len(args) != n {
-			return usagef("%s needs %s", cmd.CommandPath(), strings.Join(what, " and "))
+		switch {
+		case len(args) == n:
+			return nil
+		case n == 0 && cmd.HasSubCommands():
+			return unknownSubcommand(cmd, args[0])
+		case n == 0:
+			return usagef("%s takes no arguments (got %q)", cmd.CommandPath(), strings.Join(args, " "))
 		}
-		return nil
+		return usagef("%s needs %s", cmd.CommandPath(), strings.Join(what, " and "))
 	}
 }
 
