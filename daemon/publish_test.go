@@ -348,6 +348,10 @@ func TestAutostartFailureRefused(t *testing.T) {
 			if ev.Error != tperr.ConnectionRefused {
 				t.Fatalf("closed with %s (%s), want ConnectionRefused", ev.Error, ev.Message)
 			}
+			// Why it failed is alice's to know: bob is told that it did.
+			if strings.Contains(ev.Message, c.why) || strings.Contains(ev.Message, "/") || strings.Contains(ev.Message, "exit status") {
+				t.Fatalf("bob was told alice's local reason: %q", ev.Message)
+			}
 			if st := statusOf(t, alice, name); !strings.Contains(st.LastError, c.why) {
 				t.Fatalf("activation status %+v, want %q", st, c.why)
 			}

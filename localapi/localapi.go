@@ -125,7 +125,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			uid = int(cred.UID)
 		}
 		s.log.Warn("local API call from another user refused", "uid", uid, "path", r.URL.Path)
-		writeError(w, tperr.New(tperr.PermissionDenied, "this daemon belongs to uid %d; uid %d may not use it", s.uid, uid))
+		s.writeError(w, r, tperr.New(tperr.PermissionDenied, "this daemon belongs to uid %d; uid %d may not use it", s.uid, uid))
 		return
 	}
 	s.mux.ServeHTTP(w, r)
@@ -258,7 +258,7 @@ func (s *Server) routes() {
 	s.tubeRoutes()
 	s.serviceRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, tperr.New(tperr.NotImplemented, "the local API has no %s %s", r.Method, r.URL.Path))
+		s.writeError(w, r, tperr.New(tperr.NotImplemented, "the local API has no %s %s", r.Method, r.URL.Path))
 	})
 }
 
@@ -279,10 +279,7 @@ func (s *Server) handle(pattern string, h func(*http.Request) (any, error)) {
 		}
 		v, err := h(r)
 		if err != nil {
-			if tperr.Name(err) == "" {
-				s.log.Error("local API request failed", "path", r.URL.Path, "err", err)
-			}
-			writeError(w, err)
+			s.writeError(w, r, err)
 			return
 		}
 		if v == nil {
@@ -324,13 +321,18 @@ func httpStatus(name string) int {
 	return http.StatusBadGateway // the relay or the network failed
 }
 
-func writeError(w http.ResponseWriter, err error) {
+// writeError answers with err's name and message. An error with no
+// Telepathy name is the daemon's own failure: its text is internal
+// (tperr's policy), so the client is told that and the log gets it.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	name := tperr.Name(err)
-	msg := err.Error()
+	msg := tperr.Message(err)
 	code := httpStatus(name)
 	if name == "" {
-		name = tperr.NotAvailable
-		msg = "internal error in the daemon: " + msg
+		s.log.Error("local API call failed inside the daemon", "method", r.Method, "path", r.URL.Path, "err", err)
+		name, msg = tperr.NotAvailable, "internal error in the daemon (its log says more)"
+	} else {
+		s.log.Debug("local API call refused", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	writeJSON(w, code, api.Error{Code: name, Message: msg})
 }
@@ -418,7 +420,7 @@ func (s *Server) interest(r *http.Request) (string, []string, error) {
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
-		writeError(w, tperr.New(tperr.NotImplemented, "streaming is not supported here"))
+		s.writeError(w, r, tperr.New(tperr.NotImplemented, "streaming is not supported here"))
 		return
 	}
 	account := r.URL.Query().Get("account")

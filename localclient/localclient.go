@@ -147,7 +147,7 @@ func (c *Client) dialError(err error) error {
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return err
 	}
-	return tperr.Wrap(err, tperr.NetworkError, "cannot reach the daemon on %s: %v", c.socket, err)
+	return tperr.Wrap(err, tperr.NetworkError, "cannot reach the daemon on %s (%s)", c.socket, tperr.Reason(err))
 }
 
 func decodeError(resp *http.Response) error {

@@ -180,7 +180,7 @@ func (s *Session) fail(err error, code Code) {
 	s.mu.Unlock()
 	s.conn.Close()
 	for _, st := range streams {
-		st.abort(&ResetError{Code: code, Message: "the link to the peer ended: " + err.Error(), Remote: false}, false)
+		st.abort(&ResetError{Code: code, Message: "the link to the peer ended", Err: err}, false)
 	}
 	close(s.done)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -38,11 +39,14 @@ func (c Code) String() string {
 	return fmt.Sprintf("code %d", byte(c))
 }
 
-// ResetError is why a stream ended abnormally.
+// ResetError is why a stream ended abnormally. Message is a sentence for
+// people, and a local reset sends it to the peer: it never holds the
+// cause, which stays in Err for this side's logs (tperr's policy).
 type ResetError struct {
 	Code    Code
 	Message string
-	Remote  bool // the peer reset the stream
+	Remote  bool  // the peer reset the stream
+	Err     error // the local cause, never sent
 }
 
 func (e *ResetError) Error() string {
@@ -50,6 +54,16 @@ func (e *ResetError) Error() string {
 		return "stream " + e.Code.String()
 	}
 	return e.Message
+}
+
+func (e *ResetError) Unwrap() error { return e.Err }
+
+// LogValue gives a log the message and the local cause.
+func (e *ResetError) LogValue() slog.Value {
+	if e.Err == nil {
+		return slog.StringValue(e.Error())
+	}
+	return slog.StringValue(e.Error() + ": " + e.Err.Error())
 }
 
 // Stream is one connection carried by a link. The layer above attaches a
@@ -523,9 +537,9 @@ func (st *Stream) pump() {
 func localReset(err error) *ResetError {
 	var r interface{ Refused() bool }
 	if errors.As(err, &r) && r.Refused() {
-		return &ResetError{Code: CodeRefused, Message: err.Error()}
+		return &ResetError{Code: CodeRefused, Message: "the service did not take the connection", Err: err}
 	}
-	return &ResetError{Code: CodeCancelled, Message: "the local connection was reset: " + err.Error()}
+	return &ResetError{Code: CodeCancelled, Message: "the local connection was reset", Err: err}
 }
 
 // waitCredit blocks until the peer has granted credit or the stream is

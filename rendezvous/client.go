@@ -363,7 +363,7 @@ func request(ctx context.Context, nc *nats.Conn, subject string, req, resp any) 
 	case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionDraining):
 		return tperr.Wrap(err, tperr.Disconnected, "not connected to the relay")
 	case err != nil:
-		return tperr.Wrap(err, tperr.NetworkError, "request to the relay failed: %v", err)
+		return tperr.Wrap(err, tperr.NetworkError, "the request to the relay failed")
 	}
 	return decodeReply(m.Data, resp)
 }

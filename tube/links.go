@@ -297,7 +297,7 @@ func (m *Manager) dial(c *dialCall, key, peer string, cands []peerlink.Candidate
 		return peerlink.Client(ctx, raw, m.self, peer, pk, &linkHandler{m: m, peer: peer, path: cand.Path}, m.log)
 	})
 	if err != nil {
-		c.err = tperr.Wrap(err, tperr.ConnectionFailed, "could not reach %s: %v", peer, err)
+		c.err = tperr.Wrap(err, tperr.ConnectionFailed, "could not reach %s on any of its addresses", peer)
 		return
 	}
 	l := &link{s: s, path: cand.Path, dialed: true, want: wantOf(key)}

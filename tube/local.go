@@ -99,7 +99,7 @@ func listenTCP(req api.AcceptRequest) (*localSocket, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
 	l, err := lc.Listen(context.Background(), "tcp", ap.String())
 	if err != nil {
-		return nil, tperr.New(tperr.NotAvailable, "cannot listen on %s: %v", listen, err)
+		return nil, tperr.Wrap(err, tperr.NotAvailable, "cannot listen on %s: %s", listen, tperr.Reason(err))
 	}
 	s.l, s.addr = l, l.Addr().String()
 	return s, nil
@@ -148,7 +148,7 @@ func listenUnix(req api.AcceptRequest, uid int, socketDir string) (*localSocket,
 		if s.dir != "" {
 			os.RemoveAll(s.dir)
 		}
-		return nil, tperr.New(tperr.NotAvailable, "cannot listen on %s: %v", path, err)
+		return nil, tperr.Wrap(err, tperr.NotAvailable, "cannot listen on %s: %s", path, tperr.Reason(err))
 	}
 	l.(*net.UnixListener).SetUnlinkOnClose(true)
 	s.l, s.addr, s.path = l, path, path
@@ -158,13 +158,13 @@ func listenUnix(req api.AcceptRequest, uid int, socketDir string) (*localSocket,
 // privateDir makes a new directory only the daemon's user can enter.
 func privateDir(parent string) (string, error) {
 	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return "", tperr.New(tperr.NotAvailable, "cannot create %s: %v", parent, err)
+		return "", tperr.Wrap(err, tperr.NotAvailable, "cannot create %s: %s", parent, tperr.Reason(err))
 	}
 	b := make([]byte, 8)
 	rand.Read(b)
 	dir := filepath.Join(parent, "t-"+hex.EncodeToString(b))
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return "", tperr.New(tperr.NotAvailable, "cannot create %s: %v", dir, err)
+		return "", tperr.Wrap(err, tperr.NotAvailable, "cannot create %s: %s", dir, tperr.Reason(err))
 	}
 	return dir, nil
 }

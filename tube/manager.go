@@ -995,7 +995,7 @@ func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 		m.mu.Lock()
 		if t.conns[c.id] == c {
 			delete(t.conns, c.id)
-			m.emitClosed(t, c, tperr.ConnectionRefused, msg+": "+err.Error())
+			m.emitClosed(t, c, tperr.ConnectionRefused, msg+" ("+tperr.Reason(err)+")")
 		}
 		m.mu.Unlock()
 		return

@@ -44,7 +44,7 @@ func (m *Manager) relayFor(ctx context.Context, want string) (*relayInfo, error)
 	c, server, err := m.allocation(ctx)
 	if err != nil {
 		if want == peerlink.PathRelay {
-			return nil, tperr.Wrap(err, tperr.NameOr(err, tperr.NetworkError), "cannot get a relay allocation for the relay path: %v", err)
+			return nil, tperr.Wrap(err, tperr.NameOr(err, tperr.NetworkError), "cannot get a relay allocation for the relay path%s", tperr.Because(err))
 		}
 		m.log.Warn("offering without the relay path", "err", err)
 		return nil, nil
@@ -299,10 +299,12 @@ func (m *Manager) onPermit(from, room string, body []byte) error {
 			ans.Error, ans.Message = tperr.NotAvailable, "the offerer has no relay allocation"
 		default:
 			if err := c.Permit(ctx, netip.MustParseAddr(p.IP)); err != nil {
-				ans.Error, ans.Message = tperr.NetworkError, err.Error()
+				// The peer learns that the TURN server refused, not its words.
+				ans.Error, ans.Message = tperr.NetworkError, "the offerer's TURN server did not add the permission"
 				if turnclient.Code(err) == 403 {
-					ans.Error = tperr.PermissionDenied
+					ans.Error, ans.Message = tperr.PermissionDenied, "the offerer's TURN server does not allow your address"
 				}
+				m.log.Info("relay permission not added", "for", from, "ip", p.IP, "err", err)
 			} else {
 				m.log.Debug("relay permission added", "for", from, "ip", p.IP)
 			}
