@@ -49,4 +49,15 @@
 // share the bucket, each keeps an in-memory view of it fed by a watch, and
 // the live relay with the smallest instance id carries out the duties that
 // must happen once (presence fan-out, replacing connections).
+//
+// # Files
+//
+// The server side: server.go (the NATS server and the relay's parts),
+// service.go (the account service: start-up and request dispatch),
+// auth_callout.go, registration.go (guests), contacts.go, rooms.go,
+// delivery.go (keys, presence, TURN credentials, messages), presence.go
+// (connections and presence), admin.go (operators), store.go (the
+// key-value state). The client side: client.go (a daemon's connection and
+// its requests), client_register.go, client_admin.go. Both: proto.go (the
+// subjects and messages), metrics.go.
 package rendezvous

@@ -2,10 +2,16 @@ package rendezvous
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // connID names one NATS client connection in a cluster.
@@ -163,4 +169,153 @@ func (p *presence) relayCount() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.relays)
+}
+
+func (s *Service) handleConnEvent(ctx context.Context, m *nats.Msg) {
+	var ev struct {
+		Type   string            `json:"type"`
+		Server server.ServerInfo `json:"server"`
+		Client server.ClientInfo `json:"client"`
+	}
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		s.log.Warn("malformed connection event", "err", err)
+		return
+	}
+	id := connID{server: ev.Server.ID, cid: ev.Client.ID}
+	if strings.HasSuffix(m.Subject, ".DISCONNECT") {
+		user, offline := s.pres.remove(id)
+		if offline && s.pres.leader(s.cfg.Instance) {
+			s.announce(user, false)
+		}
+		return
+	}
+	start := time.Now()
+	if ev.Client.Start != nil {
+		start = *ev.Client.Start
+	}
+	s.connected(ctx, id, ev.Client.User, ev.Client.Name, start)
+}
+
+func (s *Service) connected(ctx context.Context, id connID, user, connName string, start time.Time) {
+	online, older := s.pres.add(id, user, connName, start)
+	if !s.pres.leader(s.cfg.Instance) {
+		return
+	}
+	// Name_In_Use policy: the newest connection to an account wins; older
+	// ones are told they were replaced (ConnectionReplaced) and closed.
+	// The old connection closes itself when told; it is kicked only if it
+	// is still there after replaceGrace.
+	for _, old := range older {
+		s.log.Info("connection replaced", "account", user, "server", old.server, "cid", old.cid)
+		s.publish(user, KindControl, controlMsg{Type: "replaced", Server: old.server, CID: old.cid})
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			t := time.NewTimer(replaceGrace)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				if s.pres.has(old) {
+					s.kick(old)
+				}
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if online {
+		s.announce(user, true)
+	}
+}
+
+// replaceGrace is how long a replaced connection has to close itself.
+const replaceGrace = 2 * time.Second
+
+// announce tells the online peers of name that it came or went.
+func (s *Service) announce(name string, online bool) {
+	for _, peer := range s.store.view.peersOf(name) {
+		if s.pres.online(peer) {
+			s.publish(peer, KindPresence, PresenceEvent{Name: name, Online: online})
+		}
+	}
+}
+
+// kick closes a client connection through its server's system service.
+func (s *Service) kick(id connID) {
+	b, _ := json.Marshal(server.KickClientReq{CID: id.cid})
+	if _, err := s.sys.Request(fmt.Sprintf("$SYS.REQ.SERVER.%s.KICK", id.server), b, 2*time.Second); err != nil {
+		s.log.Debug("kick", "server", id.server, "cid", id.cid, "err", err)
+	}
+}
+
+// snapshot loads the connections that exist already (relays joining a
+// running cluster). It asks every server for its connections in the Tubes
+// account, page by page.
+func (s *Service) snapshot(ctx context.Context) error {
+	const page = 2000
+	type connzResp struct {
+		Server server.ServerInfo `json:"server"`
+		Data   *server.Connz     `json:"data"`
+	}
+	opts := func(offset int) []byte {
+		b, _ := json.Marshal(map[string]any{"acc": s.cfg.Account, "auth": true, "offset": offset, "limit": page})
+		return b
+	}
+	inbox := s.sys.NewRespInbox()
+	replies := make(chan *nats.Msg, 64)
+	sub, err := s.sys.ChanSubscribe(inbox, replies)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := s.sys.PublishRequest("$SYS.REQ.SERVER.PING.CONNZ", inbox, opts(0)); err != nil {
+		return err
+	}
+	apply := func(cz *server.Connz) {
+		for _, c := range cz.Conns {
+			s.pres.add(connID{server: cz.ID, cid: c.Cid}, c.AuthorizedUser, c.Name, c.Start)
+		}
+	}
+	var errs []error
+	answered := 0
+	timer := time.NewTimer(2 * time.Second)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			if s.cfg.Servers > 0 && answered < s.cfg.Servers {
+				errs = append(errs, fmt.Errorf("rendezvous: %d of %d servers answered the connection snapshot", answered, s.cfg.Servers))
+			}
+			return errors.Join(errs...)
+		case m := <-replies:
+			var r connzResp
+			if err := json.Unmarshal(m.Data, &r); err != nil || r.Data == nil {
+				errs = append(errs, fmt.Errorf("rendezvous: bad CONNZ reply: %v", err))
+				continue
+			}
+			apply(r.Data)
+			for off := page; off < r.Data.Total; off += page {
+				rep, err := s.sys.Request(fmt.Sprintf("$SYS.REQ.SERVER.%s.CONNZ", r.Data.ID), opts(off), 5*time.Second)
+				if err != nil {
+					errs = append(errs, err)
+					break
+				}
+				var more connzResp
+				if err := json.Unmarshal(rep.Data, &more); err != nil || more.Data == nil {
+					errs = append(errs, fmt.Errorf("rendezvous: bad CONNZ reply: %v", err))
+					break
+				}
+				apply(more.Data)
+			}
+			answered++
+			if s.cfg.Servers > 0 && answered >= s.cfg.Servers {
+				return errors.Join(errs...)
+			}
+			if s.cfg.Servers == 0 {
+				// Unknown cluster size: wait for stragglers briefly.
+				timer.Reset(300 * time.Millisecond)
+			}
+		}
+	}
 }

@@ -1,0 +1,83 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// Guests (service side): registration and whois, for connections that
+// hold a key but no account yet.
+
+func (s *Service) handleGuest(m *nats.Msg) {
+	tok := strings.Split(m.Subject, ".") // tube.guest.<nkey>.<op>
+	if len(tok) != 4 || !strings.HasPrefix(m.Reply, guestReplyInbox(tok[2])+".") {
+		return
+	}
+	nkey, op := tok[2], tok[3]
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	var result any
+	var err error
+	switch op {
+	case opRegister:
+		err = s.register(ctx, nkey, m.Data)
+	case opWhois:
+		result, err = s.whois(nkey, m.Data)
+	}
+	s.m.request(op, err)
+	m.Respond(encodeReply(result, err))
+}
+
+func (s *Service) register(ctx context.Context, nkey string, data []byte) error {
+	var req registerReq
+	if err := decodeRequest(data, &req); err != nil {
+		return err
+	}
+	name, err := NormalizeName("account", req.Name)
+	if err != nil {
+		return err
+	}
+	if acct, ok := s.store.view.account(name); ok {
+		if acct.Key == nkey {
+			return nil // already ours: registering again is harmless
+		}
+		return tperr.New(tperr.RegistrationExists, "the name %s is already registered on this relay", name)
+	}
+	inv, invited := s.store.view.invite(name)
+	if s.cfg.Registration == RegistrationClosed || invited {
+		if !invited {
+			return tperr.New(tperr.PermissionDenied, "registration on this relay is closed; ask its operator for an invitation to %s", name)
+		}
+		if !inv.matches(req.Invite) {
+			return tperr.New(tperr.AuthenticationFailed, "the invitation code for %s is wrong", name)
+		}
+	}
+	rec := accountRecord{Name: name, Key: nkey, Created: time.Now().UTC()}
+	if err := s.store.create(ctx, "acct."+name, rec); errors.Is(err, errConflict) {
+		return tperr.New(tperr.RegistrationExists, "the name %s is already registered on this relay", name)
+	} else if err != nil {
+		return err
+	}
+	if invited {
+		if err := s.store.delete(ctx, "invite."+name); err != nil {
+			s.log.Warn("invitation not removed", "account", name, "err", err)
+		}
+	}
+	s.log.Info("account registered", "account", name, "key", nkey)
+	return nil
+}
+
+func (s *Service) whois(nkey string, data []byte) (any, error) {
+	var req nameReq
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	acct, ok := s.store.view.account(req.Name)
+	return whoisResp{Exists: ok, KeyMatches: ok && acct.Key == nkey}, nil
+}
