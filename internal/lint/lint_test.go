@@ -1,5 +1,6 @@
 // Package lint holds repository-wide checks that run with the tests:
-// gofmt, and a package comment on every package.
+// gofmt, a package comment on every package, no "return v, f(&v)", and
+// no test lab linked into the tube binary.
 package lint
 
 import (
@@ -10,7 +11,9 @@ import (
 	"go/token"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -141,5 +144,23 @@ func unparen(e ast.Expr) ast.Expr {
 			return e
 		}
 		e = p.X
+	}
+}
+
+// TestBinaryDeps keeps the test labs out of the tube binary: they start
+// namespaces, coturn and throwaway daemons, and belong to tests only.
+func TestBinaryDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "github.com/tubes-dev/tubes/cmd/tube").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, "github.com/tubes-dev/tubes/cli") {
+		t.Fatalf("go list -deps of the binary lacks the cli package: %q", deps)
+	}
+	for _, lab := range []string{"internal/netns", "internal/turntest", "internal/tubetest", "internal/testenv"} {
+		if slices.Contains(deps, "github.com/tubes-dev/tubes/"+lab) {
+			t.Errorf("the tube binary links %s, a test lab", lab)
+		}
 	}
 }
