@@ -205,7 +205,11 @@ func (a *account) setStatus(s connection.Status, r connection.Reason, ce *rendez
 	evs = append(evs, statusEvent(a.name, s, r))
 	a.d.bus.Publish(evs...)
 	a.d.metrics.status(a.name, s)
-	a.log.Info("status", "status", s, "reason", r, "error", errName(ce))
+	if ce != nil && ce.Err != nil {
+		a.log.Info("status", "status", s, "reason", r, "error", errName(ce), "cause", ce.Err)
+	} else {
+		a.log.Info("status", "status", s, "reason", r, "error", errName(ce))
+	}
 }
 
 func errName(ce *rendezvous.ConnError) string {

@@ -118,7 +118,7 @@ func classify(err error, server string) *ConnError {
 		}
 	case errors.As(err, &certErr):
 		ce.Reason, ce.Name = connection.CertOtherError, tperr.CertInvalid
-		ce.Message = "the relay's certificate is not valid: " + certErr.Error()
+		ce.Message = "the relay's certificate is not valid (the debug-message detail says why)"
 		if certErr.Reason == x509.Expired {
 			ce.Reason, ce.Name = connection.CertExpired, tperr.CertExpired
 			ce.Message = "the relay's certificate has expired or is not valid yet"
@@ -140,7 +140,7 @@ func classify(err error, server string) *ConnError {
 		ce.Message = fmt.Sprintf("could not reach the relay %s", server)
 	default:
 		ce.Reason, ce.Name = connection.NetworkError, tperr.NetworkError
-		ce.Message = fmt.Sprintf("could not connect to the relay %s: %v", server, err)
+		ce.Message = fmt.Sprintf("could not connect to the relay %s", server)
 	}
 	return ce
 }
