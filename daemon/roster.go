@@ -102,7 +102,7 @@ func (d *Daemon) CreateRoom(ctx context.Context, name, room string) (api.Room, e
 	if err != nil {
 		return api.Room{}, err
 	}
-	r, err := c.RoomCreate(ctx, room)
+	r, err := c.RoomCreate(ctx, room, false)
 	return a.room(r), err
 }
 

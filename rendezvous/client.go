@@ -409,12 +409,39 @@ func (c *Client) Rooms(ctx context.Context) ([]Room, error) {
 	return call[[]Room](ctx, c, opRooms, nil)
 }
 
-// RoomCreate creates a room we own.
-func (c *Client) RoomCreate(ctx context.Context, room string) (Room, error) {
-	return call[Room](ctx, c, opRoomCreate, roomReq{Room: room})
+// RoomCreate creates a room we own: invite-only, or open to anyone.
+func (c *Client) RoomCreate(ctx context.Context, room string, open bool) (Room, error) {
+	return call[Room](ctx, c, opRoomCreate, roomReq{Room: room, Open: open})
 }
 
-// RoomJoin joins an existing room.
+// RoomInvite invites a contact of ours to a room we own or administer.
+func (c *Client) RoomInvite(ctx context.Context, room, contact string) (Invitation, error) {
+	return call[Invitation](ctx, c, opRoomInvite, roomMemberReq{Room: room, Name: contact})
+}
+
+// Invitations lists the rooms we are invited to.
+func (c *Client) Invitations(ctx context.Context) ([]Invitation, error) {
+	return call[[]Invitation](ctx, c, opInvitations, nil)
+}
+
+// RoomDecline turns down an invitation.
+func (c *Client) RoomDecline(ctx context.Context, room string) error {
+	return c.call(ctx, opRoomDecline, roomReq{Room: room}, nil)
+}
+
+// RoomRemove removes a member from a room we own (any member) or
+// administer (a plain member), or withdraws an invitation.
+func (c *Client) RoomRemove(ctx context.Context, room, member string) error {
+	return c.call(ctx, opRoomRemove, roomMemberReq{Room: room, Name: member}, nil)
+}
+
+// RoomAdmin makes a member of a room we own an admin, or (revoke) a plain
+// member again.
+func (c *Client) RoomAdmin(ctx context.Context, room, member string, revoke bool) (Member, error) {
+	return call[Member](ctx, c, opRoomAdmin, roomMemberReq{Room: room, Name: member, Revoke: revoke})
+}
+
+// RoomJoin joins a room we are invited to, or an open room.
 func (c *Client) RoomJoin(ctx context.Context, room string) (Room, error) {
 	return call[Room](ctx, c, opRoomJoin, roomReq{Room: room})
 }

@@ -79,8 +79,11 @@ func (s *Service) opSend(ctx context.Context, me string, data []byte) (any, erro
 		if err != nil {
 			return nil, err
 		}
-		if !s.store.view.isMember(room, me) || !s.store.view.isMember(room, to) {
-			return nil, tperr.New(tperr.PermissionDenied, "you and %s are not both members of room %s", to, room)
+		if !s.store.view.isMember(room, me) {
+			return nil, noRoom(room)
+		}
+		if !s.store.view.isMember(room, to) {
+			return nil, tperr.New(tperr.PermissionDenied, "%s is not a member of room %s", to, room)
 		}
 		if !s.pres.online(to) {
 			return nil, tperr.New(tperr.Offline, "%s is offline", to)
@@ -109,7 +112,7 @@ func (s *Service) opSend(ctx context.Context, me string, data []byte) (any, erro
 		return nil, err
 	}
 	if !s.store.view.isMember(room, me) {
-		return nil, tperr.New(tperr.PermissionDenied, "you are not a member of room %s", room)
+		return nil, noRoom(room)
 	}
 	delivered := []string{}
 	for _, m := range s.store.view.memberNames(room) {

@@ -141,6 +141,11 @@ const (
 	opRoomJoin       = "room_join"
 	opRoomLeave      = "room_leave"
 	opRoomMembers    = "room_members"
+	opRoomInvite     = "room_invite"
+	opInvitations    = "room_invitations"
+	opRoomDecline    = "room_decline"
+	opRoomRemove     = "room_remove"
+	opRoomAdmin      = "room_admin"
 	opPresence       = "presence"
 	opSend           = "send"
 	opKeys           = "keys"
@@ -198,13 +203,31 @@ type Room struct {
 	Name    string `json:"name"`
 	Owner   string `json:"owner"`
 	Members int    `json:"members"`
+	Open    bool   `json:"open,omitempty"` // anyone may join; else by invitation only
+	Role    string `json:"role,omitempty"` // the caller's: RoleOwner, RoleAdmin or RoleMember
 }
 
 // Member is a room member.
 type Member struct {
 	Name   string `json:"name"`
 	Owner  bool   `json:"owner"`
+	Admin  bool   `json:"admin,omitempty"`
 	Online bool   `json:"online"`
+}
+
+// Roles in a room. The owner created it (and its leaving deletes it);
+// admins, named by the owner, invite and remove plain members too.
+const (
+	RoleOwner  = "owner"
+	RoleAdmin  = "admin"
+	RoleMember = "member"
+)
+
+// Invitation is an invitation to a room, waiting for the invitee.
+type Invitation struct {
+	Room    string    `json:"room"`
+	By      string    `json:"by"`
+	Created time.Time `json:"created"`
 }
 
 // Message is what Send delivers into a recipient's inbox. From and Room
@@ -228,12 +251,37 @@ type ContactEvent struct {
 	State ContactState `json:"state"`
 }
 
-// RoomEvent says a room's membership changed.
+// RoomEvent says a room's membership changed. Change says how (one of
+// the Room… constants); Joined and Deleted say it too, for daemons that
+// predate Change.
 type RoomEvent struct {
 	Room    string `json:"room"`
 	Member  string `json:"member,omitempty"`
 	Joined  bool   `json:"joined"`
 	Deleted bool   `json:"deleted,omitempty"`
+	Change  string `json:"change,omitempty"`
+	By      string `json:"by,omitempty"`   // who invited, removed or changed the role
+	Role    string `json:"role,omitempty"` // RoomRole: the member's new role
+}
+
+// How a room changed (RoomEvent.Change).
+const (
+	RoomJoined   = "joined"   // Member joined
+	RoomLeft     = "left"     // Member left
+	RoomRemoved  = "removed"  // Member was removed By an owner or admin
+	RoomDeleted  = "deleted"  // the owner left: the room is gone
+	RoomInvited  = "invited"  // to the invitee: By invites you
+	RoomDeclined = "declined" // to the inviter: Member declined
+	RoomRole     = "role"     // Member's Role changed
+)
+
+// Membership reports whether the event changes who is in the room.
+func (e RoomEvent) Membership() bool {
+	switch e.Change {
+	case "", RoomJoined, RoomLeft, RoomRemoved, RoomDeleted:
+		return true
+	}
+	return false
 }
 
 // controlMsg is delivered on the ctl inbox.
@@ -263,6 +311,15 @@ type nameReq struct {
 
 type roomReq struct {
 	Room string `json:"room"`
+	Open bool   `json:"open,omitempty"` // room_create
+}
+
+// roomMemberReq names a room and one account: the invitee, the member to
+// remove, or the member whose role changes.
+type roomMemberReq struct {
+	Room   string `json:"room"`
+	Name   string `json:"name"`
+	Revoke bool   `json:"revoke,omitempty"` // room_admin: back to a plain member
 }
 
 type lookupReq struct {

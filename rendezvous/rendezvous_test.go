@@ -210,11 +210,12 @@ func TestRegisterContactsRoomsAndSend(t *testing.T) {
 		t.Fatalf("remove non-contact: %v", err)
 	}
 
-	// Rooms.
-	if _, err := alice.c.RoomCreate(ctx, "lab"); err != nil {
-		t.Fatal(err)
+	// Rooms (an open one: anyone may join; invite-only rooms are
+	// TestRoomMembershipControl's).
+	if r, err := alice.c.RoomCreate(ctx, "lab", true); err != nil || !r.Open || r.Role != rendezvous.RoleOwner {
+		t.Fatalf("create an open room: %+v, %v", r, err)
 	}
-	if _, err := bob.c.RoomCreate(ctx, "lab"); !tperr.Has(err, tperr.NotAvailable) {
+	if _, err := bob.c.RoomCreate(ctx, "lab", false); !tperr.Has(err, tperr.NotAvailable) {
 		t.Fatalf("create existing room: %v", err)
 	}
 	if _, err := carol.c.RoomMembers(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
@@ -223,10 +224,10 @@ func TestRegisterContactsRoomsAndSend(t *testing.T) {
 	if _, err := carol.c.Send(ctx, "", "lab", "x", nil); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Fatalf("send to room as non-member: %v", err)
 	}
-	if _, err := carol.c.RoomJoin(ctx, "nosuch"); !tperr.Has(err, tperr.DoesNotExist) {
+	if _, err := carol.c.RoomJoin(ctx, "nosuch"); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Fatalf("join unknown room: %v", err)
 	}
-	if err := carol.c.RoomLeave(ctx, "lab"); !tperr.Has(err, tperr.NotAvailable) {
+	if err := carol.c.RoomLeave(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Fatalf("leave without membership: %v", err)
 	}
 	for _, a := range []*account{bob, carol} {
@@ -393,10 +394,16 @@ func TestStateSurvivesRestart(t *testing.T) {
 	alice := register(t, s, "alice")
 	bob := register(t, s, "bob")
 	befriend(t, alice, bob)
-	if _, err := alice.c.RoomCreate(ctx, "lab"); err != nil {
+	if _, err := alice.c.RoomCreate(ctx, "lab", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.RoomInvite(ctx, "lab", "bob"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := bob.c.RoomJoin(ctx, "lab"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.RoomAdmin(ctx, "lab", "bob", false); err != nil {
 		t.Fatal(err)
 	}
 	alice.c.Close()
@@ -414,8 +421,8 @@ func TestStateSurvivesRestart(t *testing.T) {
 		t.Fatalf("contacts after restart: %+v %v", cs, err)
 	}
 	ms, err := c.RoomMembers(ctx, "lab")
-	if err != nil || len(ms) != 2 {
-		t.Fatalf("members after restart: %+v %v", ms, err)
+	if err != nil || len(ms) != 2 || !ms[0].Owner || ms[1].Name != "bob" || !ms[1].Admin {
+		t.Fatalf("members after restart: %+v %v; want alice the owner, bob an admin", ms, err)
 	}
 }
 
@@ -498,7 +505,7 @@ func TestKeysAndRoomMemberDelivery(t *testing.T) {
 	carol := register(t, s, "carol")
 	dave := register(t, s, "dave")
 	befriend(t, alice, bob)
-	alice.c.RoomCreate(ctx, "lab")
+	alice.c.RoomCreate(ctx, "lab", true)
 	carol.c.RoomJoin(ctx, "lab")
 
 	keys, err := alice.c.Keys(ctx, []string{"bob", "carol", "dave", "nobody"})

@@ -238,6 +238,11 @@ func (s *Service) accountHandlers() map[string]handlerFunc {
 		opRoomJoin:       s.opRoomJoin,
 		opRoomLeave:      s.opRoomLeave,
 		opRoomMembers:    s.opRoomMembers,
+		opRoomInvite:     s.opRoomInvite,
+		opInvitations:    s.opInvitations,
+		opRoomDecline:    s.opRoomDecline,
+		opRoomRemove:     s.opRoomRemove,
+		opRoomAdmin:      s.opRoomAdmin,
 		opPresence:       s.opPresence,
 		opSend:           s.opSend,
 		opKeys:           s.opKeys,
@@ -309,8 +314,9 @@ func (s *Service) opLookup(ctx context.Context, me string, data []byte) (any, er
 		resp.Contacts[n] = ok
 	}
 	for _, n := range req.Rooms {
-		_, ok := s.store.view.room(n)
-		resp.Rooms[n] = ok
+		// Only rooms the caller is in or invited to: a lookup must not
+		// tell anyone else that a room exists.
+		resp.Rooms[n] = s.visibleTo(n, me)
 	}
 	return resp, nil
 }

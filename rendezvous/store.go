@@ -22,8 +22,9 @@ import (
 //	acct.<name>          accountRecord
 //	invite.<name>        inviteRecord   (closed registration)
 //	pair.<a>.<b>         pairRecord     (a < b: one record per pair of accounts)
-//	room.<room>          roomRecord
-//	member.<room>.<name> memberRecord
+//	room.<room>              roomRecord
+//	member.<room>.<name>     memberRecord
+//	invitation.<room>.<name> invitationRecord (name is invited to room)
 //
 // Each relay keeps a view of the whole bucket in memory, fed by a watch, so
 // authentication, roster and membership checks cost no round trip. Writes
@@ -50,14 +51,23 @@ type pairRecord struct {
 	BWants bool   `json:"b_wants"`
 }
 
+// roomRecord is a room. A room written before rooms had Open is
+// invite-only, keeping its owner and members.
 type roomRecord struct {
 	Name    string    `json:"name"`
 	Owner   string    `json:"owner"`
 	Created time.Time `json:"created"`
+	Open    bool      `json:"open,omitempty"`
 }
 
 type memberRecord struct {
 	Joined time.Time `json:"joined"`
+	Admin  bool      `json:"admin,omitempty"`
+}
+
+type invitationRecord struct {
+	By      string    `json:"by"`
+	Created time.Time `json:"created"`
 }
 
 func pairKey(a, b string) (key string, first, second string) {
@@ -101,27 +111,33 @@ func (p pairRecord) other(me string) string {
 
 // view is the in-memory copy of the bucket.
 type view struct {
-	mu       sync.Mutex // guards the fields below
-	cond     *sync.Cond // broadcast when rev advances
-	rev      uint64     // last revision applied
-	accounts map[string]accountRecord
-	invites  map[string]inviteRecord
-	pairs    map[string]pairRecord      // by pair key
-	contacts map[string]map[string]bool // account → other accounts with a pair record
-	rooms    map[string]roomRecord
-	members  map[string]map[string]bool // room → members
-	roomsOf  map[string]map[string]bool // account → rooms
+	mu        sync.Mutex // guards the fields below
+	cond      *sync.Cond // broadcast when rev advances
+	rev       uint64     // last revision applied
+	accounts  map[string]accountRecord
+	invites   map[string]inviteRecord
+	pairs     map[string]pairRecord      // by pair key
+	contacts  map[string]map[string]bool // account → other accounts with a pair record
+	rooms     map[string]roomRecord
+	members   map[string]map[string]bool             // room → members
+	admins    map[string]map[string]bool             // room → members who are admins
+	roomsOf   map[string]map[string]bool             // account → rooms
+	invited   map[string]map[string]invitationRecord // room → invitees
+	invitesOf map[string]map[string]bool             // account → rooms it is invited to
 }
 
 func newView() *view {
 	v := &view{
-		accounts: map[string]accountRecord{},
-		invites:  map[string]inviteRecord{},
-		pairs:    map[string]pairRecord{},
-		contacts: map[string]map[string]bool{},
-		rooms:    map[string]roomRecord{},
-		members:  map[string]map[string]bool{},
-		roomsOf:  map[string]map[string]bool{},
+		accounts:  map[string]accountRecord{},
+		invites:   map[string]inviteRecord{},
+		pairs:     map[string]pairRecord{},
+		contacts:  map[string]map[string]bool{},
+		rooms:     map[string]roomRecord{},
+		members:   map[string]map[string]bool{},
+		admins:    map[string]map[string]bool{},
+		roomsOf:   map[string]map[string]bool{},
+		invited:   map[string]map[string]invitationRecord{},
+		invitesOf: map[string]map[string]bool{},
 	}
 	v.cond = sync.NewCond(&v.mu)
 	return v
@@ -208,12 +224,43 @@ func (v *view) apply(key string, value []byte, deleted bool, rev uint64) error {
 		}
 	case parts[0] == "member" && len(parts) == 3:
 		room, name := parts[1], parts[2]
-		if deleted {
+		var r memberRecord
+		if !deleted && len(value) > 0 {
+			err = json.Unmarshal(value, &r)
+		}
+		if deleted || err != nil {
 			delFrom(v.members, room, name)
+			delFrom(v.admins, room, name)
 			delFrom(v.roomsOf, name, room)
 		} else {
 			addTo(v.members, room, name)
 			addTo(v.roomsOf, name, room)
+			if r.Admin {
+				addTo(v.admins, room, name)
+			} else {
+				delFrom(v.admins, room, name)
+			}
+		}
+	case parts[0] == "invitation" && len(parts) == 3:
+		room, name := parts[1], parts[2]
+		var r invitationRecord
+		if !deleted {
+			err = json.Unmarshal(value, &r)
+		}
+		if deleted || err != nil {
+			if m := v.invited[room]; m != nil {
+				delete(m, name)
+				if len(m) == 0 {
+					delete(v.invited, room)
+				}
+			}
+			delFrom(v.invitesOf, name, room)
+		} else {
+			if v.invited[room] == nil {
+				v.invited[room] = map[string]invitationRecord{}
+			}
+			v.invited[room][name] = r
+			addTo(v.invitesOf, name, room)
 		}
 	}
 	if err != nil {
@@ -292,6 +339,64 @@ func (v *view) isMember(room, name string) bool {
 	defer v.mu.Unlock()
 	r, ok := v.rooms[room]
 	return ok && (r.Owner == name || v.members[room][name])
+}
+
+// role returns name's role in an existing room, or "" if it is not a
+// member.
+func (v *view) role(room, name string) string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	r, ok := v.rooms[room]
+	switch {
+	case !ok:
+		return ""
+	case r.Owner == name:
+		return RoleOwner
+	case v.admins[room][name] && v.members[room][name]:
+		return RoleAdmin
+	case v.members[room][name]:
+		return RoleMember
+	}
+	return ""
+}
+
+// invitation returns name's invitation to an existing room.
+func (v *view) invitation(room, name string) (invitationRecord, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.rooms[room]; !ok {
+		return invitationRecord{}, false
+	}
+	r, ok := v.invited[room][name]
+	return r, ok
+}
+
+// invitationsOf returns name's invitations to existing rooms, by room.
+func (v *view) invitationsOf(name string) []Invitation {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var out []Invitation
+	for room := range v.invitesOf[name] {
+		if _, ok := v.rooms[room]; !ok {
+			continue
+		}
+		r := v.invited[room][name]
+		out = append(out, Invitation{Room: room, By: r.By, Created: r.Created})
+	}
+	slices.SortFunc(out, func(a, b Invitation) int { return strings.Compare(a.Room, b.Room) })
+	return out
+}
+
+// inviteesOf returns those invited to a room, sorted.
+func (v *view) inviteesOf(room string) []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]string, 0, len(v.invited[room]))
+	for n := range v.invited[room] {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // memberNames returns the members of an existing room, sorted.
