@@ -96,12 +96,15 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 		peer = ""
 	}
 	t := &tube{id: id, service: req.Service, peer: peer, room: req.Room, only: only, outgoing: true, state: NotOffered,
-		wantPath: req.Path, relay: relay, params: params, exp: e, members: map[string]bool{}, accepted: map[string]bool{}, conns: map[uint32]*tconn{}}
+		wantPath: req.Path, relay: relay, params: params, exp: e, members: map[string]bool{}, accepted: map[string]bool{}, conns: map[uint32]*tconn{},
+		laterMembers: req.Room != "" && req.LaterMembers}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		return api.Tube{}, tperr.New(tperr.Disconnected, "account %s is being removed", m.cfg.Account)
 	}
+	m.seq++
+	t.seq = m.seq
 	m.tubes[id] = t
 	m.emit(api.Event{Type: api.EventNewTube, TubeID: id, Service: t.service, Contact: t.peer, Room: t.room,
 		Direction: "outgoing", State: StateName(t.state), StateCode: u32(t.state)})
@@ -117,19 +120,32 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 			return api.Tube{}, err
 		}
 		m.mu.Lock()
-		m.setState(t, RemotePending)
+		if len(t.accepted) > 0 {
+			m.setState(t, Open) // accepted already, over an open peer link
+		} else {
+			m.setState(t, RemotePending)
+		}
 	} else {
+		// Members are marked before their offers go out: an acceptance
+		// can come back over an open peer link before the next send.
+		m.mu.Lock()
+		for _, n := range recipients {
+			if keys[n] != nil {
+				t.members[n] = true
+			}
+		}
+		m.mu.Unlock()
 		for _, n := range recipients {
 			if k := keys[n]; k != nil {
 				if err := m.sendOffer(ctx, t, n, k, request); err != nil {
 					m.log.Info("room tube not offered to a member", "room", t.room, "member", n, "err", err)
+					m.mu.Lock()
+					delete(t.members, n)
+					m.mu.Unlock()
 				}
 			}
 		}
 		m.mu.Lock()
-		for _, n := range recipients {
-			t.members[n] = true
-		}
 		m.setState(t, Open)
 	}
 	v := t.view(m.cfg.Account)
@@ -167,7 +183,12 @@ func (m *Manager) keys(ctx context.Context, names []string) (map[string]identity
 // sendOffer sends the offer of t to one recipient, with the parameters
 // sealed to that recipient's key.
 func (m *Manager) sendOffer(ctx context.Context, t *tube, to string, key identity.PublicKey, request string) error {
-	sealed, err := sealParams(t.params, key, t.id, m.cfg.Account, to)
+	return m.sendOfferWith(ctx, t, to, key, request, t.params)
+}
+
+// sendOfferWith sends the offer of t to one recipient with params.
+func (m *Manager) sendOfferWith(ctx context.Context, t *tube, to string, key identity.PublicKey, request string, params map[string]api.Value) error {
+	sealed, err := sealParams(params, key, t.id, m.cfg.Account, to)
 	if err != nil {
 		return tperr.Wrap(err, tperr.EncryptionError, "cannot seal the parameters of tube %s for %s", t.id, to)
 	}
