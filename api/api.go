@@ -86,6 +86,11 @@ type OfferRequest struct {
 	To      string `json:"to,omitempty"`
 	Room    string `json:"room,omitempty"`
 	Path    string `json:"path,omitempty"` // auto (default), direct or relay
+	// LaterMembers: a room tube is offered to members who join later
+	// too, each with parameters sealed to them (fresh ones from the
+	// export's generator, where it has one). Without it, only those in
+	// the room when it is offered get the offer.
+	LaterMembers bool `json:"later_members,omitempty"`
 }
 
 // AcceptRequest is the body of POST /v1/tubes/{id}/accept (and the local
@@ -199,9 +204,11 @@ type NameRequest struct {
 	Name string `json:"name"`
 }
 
-// RoomRequest names a room.
+// RoomRequest names a room (POST …/rooms creates it: invite-only, or
+// open to anyone with Open).
 type RoomRequest struct {
 	Room string `json:"room"`
+	Open bool   `json:"open,omitempty"`
 }
 
 // Room is a room the account belongs to.
@@ -210,13 +217,31 @@ type Room struct {
 	Owner   string `json:"owner"`
 	Members int    `json:"members"`
 	Handle  uint32 `json:"handle"`
+	Open    bool   `json:"open,omitempty"` // anyone may join; else by invitation only
+	Role    string `json:"role,omitempty"` // the account's: owner, admin or member
 }
 
 // Member is a room member.
 type Member struct {
 	Name   string `json:"name"`
 	Owner  bool   `json:"owner"`
+	Admin  bool   `json:"admin,omitempty"`
 	Online bool   `json:"online"`
+}
+
+// Invitation is an invitation to a room that the account may join or
+// decline.
+type Invitation struct {
+	Room    string    `json:"room"`
+	By      string    `json:"by"`
+	Created time.Time `json:"created"`
+}
+
+// AdminRequest is the body of POST …/rooms/{room}/admins: the owner makes
+// a member an admin, or (Revoke) a plain member again.
+type AdminRequest struct {
+	Name   string `json:"name"`
+	Revoke bool   `json:"revoke,omitempty"`
 }
 
 // Presence is a contact's or room member's presence.
@@ -298,6 +323,9 @@ type Event struct {
 	Member  string `json:"member,omitempty"`
 	Joined  *bool  `json:"joined,omitempty"`
 	Deleted bool   `json:"deleted,omitempty"`
+	Change  string `json:"change,omitempty"` // RoomsChanged: joined, left, removed, deleted, invited, declined, role
+	By      string `json:"by,omitempty"`     // RoomsChanged: who invited, removed or changed the role
+	Role    string `json:"role,omitempty"`   // RoomsChanged (change role): the member's new role
 
 	Scope string `json:"scope,omitempty"` // ServiceAdded, ServiceRemoved (with Service)
 

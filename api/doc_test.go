@@ -20,7 +20,7 @@ func TestJSONFieldsDocumented(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, v := range []any{
-		api.Account{}, api.Contact{}, api.Room{}, api.Member{}, api.SendResponse{}, rendezvous.User{},
+		api.Account{}, api.Contact{}, api.Room{}, api.Member{}, api.Invitation{}, api.SendResponse{}, rendezvous.User{},
 		api.Tube{}, api.Connection{}, api.Whois{}, api.Status{},
 		api.ServiceDescriptor{}, registry.Interface{}, api.Implementation{}, api.RemoteImplementation{},
 		api.Publication{}, api.Grant{}, api.ActivationStatus{},

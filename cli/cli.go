@@ -67,7 +67,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "tube: "+describe(err))
 	var ue usageError
-	if errors.As(err, &ue) || isCobraUsage(err) {
+	// A Telepathy-named error came from the daemon or the relay: however
+	// it is worded, it is an operational failure, not a usage error.
+	if errors.As(err, &ue) || tperr.Name(err) == "" && isCobraUsage(err) {
 		fmt.Fprintln(stderr, "Run 'tube --help' for usage.")
 		return ExitUsage
 	}

@@ -122,19 +122,66 @@ func TestAccountsContactsRoomsThroughCLI(t *testing.T) {
 	}
 
 	mustTube(t, a, "room", "create", "lab")
-	code, _, errs = tube(t, b, "room", "join", "nosuch")
-	if code != cli.ExitFailure || !strings.Contains(errs, "no room named nosuch") {
-		t.Fatalf("join unknown room: exit %d %s", code, errs)
+	// A non-member hears the same about lab as about a room that does
+	// not exist, for every verb.
+	for _, verb := range [][]string{{"join"}, {"members"}, {"leave"}, {"decline"}, {"invite", "$", "alice"}, {"remove", "$", "alice"}, {"admin", "$", "alice"}} {
+		answer := func(room string) string {
+			args := append([]string{"room"}, verb...)
+			if len(verb) == 1 {
+				args = append(args, room)
+			} else {
+				args[2] = room
+			}
+			code, _, errs := tube(t, b, args...)
+			if code != cli.ExitFailure || !strings.Contains(errs, "(PermissionDenied)") {
+				t.Fatalf("tube %v as a non-member: exit %d %s", args, code, errs)
+			}
+			return strings.ReplaceAll(errs, room, "ROOM")
+		}
+		if f, m := answer("lab"), answer("nosuch"); f != m {
+			t.Fatalf("room %s: %q for lab, %q for a missing room", verb[0], f, m)
+		}
 	}
-	code, _, errs = tube(t, b, "room", "members", "lab")
-	if code != cli.ExitFailure || !strings.Contains(errs, "join it first") {
-		t.Fatalf("members as non-member: exit %d %s", code, errs)
+	var invs []map[string]any
+	json.Unmarshal([]byte(mustTube(t, a, "room", "invite", "lab", "bob", "--json")), &invs)
+	json.Unmarshal([]byte(mustTube(t, b, "room", "invitations", "--json")), &invs)
+	if len(invs) != 1 || invs[0]["room"] != "lab" || invs[0]["by"] != "alice" {
+		t.Fatalf("room invitations --json = %v", invs)
 	}
 	mustTube(t, b, "room", "join", "lab")
 	out = mustTube(t, b, "room", "members", "lab")
-	if !strings.Contains(out, "alice   true") || !strings.Contains(out, "bob") {
+	if !strings.Contains(out, "alice   owner") || !strings.Contains(out, "bob     member") {
 		t.Fatalf("room members:\n%s", out)
 	}
+	var m map[string]any
+	json.Unmarshal([]byte(mustTube(t, a, "room", "admin", "lab", "bob", "--json")), &m)
+	if m["name"] != "bob" || m["admin"] != true {
+		t.Fatalf("room admin --json = %v", m)
+	}
+	var rooms []map[string]any
+	json.Unmarshal([]byte(mustTube(t, b, "room", "list", "--json")), &rooms)
+	if len(rooms) != 1 || rooms[0]["role"] != "admin" || rooms[0]["open"] != nil {
+		t.Fatalf("room list --json = %v; want lab, invite-only, bob an admin", rooms)
+	}
+	// An open room: offering a tube with parameters or publishing a
+	// service to it needs --yes (a usage error without, never a prompt).
+	mustTube(t, a, "room", "create", "hall", "--open")
+	mustTube(t, a, "export", "vnc", "--tcp", "127.0.0.1:1", "--param", "password=s3cret")
+	if code, _, errs := tube(t, a, "offer", "vnc", "--room", "hall"); code != cli.ExitUsage || !strings.Contains(errs, "--yes") {
+		t.Fatalf("offer with parameters to an open room without --yes: exit %d %s", code, errs)
+	}
+	if code, _, errs := tube(t, a, "services", "publish", "Anything", "--room", "hall"); code != cli.ExitUsage || !strings.Contains(errs, "--yes") {
+		t.Fatalf("publish to an open room without --yes: exit %d %s", code, errs)
+	}
+	mustTube(t, a, "offer", "vnc", "--room", "hall", "--yes")
+	id := strings.TrimSpace(mustTube(t, a, "offer", "vnc", "--room", "lab")) // invite-only: no --yes needed
+	// The daemon's refusal is a failure (exit 1), even when its sentence
+	// reads like one of cobra's usage errors ("… accepts it").
+	if code, _, errs := tube(t, a, "accept", id); code != cli.ExitFailure || !strings.Contains(errs, "accepts it") {
+		t.Fatalf("accepting a tube one offered: exit %d %s, want exit 1", code, errs)
+	}
+	mustTube(t, b, "room", "join", "hall")
+	mustTube(t, b, "room", "leave", "hall")
 
 	// status --json has the documented shape.
 	var st map[string]json.RawMessage

@@ -22,6 +22,7 @@ import (
 	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/localclient"
 	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
 )
 
 func demoCmd(e *env) *cobra.Command {
@@ -151,6 +152,20 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 	if _, err := alice.CreateRoom(ctx, "alice", "lab"); err != nil {
 		return err
 	}
+	if _, err := bob.JoinRoom(ctx, "bob", "lab"); !tperr.Has(err, tperr.PermissionDenied) {
+		return fmt.Errorf("demo: bob joined the invite-only room lab uninvited (%v)", err)
+	}
+	if _, err := alice.InviteToRoom(ctx, "alice", "lab", "bob"); err != nil {
+		return err
+	}
+	invs, err := bob.Invitations(ctx, "bob")
+	if err != nil {
+		return err
+	}
+	if len(invs) != 1 || invs[0].Room != "lab" || invs[0].By != "alice" {
+		return fmt.Errorf("demo: bob's invitations are %+v, want alice's to lab", invs)
+	}
+	d.say("alice created the invite-only room \"lab\": bob could not join it until she invited him")
 	if _, err := bob.JoinRoom(ctx, "bob", "lab"); err != nil {
 		return err
 	}
@@ -169,7 +184,7 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 	if len(ms) != 2 {
 		return fmt.Errorf("demo: room lab has members %v, want alice and bob", names)
 	}
-	d.say("alice created room \"lab\" and bob joined; members: %s", strings.Join(names, ", "))
+	d.say("bob accepted the invitation and joined; members: %s", strings.Join(names, ", "))
 
 	body := []byte("hello bob, this came through the relay")
 	if _, err := alice.Send(ctx, "alice", api.SendRequest{To: "bob", Kind: "demo.hello", Body: body}); err != nil {

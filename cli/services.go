@@ -213,6 +213,7 @@ func (ff *filterFlags) filter() (api.ServiceFilter, error) {
 // publishCmds are publish, unpublish, publications and browse.
 func publishCmds(e *env) []*cobra.Command {
 	var to, room string
+	var yes bool
 	target := func(cmd *cobra.Command) {
 		cmd.Flags().StringVar(&to, "to", "", "a CONTACT")
 		cmd.Flags().StringVar(&room, "room", "", "a ROOM (its members)")
@@ -232,11 +233,15 @@ func publishCmds(e *env) []*cobra.Command {
 			if err := one(cmd); err != nil {
 				return err
 			}
+			if err := confirmOpenRoom(cmd.Context(), e.client(), e.account, room, "the service", yes); err != nil {
+				return err
+			}
 			_, err := e.client().Publish(cmd.Context(), e.account, api.Publication{Service: args[0], To: to, Room: room})
 			return err
 		},
 	}
 	target(publish)
+	publish.Flags().BoolVar(&yes, "yes", false, "publish to an open room (anyone may join it)")
 	unpublish := &cobra.Command{
 		Use:   "unpublish NAME (--to CONTACT | --room ROOM)",
 		Short: "Withdraw a publication",

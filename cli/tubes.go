@@ -165,6 +165,7 @@ func unexportCmd(e *env) *cobra.Command {
 
 func offerCmd(e *env) *cobra.Command {
 	var req api.OfferRequest
+	var yes bool
 	cmd := &cobra.Command{
 		Use:   "offer SERVICE (--to CONTACT | --room ROOM)",
 		Short: "Offer an exported service to a contact or a room; prints the tube id",
@@ -174,6 +175,20 @@ func offerCmd(e *env) *cobra.Command {
 				return usagef("tube offer needs exactly one of --to CONTACT or --room ROOM")
 			}
 			req.Service = args[0]
+			if req.LaterMembers && req.Room == "" {
+				return usagef("--later-members is for a room tube (--room ROOM)")
+			}
+			if req.Room != "" && !yes {
+				has, err := hasParameters(cmd.Context(), e, req.Service)
+				if err != nil {
+					return err
+				}
+				if has {
+					if err := confirmOpenRoom(cmd.Context(), e.client(), e.account, req.Room, "the tube's parameters", false); err != nil {
+						return err
+					}
+				}
+			}
 			t, err := e.client().Offer(cmd.Context(), e.account, req)
 			if err != nil {
 				return err
@@ -188,9 +203,26 @@ func offerCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&req.To, "to", "", "a contact")
 	cmd.Flags().StringVar(&req.Room, "room", "", "a room you belong to")
 	cmd.Flags().StringVar(&req.Path, "path", "auto", "peer-link path: auto (direct when reachable), direct, relay")
+	cmd.Flags().BoolVar(&req.LaterMembers, "later-members", false, "a room tube: offer it to members who join later too, each with parameters of their own")
+	cmd.Flags().BoolVar(&yes, "yes", false, "offer a tube with parameters to an open room (anyone may join it)")
 	cmd.Flags().StringVar(&e.account, "account", "", "account to act as")
 	jsonFlag(cmd, e)
 	return cmd
+}
+
+// hasParameters reports whether the export of service gives offers
+// parameters.
+func hasParameters(ctx context.Context, e *env, service string) (bool, error) {
+	xs, err := e.client().Exports(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, x := range xs {
+		if x.Service == service && (e.account == "" || x.Account == e.account || x.Account == "") {
+			return len(x.Parameters) > 0 || x.ParamsExec != "" || x.ParamsGenerator, nil
+		}
+	}
+	return false, nil
 }
 
 func acceptCmd(e *env) *cobra.Command {

@@ -476,8 +476,9 @@ func (a *account) onMessage(kind string, data []byte) {
 		var r rendezvous.RoomEvent
 		err = json.Unmarshal(data, &r)
 		ev.Type, ev.Room, ev.Member, ev.Joined, ev.Deleted = api.EventRoomsChanged, r.Room, r.Member, &r.Joined, r.Deleted
-		if err == nil {
-			a.tubes.OnRoomEvent(r.Room, r.Member, r.Joined, r.Deleted)
+		ev.Change, ev.By, ev.Role = r.Change, r.By, r.Role
+		if err == nil && r.Membership() {
+			a.tubes.OnRoomEvent(r.Room, r.Member, r.Joined, r.Deleted, r.Change == rendezvous.RoomRemoved)
 		}
 	case rendezvous.KindMessage:
 		var m rendezvous.Message

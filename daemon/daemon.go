@@ -403,7 +403,13 @@ func (d *Daemon) RequestHandles(ctx context.Context, name string, t connection.H
 		return nil, err
 	}
 	for i, n := range norm {
-		if !found[n] {
+		switch {
+		case found[n]:
+		case t == connection.HandleRoom:
+			// The same answer for a room that exists and one that does
+			// not: a non-member learns nothing.
+			return nil, tperr.New(tperr.InvalidHandle, "%q names no room that you are in or invited to", ids[i])
+		default:
 			return nil, tperr.New(tperr.InvalidHandle, "%q names no %s on the relay", ids[i], strings.ToLower(t.String()))
 		}
 	}

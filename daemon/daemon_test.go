@@ -259,6 +259,13 @@ func TestHandles(t *testing.T) {
 			t.Errorf("%s: got %v, want %s", tc.name, tc.err, tc.want)
 		}
 	}
+	// bob, not in lab, learns nothing from a room handle request: the
+	// answer for lab is the answer for a room that does not exist.
+	errF := second(other.C.RequestHandles(ctx, "bob", room, "lab"))
+	errM := second(other.C.RequestHandles(ctx, "bob", room, "nosuch"))
+	if !tperr.Has(errF, tperr.InvalidHandle) || strings.ReplaceAll(tperr.Message(errF), "lab", "R") != strings.ReplaceAll(tperr.Message(errM), "nosuch", "R") {
+		t.Fatalf("a stranger's room handle requests: %v / %v; want one InvalidHandle answer for both", errF, errM)
+	}
 	// Disconnected: handles cannot be requested or inspected.
 	d.C.Disconnect(ctx, "alice")
 	if _, err := d.C.RequestHandles(ctx, "alice", contact, "bob"); !tperr.Has(err, tperr.Disconnected) {
@@ -449,21 +456,44 @@ func TestRosterAndRooms(t *testing.T) {
 	if err != nil || len(cs) != 1 || cs[0].State != "contact" || !cs[0].Online || cs[0].Handle == 0 {
 		t.Fatalf("contacts = %+v %v", cs, err)
 	}
+	bobEv := tubetest.Record(t, dB.C, "bob")
 	if _, err := dA.C.CreateRoom(ctx, "alice", "lab"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dB.C.JoinRoom(ctx, "bob", "nosuch"); !tperr.Has(err, tperr.DoesNotExist) {
+	if _, err := dB.C.JoinRoom(ctx, "bob", "nosuch"); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Fatalf("join unknown room: %v", err)
+	}
+	if _, err := dB.C.JoinRoom(ctx, "bob", "lab"); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Fatalf("join without an invitation: %v", err)
 	}
 	if _, err := dB.C.RoomMembers(ctx, "bob", "lab"); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Fatalf("members as non-member: %v", err)
+	}
+	if inv, err := dA.C.InviteToRoom(ctx, "alice", "lab", "bob"); err != nil || inv.Room != "lab" || inv.By != "alice" {
+		t.Fatalf("invite: %+v %v", inv, err)
+	}
+	ev := bobEv.MustWait("bob is invited", func(e api.Event) bool { return e.Type == api.EventRoomsChanged && e.Change == "invited" })
+	if ev.Room != "lab" || ev.By != "alice" {
+		t.Fatalf("invitation event %+v", ev)
+	}
+	if invs, err := dB.C.Invitations(ctx, "bob"); err != nil || len(invs) != 1 || invs[0].Room != "lab" {
+		t.Fatalf("invitations = %+v %v", invs, err)
 	}
 	if _, err := dB.C.JoinRoom(ctx, "bob", "lab"); err != nil {
 		t.Fatal(err)
 	}
 	rs, err := dB.C.Rooms(ctx, "bob")
-	if err != nil || len(rs) != 1 || rs[0].Owner != "alice" || rs[0].Members != 2 {
+	if err != nil || len(rs) != 1 || rs[0].Owner != "alice" || rs[0].Members != 2 || rs[0].Open || rs[0].Role != "member" {
 		t.Fatalf("rooms = %+v %v", rs, err)
+	}
+	if m, err := dA.C.SetRoomAdmin(ctx, "alice", "lab", "bob", false); err != nil || !m.Admin {
+		t.Fatalf("admin: %+v %v", m, err)
+	}
+	bobEv.MustWait("bob is made admin", func(e api.Event) bool {
+		return e.Type == api.EventRoomsChanged && e.Change == "role" && e.Role == "admin"
+	})
+	if ms, err := dB.C.RoomMembers(ctx, "bob", "lab"); err != nil || len(ms) != 2 || !ms[1].Admin {
+		t.Fatalf("members = %+v %v", ms, err)
 	}
 	// Deliver to the room.
 	if r, err := dA.C.Send(ctx, "alice", api.SendRequest{Room: "lab", Kind: "x.test", Body: []byte("hi")}); err != nil || len(r.Delivered) != 1 {

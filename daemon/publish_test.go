@@ -34,7 +34,8 @@ func TestPublishAndBrowse(t *testing.T) {
 	bob.Register(t, "bob", relay)
 	carol.Register(t, "carol", relay)
 	tubetest.Befriend(t, alice, "alice", bob, "bob")
-	if _, err := alice.C.CreateRoom(ctx, "alice", "lab"); err != nil {
+	// An open room: carol, who is not alice's contact, joins it.
+	if _, err := alice.C.CreateRoomWith(ctx, "alice", api.RoomRequest{Room: "lab", Open: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := carol.C.JoinRoom(ctx, "carol", "lab"); err != nil {

@@ -76,7 +76,11 @@ func (d *Daemon) RemoveContact(ctx context.Context, name, contact string) error 
 }
 
 func (a *account) room(r rendezvous.Room) api.Room {
-	return api.Room{Name: r.Name, Owner: r.Owner, Members: r.Members, Handle: a.handle(connection.HandleRoom, r.Name)}
+	return api.Room{Name: r.Name, Owner: r.Owner, Members: r.Members, Handle: a.handle(connection.HandleRoom, r.Name), Open: r.Open, Role: r.Role}
+}
+
+func member(m rendezvous.Member) api.Member {
+	return api.Member{Name: m.Name, Owner: m.Owner, Admin: m.Admin, Online: m.Online}
 }
 
 // Rooms lists the rooms an account belongs to.
@@ -96,17 +100,46 @@ func (d *Daemon) Rooms(ctx context.Context, name string) ([]api.Room, error) {
 	return out, nil
 }
 
-// CreateRoom creates a room the account owns.
-func (d *Daemon) CreateRoom(ctx context.Context, name, room string) (api.Room, error) {
+// CreateRoom creates a room the account owns: invite-only, or open to
+// anyone.
+func (d *Daemon) CreateRoom(ctx context.Context, name string, req api.RoomRequest) (api.Room, error) {
 	a, c, err := d.live(name)
 	if err != nil {
 		return api.Room{}, err
 	}
-	r, err := c.RoomCreate(ctx, room, false)
+	r, err := c.RoomCreate(ctx, req.Room, req.Open)
 	return a.room(r), err
 }
 
-// JoinRoom joins an existing room.
+// InviteToRoom invites a contact to a room the account owns or
+// administers.
+func (d *Daemon) InviteToRoom(ctx context.Context, name, room, contact string) (api.Invitation, error) {
+	_, c, err := d.live(name)
+	if err != nil {
+		return api.Invitation{}, err
+	}
+	inv, err := c.RoomInvite(ctx, room, contact)
+	return api.Invitation{Room: inv.Room, By: inv.By, Created: inv.Created}, err
+}
+
+// Invitations lists the rooms the account is invited to.
+func (d *Daemon) Invitations(ctx context.Context, name string) ([]api.Invitation, error) {
+	_, c, err := d.live(name)
+	if err != nil {
+		return nil, err
+	}
+	invs, err := c.Invitations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Invitation, 0, len(invs))
+	for _, inv := range invs {
+		out = append(out, api.Invitation{Room: inv.Room, By: inv.By, Created: inv.Created})
+	}
+	return out, nil
+}
+
+// JoinRoom joins a room the account is invited to, or an open room.
 func (d *Daemon) JoinRoom(ctx context.Context, name, room string) (api.Room, error) {
 	a, c, err := d.live(name)
 	if err != nil {
@@ -116,6 +149,15 @@ func (d *Daemon) JoinRoom(ctx context.Context, name, room string) (api.Room, err
 	return a.room(r), err
 }
 
+// DeclineRoom turns down an invitation.
+func (d *Daemon) DeclineRoom(ctx context.Context, name, room string) error {
+	_, c, err := d.live(name)
+	if err != nil {
+		return err
+	}
+	return c.RoomDecline(ctx, room)
+}
+
 // LeaveRoom leaves a room (its owner leaving deletes it).
 func (d *Daemon) LeaveRoom(ctx context.Context, name, room string) error {
 	_, c, err := d.live(name)
@@ -123,6 +165,25 @@ func (d *Daemon) LeaveRoom(ctx context.Context, name, room string) error {
 		return err
 	}
 	return c.RoomLeave(ctx, room)
+}
+
+// RemoveFromRoom removes a member (or withdraws an invitation).
+func (d *Daemon) RemoveFromRoom(ctx context.Context, name, room, member string) error {
+	_, c, err := d.live(name)
+	if err != nil {
+		return err
+	}
+	return c.RoomRemove(ctx, room, member)
+}
+
+// SetRoomAdmin makes a member an admin, or a plain member again.
+func (d *Daemon) SetRoomAdmin(ctx context.Context, name, room string, req api.AdminRequest) (api.Member, error) {
+	_, c, err := d.live(name)
+	if err != nil {
+		return api.Member{}, err
+	}
+	m, err := c.RoomAdmin(ctx, room, req.Name, req.Revoke)
+	return member(m), err
 }
 
 // RoomMembers lists a room's members.
@@ -137,7 +198,7 @@ func (d *Daemon) RoomMembers(ctx context.Context, name, room string) ([]api.Memb
 	}
 	out := make([]api.Member, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, api.Member{Name: m.Name, Owner: m.Owner, Online: m.Online})
+		out = append(out, member(m))
 	}
 	return out, nil
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,15 +29,20 @@ import (
 func TestPublishBrowseOpenCLI(t *testing.T) {
 	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
-	_, alice := daemon(t)
+	ad, alice := daemon(t)
 	_, bob := daemon(t)
-	_, carol := daemon(t)
+	cd, carol := daemon(t)
+	defer func() {
+		if t.Failed() {
+			t.Logf("alice's daemon:\n%s\ncarol's daemon:\n%s", ad.output(), cd.output())
+		}
+	}()
 	for name, env := range map[string][]string{"alice": alice, "bob": bob, "carol": carol} {
 		mustRun(t, env, "account", "add", name, "--server", url, "--register")
 	}
 	mustRun(t, alice, "contact", "add", "bob")
 	mustRun(t, bob, "contact", "approve", "alice")
-	mustRun(t, alice, "room", "create", "lab")
+	mustRun(t, alice, "room", "create", "lab", "--open") // carol is not alice's contact
 	mustRun(t, carol, "room", "join", "lab")
 
 	// Hasher starts on demand (this test binary as the service); Viewer
@@ -55,7 +62,7 @@ func TestPublishBrowseOpenCLI(t *testing.T) {
 	mustRun(t, alice, "services", "add", write("viewer.xml", `<SFW version="1.1"><service><name>Viewer</name><ipcaddress>`+viewer.Addr().String()+`</ipcaddress>
 <interface><name>org.example.View</name><version>1.3</version><customproperty key="format">png</customproperty></interface></service></SFW>`))
 	mustRun(t, alice, "services", "publish", "Hasher", "--to", "bob")
-	mustRun(t, alice, "services", "publish", "Viewer", "--room", "lab")
+	mustRun(t, alice, "services", "publish", "Viewer", "--room", "lab", "--yes") // an open room
 	golden(t, "services-publications.json", mustRun(t, alice, "services", "publications", "--json"))
 	mustRun(t, alice, "services", "grant", "bob", "ReadUserData", "WriteUserData")
 	mustRun(t, alice, "services", "revoke", "bob", "WriteUserData")
@@ -145,6 +152,33 @@ func TestPublishBrowseOpenCLI(t *testing.T) {
 	mustRun(t, alice, "services", "unpublish", "Hasher", "--to", "bob")
 	if code, out := run(t, bob, "open", "alice/org.example.Hash@2.0"); code != 1 {
 		t.Errorf("bob opening Hasher after it was unpublished: exit %d %s", code, out)
+	}
+
+	// carol is removed from lab while connected to what alice publishes
+	// there: the connection is reset at once, and her old catalog opens
+	// nothing any more.
+	addr = strings.TrimSpace(mustRun(t, carol, "open", "alice/org.example.View@1.0", "--room", "lab"))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 4)); err != nil { // echoed: the connection is through
+		t.Fatal(err)
+	}
+	mustRun(t, alice, "room", "remove", "lab", "carol")
+	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("carol's connection after her removal: %v, want a reset", err)
+	}
+	if code, out := run(t, carol, "open", "alice/org.example.View@1.0", "--room", "lab"); code != 1 || !strings.Contains(out, "PermissionDenied") {
+		t.Errorf("carol opening from her old catalog after her removal: exit %d %s", code, out)
+	}
+	if code, out := run(t, carol, "room", "members", "lab"); code != 1 || !strings.Contains(out, "PermissionDenied") {
+		t.Errorf("carol listing lab's members after her removal: exit %d %s", code, out)
 	}
 }
 

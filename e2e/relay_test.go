@@ -30,6 +30,7 @@ func TestRelayKilledKeepsState(t *testing.T) {
 	mustRun(t, alice, "contact", "add", "bob")
 	mustRun(t, bob, "contact", "approve", "alice")
 	mustRun(t, alice, "room", "create", "lab")
+	mustRun(t, alice, "room", "invite", "lab", "bob")
 	mustRun(t, bob, "room", "join", "lab")
 
 	relay.kill()

@@ -237,7 +237,30 @@ func (s *Server) routes() {
 		if err := decodeRequired(r, &req, "room", func() bool { return req.Room != "" }); err != nil {
 			return nil, err
 		}
-		return d.CreateRoom(r.Context(), r.PathValue("name"), req.Room)
+		return d.CreateRoom(r.Context(), r.PathValue("name"), req)
+	})
+	s.handle("GET /v1/accounts/{name}/invitations", func(r *http.Request) (any, error) {
+		return d.Invitations(r.Context(), r.PathValue("name"))
+	})
+	s.handle("POST /v1/accounts/{name}/rooms/{room}/invitations", func(r *http.Request) (any, error) {
+		var req api.NameRequest
+		if err := decodeRequired(r, &req, "name", func() bool { return req.Name != "" }); err != nil {
+			return nil, err
+		}
+		return d.InviteToRoom(r.Context(), r.PathValue("name"), r.PathValue("room"), req.Name)
+	})
+	s.handle("POST /v1/accounts/{name}/rooms/{room}/decline", func(r *http.Request) (any, error) {
+		return nil, d.DeclineRoom(r.Context(), r.PathValue("name"), r.PathValue("room"))
+	})
+	s.handle("DELETE /v1/accounts/{name}/rooms/{room}/members/{member}", func(r *http.Request) (any, error) {
+		return nil, d.RemoveFromRoom(r.Context(), r.PathValue("name"), r.PathValue("room"), r.PathValue("member"))
+	})
+	s.handle("POST /v1/accounts/{name}/rooms/{room}/admins", func(r *http.Request) (any, error) {
+		var req api.AdminRequest
+		if err := decodeRequired(r, &req, "name", func() bool { return req.Name != "" }); err != nil {
+			return nil, err
+		}
+		return d.SetRoomAdmin(r.Context(), r.PathValue("name"), r.PathValue("room"), req)
 	})
 	s.handle("POST /v1/accounts/{name}/rooms/{room}/join", func(r *http.Request) (any, error) {
 		return d.JoinRoom(r.Context(), r.PathValue("name"), r.PathValue("room"))

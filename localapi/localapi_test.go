@@ -68,7 +68,7 @@ func TestBadRequests(t *testing.T) {
 		{"POST", "/v1/accounts/alice/handles/request", `{"type": 1, "identifiers": "bob"}`, 400, tperr.InvalidArgument, `"identifiers"`},
 		{"POST", "/v1/accounts/alice/contacts", `{}`, 400, tperr.InvalidArgument, `"name"`},
 		{"POST", "/v1/accounts/alice/contacts", `{"name": "nobody"}`, 404, tperr.DoesNotExist, "nobody"},
-		{"POST", "/v1/accounts/alice/rooms/nosuch/join", ``, 404, tperr.DoesNotExist, "nosuch"},
+		{"POST", "/v1/accounts/alice/rooms/nosuch/join", ``, 403, tperr.PermissionDenied, "nosuch"}, // as for a room one may not see
 		{"GET", "/v1/accounts/nobody", ``, 404, tperr.NotFound, "nobody"},
 		{"POST", "/v1/accounts/alice/interest/add", `{"tokens": []}`, 400, tperr.InvalidArgument, "Tube-Client"},
 		{"GET", "/v1/nothing", ``, 501, tperr.NotImplemented, "/v1/nothing"},

@@ -65,6 +65,34 @@ func ExampleClient_Events() {
 	}
 }
 
+// Rooms are invite-only: alice creates one and invites bob, a contact of
+// hers; bob (on his own daemon) lists his invitations and joins. Until
+// he is invited, lab does not exist as far as he can tell.
+func ExampleClient_InviteToRoom() {
+	ctx := context.Background()
+	alice := localclient.New("/run/user/1000/tube/daemon.sock")
+	defer alice.Close()
+	if _, err := alice.CreateRoom(ctx, "alice", "lab"); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := alice.InviteToRoom(ctx, "alice", "lab", "bob"); err != nil {
+		log.Fatal(err) // PermissionDenied unless bob is alice's contact
+	}
+
+	bob := localclient.New("/run/user/1001/tube/daemon.sock")
+	defer bob.Close()
+	invs, err := bob.Invitations(ctx, "bob")
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, inv := range invs {
+		fmt.Printf("%s invites you to %s\n", inv.By, inv.Room)
+		if _, err := bob.JoinRoom(ctx, "bob", inv.Room); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
 // Handles stand for contacts and rooms within a connection; equal
 // identifiers get equal handles for as long as the account exists.
 func ExampleClient_RequestHandles() {

@@ -273,12 +273,49 @@ func (c *Client) Rooms(ctx context.Context, account string) ([]api.Room, error) 
 	return fetch[[]api.Room](ctx, c, "GET", "/v1/accounts/"+acct(account)+"/rooms", nil, nil)
 }
 
-// CreateRoom creates a room.
+// CreateRoom creates an invite-only room.
 func (c *Client) CreateRoom(ctx context.Context, account, room string) (api.Room, error) {
-	return fetch[api.Room](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/rooms", nil, api.RoomRequest{Room: room})
+	return c.CreateRoomWith(ctx, account, api.RoomRequest{Room: room})
 }
 
-// JoinRoom joins a room.
+// CreateRoomWith creates a room as req says (Open: anyone may join).
+func (c *Client) CreateRoomWith(ctx context.Context, account string, req api.RoomRequest) (api.Room, error) {
+	return fetch[api.Room](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/rooms", nil, req)
+}
+
+// InviteToRoom invites a contact to a room the account owns or
+// administers.
+func (c *Client) InviteToRoom(ctx context.Context, account, room, contact string) (api.Invitation, error) {
+	return fetch[api.Invitation](ctx, c, "POST", roomPath(account, room)+"/invitations", nil, api.NameRequest{Name: contact})
+}
+
+// Invitations lists the rooms the account is invited to.
+func (c *Client) Invitations(ctx context.Context, account string) ([]api.Invitation, error) {
+	return fetch[[]api.Invitation](ctx, c, "GET", "/v1/accounts/"+acct(account)+"/invitations", nil, nil)
+}
+
+// DeclineRoom turns down an invitation to a room.
+func (c *Client) DeclineRoom(ctx context.Context, account, room string) error {
+	return c.do(ctx, "POST", roomPath(account, room)+"/decline", nil, nil, nil)
+}
+
+// RemoveFromRoom removes a member from a room (the owner: anyone; an
+// admin: plain members), or withdraws an invitation.
+func (c *Client) RemoveFromRoom(ctx context.Context, account, room, member string) error {
+	return c.do(ctx, "DELETE", roomPath(account, room)+"/members/"+url.PathEscape(member), nil, nil, nil)
+}
+
+// SetRoomAdmin makes a member an admin (the owner only), or with revoke a
+// plain member again.
+func (c *Client) SetRoomAdmin(ctx context.Context, account, room, member string, revoke bool) (api.Member, error) {
+	return fetch[api.Member](ctx, c, "POST", roomPath(account, room)+"/admins", nil, api.AdminRequest{Name: member, Revoke: revoke})
+}
+
+func roomPath(account, room string) string {
+	return "/v1/accounts/" + acct(account) + "/rooms/" + url.PathEscape(room)
+}
+
+// JoinRoom joins a room the account is invited to, or an open room.
 func (c *Client) JoinRoom(ctx context.Context, account, room string) (api.Room, error) {
 	return fetch[api.Room](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/rooms/"+url.PathEscape(room)+"/join", nil, nil)
 }

@@ -135,6 +135,7 @@ type Manager struct {
 	handlers map[string]*handler
 	opens    map[string]*pendingOpen
 	closed   bool
+	seq      uint64 // tubes created
 
 	allocMu     sync.Mutex         // one allocation at a time
 	offering    int                // offers being made (they may use the allocation; guarded by mu)
@@ -155,10 +156,12 @@ type tube struct {
 	params      map[string]api.Value
 
 	// outgoing
-	exp      *export
-	members  map[string]bool // room tubes: members it was offered to, still in the room
-	only     string          // a room tube answering one member's request: offered to them alone
-	accepted map[string]bool // who accepted it
+	exp          *export
+	members      map[string]bool // room tubes: members it was offered to, still in the room
+	laterMembers bool            // room tubes: offered to members who join later too
+	seq          uint64          // order of creation
+	only         string          // a room tube answering one member's request: offered to them alone
+	accepted     map[string]bool // who accepted it
 
 	// incoming
 	addrs     []string     // the offerer's direct addresses

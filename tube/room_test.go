@@ -22,8 +22,10 @@ import (
 
 // A room tube: every member may accept; each member's connections map
 // to that member on the offering side; a member who joins later is
-// offered it too; and the tube ends for everyone when its offerer leaves
-// the room.
+// offered only the tubes offered to later members, with parameters
+// sealed to them; a removed member loses its tubes and connections at
+// once and cannot reach the service again; and the tube ends for
+// everyone when its offerer leaves the room.
 func TestRoomTube(t *testing.T) {
 	w := newWorld(t)
 	carol := newPeer(t, w.relay, "carol")
@@ -31,11 +33,11 @@ func TestRoomTube(t *testing.T) {
 	if _, err := w.alice.d.C.CreateRoom(bg, "alice", "lab"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []*peer{w.bob, carol} {
-		if _, err := p.d.C.JoinRoom(bg, p.name, "lab"); err != nil {
-			t.Fatal(err)
-		}
+	tubetest.InviteAndJoin(t, w.alice.d, "alice", "lab", w.bob.d, "bob")
+	for _, p := range []*peer{carol, dave} {
+		tubetest.Befriend(t, w.alice.d, "alice", p.d, p.name)
 	}
+	tubetest.InviteAndJoin(t, w.alice.d, "alice", "lab", carol.d, "carol")
 	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: "whiteboard", TCP: serve(t, echo),
 		Parameters: map[string]api.Value{"token": {Type: api.TypeString, Value: "room-secret"}}}); err != nil {
 		t.Fatal(err)
@@ -49,6 +51,7 @@ func TestRoomTube(t *testing.T) {
 	}
 	id := tb.ID
 	sources := map[string]string{}
+	addrs := map[string]string{}
 	for _, p := range []*peer{w.bob, carol} {
 		p.ev.MustWait(p.name+" is offered", isEvent(api.EventNewTube, id))
 		in, _ := p.d.C.Tube(bg, id)
@@ -59,6 +62,7 @@ func TestRoomTube(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		addrs[p.name] = acc.Address
 		roundTrip(t, "tcp", acc.Address, "hello from "+p.name)
 		nr := w.alice.ev.MustWait("connection from "+p.name, func(e api.Event) bool {
 			return isEvent(api.EventNewRemoteConnection, id)(e) && e.Contact == p.name
@@ -72,18 +76,68 @@ func TestRoomTube(t *testing.T) {
 		t.Error("two members' connections have one source address")
 	}
 
-	// dave joins later and is offered the tube.
-	if _, err := dave.d.C.JoinRoom(bg, "dave", "lab"); err != nil {
+	// dave joins later: he is offered the tube offered to later members
+	// (later), not id. Offers to a later member go out in the order the
+	// tubes were offered, so id would have reached him before later.
+	later, err := w.alice.d.C.Offer(bg, "alice", api.OfferRequest{Service: "whiteboard", Room: "lab", LaterMembers: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	dave.ev.MustWait("dave, joining later, is offered", isEvent(api.EventNewTube, id))
+	tubetest.InviteAndJoin(t, w.alice.d, "alice", "lab", dave.d, "dave")
+	dave.ev.MustWait("dave, joining later, is offered the later-members tube", isEvent(api.EventNewTube, later.ID))
+	if n := countEvents(dave.ev, api.EventNewTube, id); n != 0 {
+		t.Errorf("dave, who joined after it was offered, was offered tube %s", id)
+	}
+	if in, _ := dave.d.C.Tube(bg, later.ID); in.Parameters["token"].Value != "room-secret" {
+		t.Errorf("dave's later-members tube = %+v, want its parameters sealed to him", in)
+	}
 
-	// alice leaves: the tube ends for every member.
+	// carol is removed with a connection open: her tube ends (Cancelled),
+	// the connection is reset, and a stream she forges for the tube later
+	// is refused.
+	c, err := net.Dial("tcp", addrs["carol"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("open")); err != nil {
+		t.Fatal(err)
+	}
+	w.alice.ev.MustWait("carol's second connection", func(e api.Event) bool {
+		return isEvent(api.EventNewRemoteConnection, id)(e) && e.Contact == "carol" && e.Source != sources["carol"]
+	})
+	if err := w.alice.d.C.RemoveFromRoom(bg, "alice", "lab", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	ev := carol.ev.MustWait("carol's tube closes", isEvent(api.EventTubeClosed, id))
+	if ev.Error != tperr.Cancelled || !strings.Contains(ev.Message, "removed from room lab") {
+		t.Errorf("carol's tube closed with %s %q, want Cancelled, removed", ev.Error, ev.Message)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	for err == nil {
+		_, err = c.Read(buf)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("carol's open connection after her removal: %v, want a reset", err)
+	}
+	w.alice.ev.MustWait("alice's daemon follows the removal", func(e api.Event) bool {
+		return e.Type == api.EventRoomsChanged && e.Change == "removed" && e.Member == "carol"
+	})
+	if forged, err := forgeStream(t, carol, "alice", w.alice, id); err != nil || !strings.Contains(forged, "refused") {
+		t.Errorf("carol's forged stream after her removal ended with %q, %v; want a refusal", forged, err)
+	}
+	roundTrip(t, "tcp", addrs["bob"], "bob is still in") // the members keep working
+
+	// alice leaves: the tubes end for every member.
 	if err := w.alice.d.C.LeaveRoom(bg, "alice", "lab"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []*peer{w.alice, w.bob, carol, dave} {
+	for _, p := range []*peer{w.alice, w.bob} {
 		p.ev.MustWait(p.name+"'s tube closes", isEvent(api.EventTubeClosed, id))
+	}
+	for _, p := range []*peer{w.alice, w.bob, dave} {
+		p.ev.MustWait(p.name+"'s later-members tube closes", isEvent(api.EventTubeClosed, later.ID))
 	}
 }
 
@@ -119,9 +173,7 @@ func TestReverseTube(t *testing.T) {
 	if _, err := w.alice.d.C.CreateRoom(bg, "alice", "lab"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := carol.d.C.JoinRoom(bg, "carol", "lab"); err != nil {
-		t.Fatal(err)
-	}
+	tubetest.InviteAndJoin(t, w.alice.d, "alice", "lab", carol.d, "carol")
 	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: "printer", TCP: serve(t, echo), AllowRooms: []string{"lab"}}); err != nil {
 		t.Fatal(err)
 	}

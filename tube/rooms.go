@@ -1,6 +1,7 @@
 package tube
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"time"
@@ -73,9 +74,15 @@ func (m *Manager) OnContactRemoved(name string) {
 }
 
 // OnRoomEvent follows room membership: a room tube ends when its offerer
-// leaves (or we do, or the room is deleted); a member who leaves loses
-// its connections; a member who joins is offered our room tubes.
-func (m *Manager) OnRoomEvent(room, member string, joined, deleted bool) {
+// leaves or is removed (or we do, or the room is deleted); a member who
+// leaves or is removed loses its connections and whatever it reached
+// through the room; a member who joins is offered the room tubes offered
+// to later members (OfferRequest.LaterMembers), and no other.
+func (m *Manager) OnRoomEvent(room, member string, joined, deleted, removed bool) {
+	gone := " left room "
+	if removed {
+		gone = " was removed from room "
+	}
 	var offerTo []*tube
 	m.mu.Lock()
 	for _, t := range m.tubes {
@@ -85,17 +92,19 @@ func (m *Manager) OnRoomEvent(room, member string, joined, deleted bool) {
 		switch {
 		case deleted:
 			m.endTube(t, tperr.Cancelled, "room "+room+" was deleted")
+		case member == m.cfg.Account && !joined && removed:
+			m.endTube(t, tperr.Cancelled, "you were removed from room "+room)
 		case member == m.cfg.Account && !joined:
 			m.endTube(t, tperr.Cancelled, "you left room "+room)
 		case !t.outgoing && member == t.peer && !joined:
-			m.endTube(t, tperr.Cancelled, t.peer+", who offered the tube, left room "+room)
+			m.endTube(t, tperr.Cancelled, t.peer+", who offered the tube,"+gone+room)
 		case t.outgoing && !joined && t.only == member:
-			m.endTube(t, tperr.Cancelled, member+", whose request it answered, left room "+room)
+			m.endTube(t, tperr.Cancelled, member+", whose request it answered,"+gone+room)
 		case t.outgoing && !joined:
 			delete(t.members, member)
 			delete(t.accepted, member)
-			m.resetMember(t, member, member+" left room "+room)
-		case t.outgoing && joined && member != m.cfg.Account && !t.members[member] && t.only == "":
+			m.resetMember(t, member, member+gone+room)
+		case t.outgoing && joined && t.laterMembers && member != m.cfg.Account && !t.members[member] && t.only == "":
 			t.members[member] = true
 			offerTo = append(offerTo, t)
 		}
@@ -103,19 +112,37 @@ func (m *Manager) OnRoomEvent(room, member string, joined, deleted bool) {
 	m.mu.Unlock()
 	m.updateNeed()
 	if len(offerTo) > 0 {
-		go func() {
-			ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
-			defer cancel()
-			keys, err := m.keys(ctx, []string{member})
-			if err != nil || keys[member] == nil {
-				m.log.Info("could not offer room tubes to a new member", "room", room, "member", member, "err", err)
-				return
+		go m.offerToLaterMember(room, member, offerTo)
+	}
+}
+
+// offerToLaterMember offers room tubes to a member who joined after they
+// were offered, each with parameters sealed to them: fresh ones where
+// the export generates them (a generator or --params-exec).
+func (m *Manager) offerToLaterMember(room, member string, ts []*tube) {
+	ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
+	defer cancel()
+	keys, err := m.keys(ctx, []string{member})
+	if err != nil || keys[member] == nil {
+		m.log.Info("could not offer room tubes to a new member", "room", room, "member", member, "err", err)
+		return
+	}
+	// In the order they were offered, as the room's members got them.
+	slices.SortFunc(ts, func(a, b *tube) int { return cmp.Compare(a.seq, b.seq) })
+	for _, t := range ts {
+		params := t.params
+		if t.exp != nil && (t.exp.ParamsGenerator || t.exp.ParamsExec != "") {
+			params, err = m.params(ctx, t.exp, ParamsRequest{Tube: t.id, Service: t.service, Contact: member, Room: room})
+			if err != nil {
+				m.log.Info("no parameters for a new member; room tube not offered to them", "tube", t.id, "member", member, "err", err)
+				m.mu.Lock()
+				delete(t.members, member)
+				m.mu.Unlock()
+				continue
 			}
-			for _, t := range offerTo {
-				if err := m.sendOffer(ctx, t, member, keys[member], ""); err != nil {
-					m.log.Info("could not offer a room tube to a new member", "tube", t.id, "member", member, "err", err)
-				}
-			}
-		}()
+		}
+		if err := m.sendOfferWith(ctx, t, member, keys[member], "", params); err != nil {
+			m.log.Info("could not offer a room tube to a new member", "tube", t.id, "member", member, "err", err)
+		}
 	}
 }

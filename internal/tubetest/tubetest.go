@@ -174,6 +174,19 @@ func Befriend(t testing.TB, a *Daemon, an string, b *Daemon, bn string) {
 	}
 }
 
+// InviteAndJoin has owner (or an admin) invite member, a contact of
+// theirs, into room, and member join it.
+func InviteAndJoin(t testing.TB, owner *Daemon, on, room string, member *Daemon, mn string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := owner.C.InviteToRoom(ctx, on, room, mn); err != nil {
+		t.Fatalf("%s invites %s to %s: %v", on, mn, room, err)
+	}
+	if _, err := member.C.JoinRoom(ctx, mn, room); err != nil {
+		t.Fatalf("%s joins %s: %v", mn, room, err)
+	}
+}
+
 // Events records a daemon's event stream.
 type Events struct {
 	t      testing.TB
