@@ -37,7 +37,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(``))
 	f.Add([]byte(`{"to":"bob","extra":1}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, v := range []any{&sendReq{}, &nameReq{}, &lookupReq{}, &registerReq{}, &helloReq{}, &userAddReq{}} {
+		for _, v := range []any{&sendReq{}, &nameReq{}, &lookupReq{}, &registerReq{}, &helloReq{}, &userAddReq{}, &roomReq{}, &roomMemberReq{}} {
 			if err := decodeRequest(data, v); err != nil && !tperr.Has(err, tperr.InvalidArgument) {
 				t.Fatalf("decode error %v is not InvalidArgument", err)
 			}
@@ -54,6 +54,11 @@ func FuzzViewApply(f *testing.F) {
 	f.Add("room.lab", []byte(`{"name":"lab","owner":"alice"}`), false)
 	f.Add("member.lab.bob", []byte(`{}`), false)
 	f.Add("member.lab.bob", []byte(nil), true)
+	f.Add("member.lab.bob", []byte(`{"joined":"2026-01-02T03:04:05Z","admin":true}`), false)
+	f.Add("member.lab.bob", []byte(`{"admin":"yes"}`), false)
+	f.Add("invitation.lab.bob", []byte(`{"by":"alice","created":"2026-01-02T03:04:05Z"}`), false)
+	f.Add("invitation.lab.bob", []byte(`[`), false)
+	f.Add("room.lab", []byte(`{"name":"lab","owner":"alice","open":true}`), false)
 	f.Add("a.b.c.d", []byte(`x`), false)
 	f.Fuzz(func(t *testing.T, key string, value []byte, deleted bool) {
 		v := newView()
@@ -69,6 +74,22 @@ func FuzzViewApply(f *testing.F) {
 		}
 		v.peersOf("alice")
 		v.roomsOfAccount("bob")
+		v.invitationsOf("bob")
+		// An admin is always a member; an invitation index entry has its record.
+		for room, admins := range v.admins {
+			for n := range admins {
+				if !v.members[room][n] {
+					t.Fatalf("%s is an admin of %s without being a member", n, room)
+				}
+			}
+		}
+		for n, rooms := range v.invitesOf {
+			for room := range rooms {
+				if _, ok := v.invited[room][n]; !ok {
+					t.Fatalf("invitation index names %s in %s without a record", n, room)
+				}
+			}
+		}
 		if v.rev != 3 {
 			t.Fatalf("revision %d", v.rev)
 		}

@@ -92,6 +92,13 @@ func TestRoomMembershipControl(t *testing.T) {
 	}
 	_, errF = mallory.c.RoomJoin(ctx, "lab")
 	sameRefusal(t, "join on bob's invitation", errF, errM, "lab", "nosuch")
+	// Invited is not a member: nothing sent to the room reaches bob yet.
+	if got, err := alice.c.Send(ctx, "", "lab", "x", []byte("members only")); len(got) != 0 {
+		t.Fatalf("a room message before bob joined reached %v (%v)", got, err)
+	}
+	if _, err := bob.c.RoomMembers(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Fatalf("the invitee lists the members before joining: %v", err)
+	}
 
 	// bob joins (his invitation is used up); a plain member may not
 	// invite; the owner names him admin, and then he may.
