@@ -39,9 +39,14 @@ func accountCmd(e *env) *cobra.Command {
 				return err
 			}
 			if e.jsonOut {
-				return e.printJSON(a)
+				if err := e.printJSON(a); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", a.Name, a.Status, a.Key)
 			}
-			fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", a.Name, a.Status, a.Key)
+			// The same exit status with --json as without: 1 when the
+			// account did not connect.
 			if a.StatusCode != uint32(connection.Connected) {
 				return fmt.Errorf("%s was added but is not connected: %s; it keeps retrying if the relay was unreachable (tube status shows why)", a.Name, orReason(a))
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -93,6 +94,19 @@ func TestAccountsContactsRoomsThroughCLI(t *testing.T) {
 		t.Fatalf("account add printed %q", out)
 	}
 	mustTube(t, b, "account", "add", "bob", "--server", relay.URL(), "--register")
+
+	// An account that does not connect (no relay there): exit 1, with
+	// --json as without; the JSON still says what the account is.
+	dead := tubetest.StartDaemon(t, "")
+	for _, args := range [][]string{{}, {"--json"}} {
+		code, out, errs := tube(t, dead.Socket, append([]string{"account", "add", "ghost" + fmt.Sprint(len(args)), "--server", "127.0.0.1:1"}, args...)...)
+		if code != cli.ExitFailure || !strings.Contains(errs, "not connected") {
+			t.Fatalf("account add %v to no relay: exit %d, %s", args, code, errs)
+		}
+		if len(args) > 0 && !json.Valid([]byte(out)) {
+			t.Fatalf("account add --json to no relay printed %q", out)
+		}
+	}
 
 	// A taken name: exit 1, one sentence naming the problem.
 	dc := tubetest.StartDaemon(t, "")
