@@ -44,6 +44,9 @@ func (s *Service) userAdd(ctx context.Context, data []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if isServiceUser(name) {
+		return nil, tperr.New(tperr.RegistrationExists, "the name %s is reserved for the relay itself", name)
+	}
 	if _, ok := s.store.view.account(name); ok {
 		return nil, tperr.New(tperr.RegistrationExists, "the name %s is already registered", name)
 	}

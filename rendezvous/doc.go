@@ -50,6 +50,38 @@
 // the live relay with the smallest instance id carries out the duties that
 // must happen once (presence fan-out, replacing connections).
 //
+// # What the account service trusts, and why
+//
+// Nothing a client says about itself. Each property of a connection that
+// the service acts on, and what makes it safe:
+//
+//   - The account in a request's subject (tube.svc.<account>.<op>): the
+//     auth callout gave the connection permission to publish on its own
+//     account's subjects only, after checking the signed nonce against the
+//     account's registered key; the NATS server enforces the permission.
+//   - The nkey in a guest's subject (tube.guest.<nkey>.…): the callout
+//     checked the nonce signature of that nkey, and guests may publish on
+//     their own nkey's subjects only.
+//   - The user, server id, client id and start time in CONNECT and
+//     DISCONNECT advisories and in CONNZ answers: the NATS servers write
+//     them on the system account, which only the relay's system user
+//     reads and no client can publish to. The user of an account's
+//     connection is the account the callout authorized.
+//   - Being a relay instance (leader election, presence fan-out,
+//     Name_In_Use): a connection of the service user, whose password the
+//     NATS server checks itself (the service user is in the callout's
+//     auth_users, so no callout answer can make a client that user), and
+//     whose connection name, which only then counts, gives the instance
+//     id. Account names that are the relay's own users are reserved.
+//   - A hello's server and client ids: only waited for (at most 3 s), so
+//     that the caller's contacts see it online once the server has
+//     reported the connection; a wrong pair costs the caller the wait and
+//     changes nothing else.
+//
+// Everything else in a request body (names of contacts, rooms, members)
+// is an argument, checked against the store: the caller's relation to it
+// decides, never the caller's word.
+//
 // # Files
 //
 // The server side: server.go (the NATS server and the relay's parts),

@@ -42,20 +42,30 @@ func newPresence() *presence {
 }
 
 // relayConnPrefix starts the NATS connection name of every relay's service
-// connection; the rest is the relay's instance id.
+// connection; the rest is the relay's instance id. The name alone proves
+// nothing (any client names its connection): a relay instance is a
+// connection of the service user, which holds the service's password
+// (the NATS server checks it itself: the service user is in auth_users,
+// past the auth callout), named so.
 const relayConnPrefix = "tube-relay:"
+
+// isServiceUser reports whether user is one of the relay's own NATS
+// users, which no account or guest can log in as.
+func isServiceUser(user string) bool { return user == serviceUser || user == systemUser }
 
 // add records a connection. It returns whether the account just came
 // online, and its other (older) connections.
 func (p *presence) add(id connID, user, connName string, start time.Time) (cameOnline bool, older []connID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if inst, ok := strings.CutPrefix(connName, relayConnPrefix); ok {
-		p.relays[id] = inst
-		return false, nil
+	if isServiceUser(user) {
+		if inst, ok := strings.CutPrefix(connName, relayConnPrefix); ok && inst != "" {
+			p.relays[id] = inst
+		}
+		return false, nil // the relay's own connections have no presence
 	}
 	if ValidName("account", user) != nil {
-		return false, nil // guests and service users have no presence
+		return false, nil // guests have no presence
 	}
 	if _, dup := p.conns[id]; dup {
 		return false, nil

@@ -43,6 +43,11 @@ func (s *Service) register(ctx context.Context, nkey string, data []byte) error 
 	if err != nil {
 		return err
 	}
+	if isServiceUser(name) {
+		// The relay's own NATS users: an account of that name could
+		// never log in (the server takes it for the service user).
+		return tperr.New(tperr.RegistrationExists, "the name %s is reserved on this relay", name)
+	}
 	if acct, ok := s.store.view.account(name); ok {
 		if acct.Key == nkey {
 			return nil // already ours: registering again is harmless

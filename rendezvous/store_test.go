@@ -1,6 +1,9 @@
 package rendezvous
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // Rooms stored before invitations existed (no "open", member records
 // with no role) read as invite-only rooms that keep their owner and
@@ -28,5 +31,25 @@ func TestLegacyRoomRecords(t *testing.T) {
 	}
 	if _, invited := v.invitation("lab", "carol"); invited {
 		t.Fatal("carol is invited to a legacy room")
+	}
+}
+
+// A relay instance is a connection of the service user named
+// "tube-relay:<id>": a guest or an account naming its connection so is
+// not one (it would have led, being the smallest id, and stopped presence
+// fan-out and Name_In_Use for everyone), nor is a nameless instance id.
+func TestRelayInstancesAreServiceConnections(t *testing.T) {
+	p := newPresence()
+	now := time.Now()
+	p.add(connID{"S", 1}, serviceUser, relayConnPrefix+"m-real", now)
+	p.add(connID{"S", 2}, "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NVRNUM", relayConnPrefix, now) // a guest
+	p.add(connID{"S", 3}, "mallory", relayConnPrefix+"a", now)                                              // an account
+	p.add(connID{"S", 4}, serviceUser, relayConnPrefix, now)                                                // no instance id
+	p.add(connID{"S", 5}, serviceUser, "tube-relay-admin", now)                                             // the operator's tool
+	if !p.leader("m-real") || p.relayCount() != 1 {
+		t.Fatalf("leader(m-real) = %v with %d relays: an impostor counts as a relay instance", p.leader("m-real"), p.relayCount())
+	}
+	if !p.online("mallory") || p.online(serviceUser) || p.onlineCount() != 1 {
+		t.Fatalf("presence: mallory %v, %s %v, %d online; want mallory alone", p.online("mallory"), serviceUser, p.online(serviceUser), p.onlineCount())
 	}
 }
