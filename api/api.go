@@ -27,8 +27,9 @@ type Account struct {
 	Message      string   `json:"message,omitempty"` // why it is not connected, for people
 	SelfHandle   uint32   `json:"self_handle"`
 	Interfaces   []string `json:"interfaces"`
-	Key          string   `json:"key"`         // public key (U…)
-	Fingerprint  string   `json:"fingerprint"` // SHA256:…
+	Key          string   `json:"key"`           // public key (U…)
+	Fingerprint  string   `json:"fingerprint"`   // SHA256:…
+	SafetyNumber string   `json:"safety_number"` // the key's, for contacts to compare with what they pinned
 	AutoConnect  bool     `json:"auto_connect"`
 	NextRetry    string   `json:"next_retry,omitempty"` // RFC 3339, while waiting to reconnect
 }
@@ -136,6 +137,9 @@ type Status struct {
 	Connections []Connection `json:"connections"`
 	// Activations are the services started on demand, by name.
 	Activations map[string]ActivationStatus `json:"activations,omitempty"`
+	// KeyChanges are contacts whose key changed and is refused until
+	// verified.
+	KeyChanges []KeyChange `json:"key_changes,omitempty"`
 }
 
 // AddAccountRequest is the body of POST /v1/accounts.
@@ -197,6 +201,36 @@ type Contact struct {
 	State  string `json:"state"` // contact, requested, pending
 	Online bool   `json:"online"`
 	Handle uint32 `json:"handle"`
+	// Pinned is the key this daemon pinned for the contact, once it has
+	// used one (contacts: when they become mutual).
+	Pinned *PinnedKey `json:"pinned,omitempty"`
+}
+
+// PinnedKey is a contact's or room member's key as this daemon pinned it
+// on first sight. A later different key from the relay is refused until
+// the user verifies it (POST …/contacts/{contact}/verify).
+type PinnedKey struct {
+	Key          string `json:"key"`           // U…
+	SafetyNumber string `json:"safety_number"` // 8 groups of 5 digits, to compare with the contact's own
+	Fingerprint  string `json:"fingerprint"`   // SHA256:…
+	Verified     bool   `json:"verified"`      // the user compared and confirmed it
+	// ChangedTo is the safety number of a different key the relay gave
+	// for the contact since, refused until verified.
+	ChangedTo string `json:"changed_to,omitempty"`
+}
+
+// VerifyRequest is the body of POST …/contacts/{contact}/verify.
+type VerifyRequest struct {
+	Fingerprint string `json:"fingerprint"` // a safety number (spaces optional) or SHA256:…
+}
+
+// KeyChange is a contact whose key the relay changed, refused until the
+// user verifies the new one (in Status).
+type KeyChange struct {
+	Account   string `json:"account"`
+	Contact   string `json:"contact"`
+	Pinned    string `json:"pinned"`     // safety number of the pinned key
+	ChangedTo string `json:"changed_to"` // safety number of the key the relay gives now
 }
 
 // NameRequest names a contact.
@@ -276,6 +310,7 @@ const (
 	EventContactsChanged   = "ContactsChanged"
 	EventRoomsChanged      = "RoomsChanged"
 	EventMessageReceived   = "MessageReceived"
+	EventContactKeyChanged = "ContactKeyChanged" // contact, old_fingerprint, new_fingerprint (safety numbers)
 
 	EventNewTube             = "NewTube"                 // a tube was offered to us, or we offered one
 	EventTubeStateChanged    = "TubeChannelStateChanged" // state, state_code
@@ -315,9 +350,12 @@ type Event struct {
 
 	SelfHandle uint32 `json:"self_handle,omitempty"` // SelfHandleChanged
 
-	Contact string `json:"contact,omitempty"` // PresenceChanged, ContactsChanged
+	Contact string `json:"contact,omitempty"` // PresenceChanged, ContactsChanged, ContactKeyChanged
 	Online  *bool  `json:"online,omitempty"`
 	State   string `json:"state,omitempty"`
+
+	OldFingerprint string `json:"old_fingerprint,omitempty"` // ContactKeyChanged: the pinned key's safety number
+	NewFingerprint string `json:"new_fingerprint,omitempty"` // ContactKeyChanged: the refused key's
 
 	Room    string `json:"room,omitempty"` // RoomsChanged, MessageReceived
 	Member  string `json:"member,omitempty"`

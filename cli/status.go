@@ -74,6 +74,11 @@ func writeStatus(w io.Writer, st api.Status) error {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Tube, c.ID, c.Source, c.Contact)
 		}
 	}
+	for _, k := range st.KeyChanges {
+		fmt.Fprintln(tw)
+		fmt.Fprintf(tw, "WARNING: %s's key changed (%s sees %s, pinned %s); nothing is sent to it until you compare safety numbers with %s and run tube contact verify %s NUMBER\n",
+			k.Contact, k.Account, k.ChangedTo, k.Pinned, k.Contact, k.Contact)
+	}
 	if len(st.Activations) > 0 {
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "ON-DEMAND SERVICE\tRUNNING\tCLIENTS\tSTARTS\tLAST ERROR")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,7 @@ type account struct {
 	handles   connection.Handles
 	interests connection.Interests
 	tubes     *tube.Manager
+	pins      *pins // the keys of contacts and room co-members, pinned on first sight
 
 	wake chan struct{} // buffered: Connect/Disconnect nudge the loop
 
@@ -89,6 +91,11 @@ func newAccount(d *Daemon, st accountState, key *identity.Key) (*account, error)
 		if !a.roots.AppendCertsFromPEM([]byte(st.CA)) {
 			return nil, tperr.New(tperr.InvalidArgument, "the CA given for %s holds no PEM certificate", st.Name)
 		}
+	}
+	pf := filepath.Join(d.cfg.StateDir, "pins", st.Name+".json")
+	var err error
+	if a.pins, err = loadPins(pf, a.keyChanged); err != nil {
+		return nil, err
 	}
 	a.handles.Normalize = func(t connection.HandleType, id string) (string, error) {
 		kind := "contact"
@@ -134,6 +141,7 @@ func (a *account) snapshot() api.Account {
 		Interfaces:   append([]string(nil), a.interfaces...),
 		Key:          a.key.Public().String(),
 		Fingerprint:  a.key.Public().Fingerprint(),
+		SafetyNumber: a.key.Public().SafetyNumber(),
 		AutoConnect:  a.wanted,
 	}
 	if a.lastErr != nil && a.status == connection.Disconnected {
@@ -338,6 +346,12 @@ func (a *account) run(ctx context.Context) {
 		}
 		backoff = a.d.cfg.MinBackoff
 		a.connected(c)
+		// Contacts' keys are pinned before the attempt counts as done
+		// (ConnectWait), so that the first start after pinning came
+		// pins existing contacts before anything else uses them.
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		a.pinContacts(pctx, c)
+		cancel()
 		a.settle()
 		if ended := a.serve(ctx, c); ended != nil {
 			a.disconnected(ended)
@@ -400,6 +414,14 @@ func (a *account) connected(c *rendezvous.Client) {
 		}
 	}
 	a.setStatus(connection.Connected, connection.Requested, nil)
+}
+
+// keyChanged reports a key the relay gave for name that is not the one
+// pinned for it.
+func (a *account) keyChanged(name string, old, new identity.PublicKey) {
+	a.log.Warn("a contact's key changed: refused until verified", "contact", name, "pinned", old.Fingerprint(), "relay_gave", new.Fingerprint())
+	a.d.bus.Publish(api.Event{Type: api.EventContactKeyChanged, Account: a.name, Contact: name,
+		OldFingerprint: old.SafetyNumber(), NewFingerprint: new.SafetyNumber()})
 }
 
 // serve waits while connected. It returns why the connection ended, or

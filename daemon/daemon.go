@@ -206,7 +206,17 @@ func (d *Daemon) Account(name string) (api.Account, error) {
 
 // Status is the daemon's state as `tube status` shows it.
 func (d *Daemon) Status() api.Status {
-	return api.Status{Accounts: d.Accounts(), Tubes: d.Tubes(), Connections: d.Connections(), Activations: d.Activations()}
+	st := api.Status{Accounts: d.Accounts(), Tubes: d.Tubes(), Connections: d.Connections(), Activations: d.Activations()}
+	d.mu.Lock()
+	accts := make([]*account, 0, len(d.order))
+	for _, n := range d.order {
+		accts = append(accts, d.accounts[n])
+	}
+	d.mu.Unlock()
+	for _, a := range accts {
+		st.KeyChanges = append(st.KeyChanges, a.keyChanges()...)
+	}
+	return st
 }
 
 func (d *Daemon) saveLocked() error {

@@ -6,6 +6,7 @@ import (
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/connection"
 	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
 )
 
 // Contacts, rooms, presence and messages: thin calls to the rendezvous on
@@ -25,7 +26,70 @@ func (a *account) handle(t connection.HandleType, id string) uint32 {
 }
 
 func (a *account) contact(c rendezvous.Contact) api.Contact {
-	return api.Contact{Name: c.Name, State: string(c.State), Online: c.Online, Handle: a.handle(connection.HandleContact, c.Name)}
+	out := api.Contact{Name: c.Name, State: string(c.State), Online: c.Online, Handle: a.handle(connection.HandleContact, c.Name)}
+	if cur, ok := a.pins.get(c.Name); ok {
+		k := keyInfo(cur, ok)
+		out.Pinned = &k
+	}
+	return out
+}
+
+// Contact shows one contact, or a room co-member whose key is pinned,
+// with the pinned key's safety number.
+func (d *Daemon) Contact(ctx context.Context, name, contact string) (api.Contact, error) {
+	a, c, err := d.live(name)
+	if err != nil {
+		return api.Contact{}, err
+	}
+	contact, err = rendezvous.NormalizeName("account", contact)
+	if err != nil {
+		return api.Contact{}, tperr.Wrap(err, tperr.InvalidHandle, "%s", tperr.Message(err))
+	}
+	cs, err := c.Contacts(ctx)
+	if err != nil {
+		return api.Contact{}, err
+	}
+	for _, x := range cs {
+		if x.Name == contact {
+			return a.contact(x), nil
+		}
+	}
+	if _, ok := a.pins.get(contact); ok {
+		return a.contact(rendezvous.Contact{Name: contact, State: "none"}), nil
+	}
+	return api.Contact{}, tperr.New(tperr.NotFound, "%s is neither a contact of %s nor anyone whose key it pinned", contact, a.name)
+}
+
+// VerifyContact marks a contact's pinned key verified when fp is its
+// safety number; a fingerprint of a changed key makes that key the
+// pinned one. A mismatch is Cert.FingerprintMismatch.
+func (d *Daemon) VerifyContact(ctx context.Context, name, contact, fp string) (api.Contact, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return api.Contact{}, err
+	}
+	contact, err = rendezvous.NormalizeName("account", contact)
+	if err != nil {
+		return api.Contact{}, tperr.Wrap(err, tperr.InvalidHandle, "%s", tperr.Message(err))
+	}
+	cur, err := a.pins.verify(contact, fp)
+	if err != nil {
+		return api.Contact{}, err
+	}
+	a.log.Info("contact's key verified", "contact", contact, "key", cur.Key)
+	k := keyInfo(cur, true)
+	return api.Contact{Name: contact, Pinned: &k}, nil
+}
+
+// keyChanges lists the account's contacts whose key changed.
+func (a *account) keyChanges() []api.KeyChange {
+	var out []api.KeyChange
+	for _, n := range a.pins.changes() {
+		cur, ok := a.pins.get(n)
+		info := keyInfo(cur, ok)
+		out = append(out, api.KeyChange{Account: a.name, Contact: n, Pinned: info.SafetyNumber, ChangedTo: info.ChangedTo})
+	}
+	return out
 }
 
 // Contacts lists an account's contacts.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
@@ -30,12 +31,35 @@ func (s signaller) Send(ctx context.Context, to, room, kind string, body []byte)
 	return c.Send(ctx, to, room, kind, body)
 }
 
+// Keys gives the keys the relay gives for names that match what is
+// pinned for them (pinning those seen for the first time). A name whose
+// key is not its pinned one is left out, and reported (ContactKeyChanged);
+// asked alone, it is the error.
 func (s signaller) Keys(ctx context.Context, names []string) (map[string]string, error) {
 	c, err := s.a.conn()
 	if err != nil {
 		return nil, err
 	}
-	return c.Keys(ctx, names)
+	raw, err := c.Keys(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(raw))
+	for name, k := range raw {
+		key, err := identity.ParsePublicKey(k)
+		if err != nil {
+			s.a.log.Warn("the relay gave a malformed key", "contact", name)
+			continue
+		}
+		if err := s.a.pins.check(name, key); err != nil {
+			if len(names) == 1 {
+				return nil, err
+			}
+			continue
+		}
+		out[name] = k
+	}
+	return out, nil
 }
 
 func (s signaller) RoomMembers(ctx context.Context, room string) ([]string, error) {

@@ -8,12 +8,15 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/nats-io/nkeys"
 
@@ -117,6 +120,34 @@ func (p PublicKey) String() string {
 func (p PublicKey) Fingerprint() string {
 	sum := sha256.Sum256(p)
 	return "SHA256:" + base64.RawURLEncoding.EncodeToString(sum[:16])
+}
+
+// SafetyNumber is the key's fingerprint for people to read aloud or
+// compare at a glance: 40 decimal digits in eight groups of five, from
+// SHA-512 of the key (each group a 40-bit slice of the digest modulo
+// 100000, as Signal's safety numbers are made), about 133 bits. Each
+// person's number is their own key's: alice reads hers to bob, who
+// compares it with what his daemon pinned for her.
+func (p PublicKey) SafetyNumber() string {
+	sum := sha512.Sum512(p)
+	groups := make([]string, 8)
+	for i := range groups {
+		b := sum[i*5 : i*5+5]
+		v := uint64(b[0])<<32 | uint64(b[1])<<24 | uint64(b[2])<<16 | uint64(b[3])<<8 | uint64(b[4])
+		groups[i] = fmt.Sprintf("%05d", v%100000)
+	}
+	return strings.Join(groups, " ")
+}
+
+// MatchesFingerprint reports whether fp names this key: its safety
+// number (spaces anywhere, or none) or its SHA256: fingerprint.
+func (p PublicKey) MatchesFingerprint(fp string) bool {
+	fp = strings.TrimSpace(fp)
+	if strings.HasPrefix(fp, "SHA256:") {
+		return subtle.ConstantTimeCompare([]byte(fp), []byte(p.Fingerprint())) == 1
+	}
+	digits := strings.Join(strings.Fields(fp), "")
+	return len(digits) == 40 && subtle.ConstantTimeCompare([]byte(digits), []byte(strings.ReplaceAll(p.SafetyNumber(), " ", ""))) == 1
 }
 
 // Equal reports whether two public keys are the same.

@@ -83,3 +83,30 @@ func TestSeal(t *testing.T) {
 		t.Fatal("X25519 forms of the key pair disagree")
 	}
 }
+
+// Safety numbers: 40 digits in groups of five, stable for a key, different
+// for another, and matched with or without spaces; SHA256: fingerprints
+// match too; anything else does not.
+func TestSafetyNumber(t *testing.T) {
+	a, _ := FromSeed(make([]byte, 32))
+	seed := make([]byte, 32)
+	seed[0] = 1
+	b, _ := FromSeed(seed)
+	n := a.Public().SafetyNumber()
+	if len(n) != 47 || strings.Count(n, " ") != 7 || n != a.Public().SafetyNumber() {
+		t.Fatalf("safety number %q: want 8 groups of 5 digits, stable", n)
+	}
+	if n == b.Public().SafetyNumber() {
+		t.Fatal("two keys share a safety number")
+	}
+	for _, fp := range []string{n, strings.ReplaceAll(n, " ", ""), "  " + n + "\n", a.Public().Fingerprint()} {
+		if !a.Public().MatchesFingerprint(fp) {
+			t.Errorf("%q does not match its own key", fp)
+		}
+	}
+	for _, fp := range []string{b.Public().SafetyNumber(), b.Public().Fingerprint(), n[:40], "", "SHA256:", n + "1"} {
+		if a.Public().MatchesFingerprint(fp) {
+			t.Errorf("%q matches a key it does not name", fp)
+		}
+	}
+}

@@ -223,6 +223,16 @@ func (s *Server) routes() {
 	s.handle("POST /v1/accounts/{name}/contacts/{contact}/approve", func(r *http.Request) (any, error) {
 		return d.ApproveContact(r.Context(), r.PathValue("name"), r.PathValue("contact"))
 	})
+	s.handle("GET /v1/accounts/{name}/contacts/{contact}", func(r *http.Request) (any, error) {
+		return d.Contact(r.Context(), r.PathValue("name"), r.PathValue("contact"))
+	})
+	s.handle("POST /v1/accounts/{name}/contacts/{contact}/verify", func(r *http.Request) (any, error) {
+		var req api.VerifyRequest
+		if err := decodeRequired(r, &req, "fingerprint", func() bool { return req.Fingerprint != "" }); err != nil {
+			return nil, err
+		}
+		return d.VerifyContact(r.Context(), r.PathValue("name"), r.PathValue("contact"), req.Fingerprint)
+	})
 	s.handle("DELETE /v1/accounts/{name}/contacts/{contact}", func(r *http.Request) (any, error) {
 		return nil, d.RemoveContact(r.Context(), r.PathValue("name"), r.PathValue("contact"))
 	})

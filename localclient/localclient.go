@@ -258,6 +258,19 @@ func (c *Client) ApproveContact(ctx context.Context, account, name string) (api.
 	return fetch[api.Contact](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/contacts/"+url.PathEscape(name)+"/approve", nil, nil)
 }
 
+// Contact shows one contact with the key pinned for them (its safety
+// number, whether it is verified, and a refused change).
+func (c *Client) Contact(ctx context.Context, account, contact string) (api.Contact, error) {
+	return fetch[api.Contact](ctx, c, "GET", "/v1/accounts/"+acct(account)+"/contacts/"+url.PathEscape(contact), nil, nil)
+}
+
+// VerifyContact marks a contact's pinned key verified when fingerprint
+// (a safety number, or SHA256:…) is its own, or trusts a changed key
+// whose fingerprint it is; a mismatch is Cert.FingerprintMismatch.
+func (c *Client) VerifyContact(ctx context.Context, account, contact, fingerprint string) (api.Contact, error) {
+	return fetch[api.Contact](ctx, c, "POST", "/v1/accounts/"+acct(account)+"/contacts/"+url.PathEscape(contact)+"/verify", nil, api.VerifyRequest{Fingerprint: fingerprint})
+}
+
 // RemoveContact removes a contact or a request.
 func (c *Client) RemoveContact(ctx context.Context, account, name string) error {
 	return c.do(ctx, "DELETE", "/v1/accounts/"+acct(account)+"/contacts/"+url.PathEscape(name), nil, nil, nil)

@@ -1,0 +1,124 @@
+package daemon_test
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/internal/tubetest"
+	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// swapKey rewrites an account's record in the relay's state with the
+// relay's own service credentials, as a dishonest operator would, and
+// returns the key it put there.
+func swapKey(t *testing.T, dataDir, name string) identity.PublicKey {
+	t.Helper()
+	b, err := os.ReadFile(rendezvous.AdminFile(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info rendezvous.AdminInfo
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(info.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, "tubes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := json.Marshal(map[string]any{"name": name, "key": evil.Public().String(), "created": time.Now().UTC()})
+	if _, err := kv.Put(ctx, "acct."+name, rec); err != nil {
+		t.Fatal(err)
+	}
+	return evil.Public()
+}
+
+// Keys are pinned on first sight (existing contacts when the account
+// connects); a relay operator who swaps a contact's key is refused
+// (nothing offered, sealed or linked to it), the change is an event and
+// a status line, and only verifying the new key's safety number trusts
+// it. A mismatch is Cert.FingerprintMismatch.
+func TestPinnedKeys(t *testing.T) {
+	dir := t.TempDir()
+	relay := tubetest.Relay(t, rendezvous.Config{DataDir: dir})
+	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	b := bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+
+	// Connecting pins the existing contact, unverified.
+	if _, err := alice.C.Disconnect(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := alice.C.ConnectWait(ctx, "alice"); err != nil || a.Status != "Connected" {
+		t.Fatalf("reconnect: %+v %v", a, err)
+	}
+	c, err := alice.C.Contact(ctx, "alice", "bob")
+	if err != nil || c.Pinned == nil || c.Pinned.Verified || c.Pinned.SafetyNumber != b.SafetyNumber || c.Pinned.Key != b.Key {
+		t.Fatalf("bob as alice sees him after connecting: %+v %v; want his key pinned, unverified", c, err)
+	}
+	if _, err := alice.C.VerifyContact(ctx, "alice", "bob", "12345 12345 12345 12345 12345 12345 12345 12345"); !tperr.Has(err, tperr.CertFingerprintMismatch) {
+		t.Fatalf("verifying a wrong number: %v, want Cert.FingerprintMismatch", err)
+	}
+	if c, err := alice.C.VerifyContact(ctx, "alice", "bob", strings.ReplaceAll(b.SafetyNumber, " ", "")); err != nil || !c.Pinned.Verified {
+		t.Fatalf("verifying bob's number: %+v %v", c, err)
+	}
+
+	// The operator swaps bob's key.
+	ev := tubetest.Record(t, alice.C, "alice")
+	evil := swapKey(t, dir, "bob")
+	// A write of the service's own waits until its view has the swap.
+	if _, err := alice.C.CreateRoom(ctx, "alice", "sync"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Export(ctx, "alice", api.Export{Service: "echo", TCP: "127.0.0.1:1",
+		Parameters: map[string]api.Value{"password": {Type: api.TypeString, Value: "s3cret"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Offer(ctx, "alice", api.OfferRequest{Service: "echo", To: "bob"}); !tperr.Has(err, tperr.CertUntrusted) || !strings.Contains(err.Error(), "tube contact verify bob") {
+		t.Fatalf("offering to bob with his key swapped: %v, want Cert.Untrusted saying how to verify", err)
+	}
+	kc := ev.MustWait("ContactKeyChanged", func(e api.Event) bool { return e.Type == api.EventContactKeyChanged })
+	if kc.Contact != "bob" || kc.OldFingerprint != b.SafetyNumber || kc.NewFingerprint != evil.SafetyNumber() {
+		t.Fatalf("key change event %+v", kc)
+	}
+	st, err := alice.C.Status(ctx)
+	if err != nil || len(st.KeyChanges) != 1 || st.KeyChanges[0].Contact != "bob" || st.KeyChanges[0].ChangedTo != evil.SafetyNumber() {
+		t.Fatalf("status key changes: %+v %v", st.KeyChanges, err)
+	}
+	if c, _ := alice.C.Contact(ctx, "alice", "bob"); c.Pinned == nil || c.Pinned.Key != b.Key || c.Pinned.ChangedTo != evil.SafetyNumber() {
+		t.Fatalf("bob after the swap: %+v; want the old key pinned and the change shown", c.Pinned)
+	}
+	// The old number does not clear the change; the new one, verified,
+	// is the only way to trust it.
+	if _, err := alice.C.VerifyContact(ctx, "alice", "bob", b.SafetyNumber); !tperr.Has(err, tperr.CertFingerprintMismatch) {
+		t.Fatalf("verifying the old number while a change waits: %v, want Cert.FingerprintMismatch", err)
+	}
+	if c, err := alice.C.VerifyContact(ctx, "alice", "bob", evil.SafetyNumber()); err != nil || c.Pinned.Key != evil.String() || !c.Pinned.Verified {
+		t.Fatalf("verifying the new key: %+v %v", c, err)
+	}
+	if st, _ := alice.C.Status(ctx); len(st.KeyChanges) != 0 {
+		t.Fatalf("key changes after verifying: %+v", st.KeyChanges)
+	}
+}
