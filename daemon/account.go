@@ -351,6 +351,7 @@ func (a *account) run(ctx context.Context) {
 		// pins existing contacts before anything else uses them.
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		a.pinContacts(pctx, c)
+		a.tubes.Resync(pctx) // room changes missed while offline
 		cancel()
 		a.settle()
 		if ended := a.serve(ctx, c); ended != nil {

@@ -222,13 +222,20 @@ func (d *Daemon) DeclineRoom(ctx context.Context, name, room string) error {
 	return c.RoomDecline(ctx, room)
 }
 
-// LeaveRoom leaves a room (its owner leaving deletes it).
+// LeaveRoom leaves a room (its owner leaving deletes it). The account's
+// room tubes there end at once, before the relay's event says so.
 func (d *Daemon) LeaveRoom(ctx context.Context, name, room string) error {
-	_, c, err := d.live(name)
+	a, c, err := d.live(name)
 	if err != nil {
 		return err
 	}
-	return c.RoomLeave(ctx, room)
+	if err := c.RoomLeave(ctx, room); err != nil {
+		return err
+	}
+	if n, err := rendezvous.NormalizeName("room", room); err == nil {
+		a.tubes.OnRoomEvent(n, a.name, false, false, false)
+	}
+	return nil
 }
 
 // RemoveFromRoom removes a member (or withdraws an invitation).

@@ -124,6 +124,16 @@ func (s *Service) userRemove(ctx context.Context, data []byte) error {
 				}
 			}
 		}
+		// Invitations to the name and by it: a later account of the same
+		// name must not inherit them.
+		for _, inv := range s.store.view.invitationsOf(name) {
+			errs = append(errs, s.store.delete(ctx, "invitation."+inv.Room+"."+name))
+		}
+		for room, invitees := range s.store.view.invitationsBy(name) {
+			for _, n := range invitees {
+				errs = append(errs, s.store.delete(ctx, "invitation."+room+"."+n))
+			}
+		}
 		for _, id := range s.pres.connsOf(name) {
 			s.kick(id)
 		}

@@ -75,11 +75,16 @@ func FuzzViewApply(f *testing.F) {
 		v.peersOf("alice")
 		v.roomsOfAccount("bob")
 		v.invitationsOf("bob")
-		// An admin is always a member; an invitation index entry has its record.
-		for room, admins := range v.admins {
-			for n := range admins {
-				if !v.members[room][n] {
-					t.Fatalf("%s is an admin of %s without being a member", n, room)
+		// A role is given only to a member of the room's own ID; the
+		// member index agrees with the records; an invitation index entry
+		// has its record.
+		for room, ms := range v.members {
+			for n := range ms {
+				if !v.roomsOf[n][room] {
+					t.Fatalf("%s has a member record in %s the index lacks", n, room)
+				}
+				if role := v.role(room, n); role != "" && !v.isMember(room, n) {
+					t.Fatalf("%s has role %s in %s without being a member", n, role, room)
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -86,13 +87,13 @@ func (s *Service) opRoomCreate(ctx context.Context, me string, data []byte) (any
 			}
 		}
 	}
-	r := roomRecord{Name: room, Owner: me, Created: time.Now().UTC(), Open: req.Open}
+	r := roomRecord{Name: room, Owner: me, Created: time.Now().UTC(), Open: req.Open, ID: randomID()}
 	if err := s.store.create(ctx, "room."+room, r); errors.Is(err, errConflict) {
 		return nil, tperr.New(tperr.NotAvailable, "a room named %s already exists; pick another name", room)
 	} else if err != nil {
 		return nil, err
 	}
-	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: r.Created}); err != nil {
+	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: r.Created, Room: r.ID}); err != nil {
 		return nil, err
 	}
 	return s.roomEntry(r, me), nil
@@ -116,7 +117,8 @@ func (s *Service) opRoomInvite(ctx context.Context, me string, data []byte) (any
 	case s.store.view.isMember(req.Room, req.Name):
 		return nil, tperr.New(tperr.AlreadyConnected, "%s is a member of room %s already", req.Name, req.Room)
 	}
-	inv := invitationRecord{By: me, Created: time.Now().UTC()}
+	r, _ := s.store.view.room(req.Room)
+	inv := invitationRecord{By: me, Created: time.Now().UTC(), Room: r.ID}
 	if err := s.store.put(ctx, "invitation."+req.Room+"."+req.Name, inv); err != nil {
 		return nil, err
 	}
@@ -133,7 +135,9 @@ func (s *Service) opInvitations(ctx context.Context, me string, _ []byte) (any, 
 }
 
 // opRoomJoin: a member already, an invitee (whose invitation it takes),
-// or anyone for an open room.
+// or anyone for an open room. An invitation counts while its inviter is
+// still the room's owner or an admin, and is taken with compare-and-set:
+// a join and the invitation's withdrawal cannot both succeed.
 func (s *Service) opRoomJoin(ctx context.Context, me string, data []byte) (any, error) {
 	room, err := s.roomName(data)
 	if err != nil {
@@ -146,17 +150,20 @@ func (s *Service) opRoomJoin(ctx context.Context, me string, data []byte) (any, 
 	if s.store.view.isMember(room, me) {
 		return s.roomEntry(r, me), nil
 	}
-	_, invited := s.store.view.invitation(room, me)
-	if !invited && !r.Open {
+	if inv, invited := s.store.view.invitation(room, me); invited {
+		if role := s.store.view.role(room, inv.By); role != RoleOwner && role != RoleAdmin {
+			// The inviter lost the right to invite: the invitation went with it.
+			s.store.delete(ctx, "invitation."+room+"."+me)
+			return nil, noRoom(room)
+		}
+		if err := s.takeInvitation(ctx, room, me, r.ID); err != nil {
+			return nil, err
+		}
+	} else if !r.Open {
 		return nil, noRoom(room)
 	}
-	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: time.Now().UTC()}); err != nil {
+	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: time.Now().UTC(), Room: r.ID}); err != nil {
 		return nil, err
-	}
-	if invited {
-		if err := s.store.delete(ctx, "invitation."+room+"."+me); err != nil {
-			s.log.Warn("used invitation not deleted", "room", room, "member", me, "err", err)
-		}
 	}
 	online := s.pres.online(me)
 	for _, m := range s.store.view.memberNames(room) {
@@ -168,6 +175,27 @@ func (s *Service) opRoomJoin(ctx context.Context, me string, data []byte) (any, 
 		s.publish(me, KindPresence, PresenceEvent{Name: m, Online: s.pres.online(m)})
 	}
 	return s.roomEntry(r, me), nil
+}
+
+// takeInvitation deletes name's invitation to the room whose ID is id, if
+// it is still there as read: noRoom when it is gone or another request
+// took or changed it first.
+func (s *Service) takeInvitation(ctx context.Context, room, name, id string) error {
+	key := "invitation." + room + "." + name
+	rev, raw, err := s.store.revision(ctx, key)
+	if err != nil {
+		return err
+	}
+	var inv invitationRecord
+	if rev == 0 || json.Unmarshal(raw, &inv) != nil || inv.Room != id {
+		return noRoom(room)
+	}
+	if err := s.store.deleteIf(ctx, key, rev); errors.Is(err, errConflict) {
+		return noRoom(room)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // opRoomDecline: an invitee turns the invitation down; the inviter is
@@ -210,50 +238,72 @@ func (s *Service) opRoomLeave(ctx context.Context, me string, data []byte) (any,
 	if err := s.store.delete(ctx, "member."+room+"."+me); err != nil {
 		return nil, err
 	}
+	// Everyone, the leaver too: each daemon of the leaver's ends its room
+	// tubes, whichever of them asked.
 	for _, m := range members {
-		if m != me {
-			s.publish(m, KindRooms, RoomEvent{Room: room, Member: me, Joined: false, Change: RoomLeft})
-		}
+		s.publish(m, KindRooms, RoomEvent{Room: room, Member: me, Joined: false, Change: RoomLeft})
 	}
 	return s.roomEntry(r, me), nil
 }
 
 // opRoomRemove: the owner removes any member; an admin removes a plain
 // member. Everyone in the room, the removed member too, is told, and
-// their daemons end the member's room tubes.
+// their daemons end the member's room tubes. The member record is
+// deleted with compare-and-set, so a role change racing the removal
+// cannot bring the member back.
 func (s *Service) opRoomRemove(ctx context.Context, me string, data []byte) (any, error) {
 	req, err := s.roomMember(data)
 	if err != nil {
 		return nil, err
 	}
-	mine := s.store.view.role(req.Room, me)
-	theirs := s.store.view.role(req.Room, req.Name)
-	switch {
-	case mine == "":
-		return nil, noRoom(req.Room)
-	case mine == RoleMember:
-		return nil, tperr.New(tperr.PermissionDenied, "only the owner and admins of room %s can remove members", req.Room)
-	case req.Name == me:
-		return nil, tperr.New(tperr.InvalidArgument, "you cannot remove yourself from room %s; leave it (tube room leave)", req.Room)
-	case theirs == "":
-		if _, ok := s.store.view.invitation(req.Room, req.Name); ok {
-			// Withdrawing an invitation is a removal before the join.
-			return nil, s.store.delete(ctx, "invitation."+req.Room+"."+req.Name)
+	for range 8 {
+		r, _ := s.store.view.room(req.Room)
+		mine := s.store.view.role(req.Room, me)
+		theirs := s.store.view.role(req.Room, req.Name)
+		switch {
+		case mine == "":
+			return nil, noRoom(req.Room)
+		case mine == RoleMember:
+			return nil, tperr.New(tperr.PermissionDenied, "only the owner and admins of room %s can remove members", req.Room)
+		case req.Name == me:
+			return nil, tperr.New(tperr.InvalidArgument, "you cannot remove yourself from room %s; leave it (tube room leave)", req.Room)
+		case theirs == "":
+			if _, ok := s.store.view.invitation(req.Room, req.Name); ok {
+				// Withdrawing an invitation is a removal before the join;
+				// if the join takes it first, remove the member instead.
+				if err := s.takeInvitation(ctx, req.Room, req.Name, r.ID); err == nil {
+					return nil, nil
+				}
+				if s.store.view.isMember(req.Room, req.Name) {
+					continue
+				}
+			}
+			return nil, tperr.New(tperr.InvalidHandle, "%s is not a member of room %s", req.Name, req.Room)
+		case theirs == RoleOwner:
+			return nil, tperr.New(tperr.PermissionDenied, "the owner of room %s cannot be removed", req.Room)
+		case theirs == RoleAdmin && mine != RoleOwner:
+			return nil, tperr.New(tperr.PermissionDenied, "only the owner of room %s can remove an admin", req.Room)
 		}
-		return nil, tperr.New(tperr.InvalidHandle, "%s is not a member of room %s", req.Name, req.Room)
-	case theirs == RoleOwner:
-		return nil, tperr.New(tperr.PermissionDenied, "the owner of room %s cannot be removed", req.Room)
-	case theirs == RoleAdmin && mine != RoleOwner:
-		return nil, tperr.New(tperr.PermissionDenied, "only the owner of room %s can remove an admin", req.Room)
+		members := s.store.view.memberNames(req.Room)
+		key := "member." + req.Room + "." + req.Name
+		rev, _, err := s.store.revision(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if rev == 0 {
+			continue // gone meanwhile: look again
+		}
+		if err := s.store.deleteIf(ctx, key, rev); errors.Is(err, errConflict) {
+			continue // changed meanwhile (a role): decide again
+		} else if err != nil {
+			return nil, err
+		}
+		for _, m := range members {
+			s.publish(m, KindRooms, RoomEvent{Room: req.Room, Member: req.Name, Joined: false, Change: RoomRemoved, By: me})
+		}
+		return nil, nil
 	}
-	members := s.store.view.memberNames(req.Room)
-	if err := s.store.delete(ctx, "member."+req.Room+"."+req.Name); err != nil {
-		return nil, err
-	}
-	for _, m := range members {
-		s.publish(m, KindRooms, RoomEvent{Room: req.Room, Member: req.Name, Joined: false, Change: RoomRemoved, By: me})
-	}
-	return nil, nil
+	return nil, tperr.New(tperr.ServiceBusy, "room %s changed while %s was being removed; try again", req.Room, req.Name)
 }
 
 // opRoomAdmin: the owner makes a member an admin, or (Revoke) a plain
@@ -280,7 +330,21 @@ func (s *Service) opRoomAdmin(ctx context.Context, me string, data []byte) (any,
 		role = RoleMember
 	}
 	if theirs != role {
-		if err := s.store.put(ctx, "member."+req.Room+"."+req.Name, memberRecord{Joined: time.Now().UTC(), Admin: !req.Revoke}); err != nil {
+		// Compare-and-set on the member record: a removal (or leave)
+		// that came first makes this fail rather than bring them back.
+		key := "member." + req.Room + "." + req.Name
+		rev, raw, err := s.store.revision(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		var rec memberRecord
+		if r, _ := s.store.view.room(req.Room); rev == 0 || json.Unmarshal(raw, &rec) != nil || rec.Room != r.ID {
+			return nil, tperr.New(tperr.InvalidHandle, "%s is not a member of room %s", req.Name, req.Room)
+		}
+		rec.Admin = !req.Revoke
+		if err := s.store.update(ctx, key, rec, rev); errors.Is(err, errConflict) {
+			return nil, tperr.New(tperr.ServiceBusy, "%s's membership of room %s changed meanwhile; try again", req.Name, req.Room)
+		} else if err != nil {
 			return nil, err
 		}
 		for _, m := range s.store.view.memberNames(req.Room) {

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -171,5 +174,118 @@ func TestRoomMembershipControl(t *testing.T) {
 	}
 	if got, err := bob.c.Send(ctx, "", "lab", "hello", []byte("still here")); err != nil || len(got) != 1 || got[0] != "alice" {
 		t.Fatalf("a member's room message reached %v, %v", got, err)
+	}
+}
+
+// plant writes a record into the relay's state with the service's own
+// credentials: what a join racing a room's deletion, or a deletion that
+// stopped half-way, leaves behind.
+func plant(t *testing.T, dir, key string, v any) {
+	t.Helper()
+	info, err := readAdmin(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(info.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), "tubes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(v)
+	if _, err := kv.Put(context.Background(), key, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Member and invitation records left from an earlier room of a name (the
+// attack: create an open room, join it from a second account while the
+// first leaves, so the join's record outlives the room) grant nothing in a
+// room created later under that name: the victim's new invite-only room
+// has no hidden member, and its messages reach no one else.
+func TestLeftoverRecordsGrantNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := startRelay(t, rendezvous.Config{DataDir: dir})
+	ctx := context.Background()
+	bob, evf, evg := register(t, s, "bob"), register(t, s, "evf"), register(t, s, "evg")
+	now := time.Now().UTC()
+	plant(t, dir, "member.team.evf", map[string]any{"joined": now})                    // as written before room ids
+	plant(t, dir, "member.team.evg", map[string]any{"joined": now, "room": "earlier"}) // of an earlier room
+	plant(t, dir, "invitation.team.evg", map[string]any{"by": "bob", "created": now, "room": "earlier"})
+	if _, err := bob.c.RoomCreate(ctx, "team", false); err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := bob.c.RoomMembers(ctx, "team"); err != nil || len(ms) != 1 || ms[0].Name != "bob" {
+		t.Fatalf("members of bob's new room: %+v, %v; want bob alone", ms, err)
+	}
+	for _, a := range []*account{evf, evg} {
+		if _, err := a.c.RoomMembers(ctx, "team"); !tperr.Has(err, tperr.PermissionDenied) {
+			t.Fatalf("%s listing the members of bob's new room: %v, want PermissionDenied", a.name, err)
+		}
+		if rs, _ := a.c.Rooms(ctx); len(rs) != 0 {
+			t.Fatalf("%s's rooms: %+v", a.name, rs)
+		}
+	}
+	if _, err := evg.c.RoomJoin(ctx, "team"); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Fatalf("joining on an earlier room's invitation: %v, want PermissionDenied", err)
+	}
+	if got, err := bob.c.Send(ctx, "", "team", "x", []byte("for members")); len(got) != 0 {
+		t.Fatalf("bob's room message reached %v (%v)", got, err)
+	}
+}
+
+// An invitation is good while its inviter may invite: an admin's
+// invitations end with the admin role. And an account removed by the
+// operator leaves no invitation for a later account of its name.
+func TestInvitationsEnd(t *testing.T) {
+	dir := t.TempDir()
+	s := startRelay(t, rendezvous.Config{DataDir: dir})
+	ctx := context.Background()
+	alice, bob, carol, dave := register(t, s, "alice"), register(t, s, "bob"), register(t, s, "carol"), register(t, s, "dave")
+	befriend(t, alice, bob)
+	befriend(t, bob, carol)
+	befriend(t, alice, dave)
+	alice.c.RoomCreate(ctx, "lab", false)
+	alice.c.RoomInvite(ctx, "lab", "bob")
+	if _, err := bob.c.RoomJoin(ctx, "lab"); err != nil {
+		t.Fatal(err)
+	}
+	alice.c.RoomAdmin(ctx, "lab", "bob", false)
+	if _, err := bob.c.RoomInvite(ctx, "lab", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	alice.c.RoomAdmin(ctx, "lab", "bob", true)
+	if _, err := carol.c.RoomJoin(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Fatalf("joining on a former admin's invitation: %v, want PermissionDenied", err)
+	}
+
+	if _, err := alice.c.RoomInvite(ctx, "lab", "dave"); err != nil {
+		t.Fatal(err)
+	}
+	info, err := readAdmin(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm, err := rendezvous.DialAdmin(ctx, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	if err := adm.UserRemove(ctx, "dave"); err != nil {
+		t.Fatal(err)
+	}
+	dave2 := register(t, s, "dave")
+	if invs, err := dave2.c.Invitations(ctx); err != nil || len(invs) != 0 {
+		t.Fatalf("the new dave inherits %+v (%v)", invs, err)
+	}
+	if _, err := dave2.c.RoomJoin(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Fatalf("the new dave joins on the old one's invitation: %v, want PermissionDenied", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -58,16 +59,24 @@ type roomRecord struct {
 	Owner   string    `json:"owner"`
 	Created time.Time `json:"created"`
 	Open    bool      `json:"open,omitempty"`
+	// ID tells this room from an earlier one of the same name: member and
+	// invitation records count only for the room whose ID they carry, so
+	// a record left over from a deleted room (a join that raced the
+	// deletion, a deletion that stopped half-way) grants nothing in a
+	// room created later under the name.
+	ID string `json:"id,omitempty"`
 }
 
 type memberRecord struct {
 	Joined time.Time `json:"joined"`
 	Admin  bool      `json:"admin,omitempty"`
+	Room   string    `json:"room,omitempty"` // the roomRecord.ID joined
 }
 
 type invitationRecord struct {
 	By      string    `json:"by"`
 	Created time.Time `json:"created"`
+	Room    string    `json:"room,omitempty"` // the roomRecord.ID invited to
 }
 
 func pairKey(a, b string) (key string, first, second string) {
@@ -119,9 +128,8 @@ type view struct {
 	pairs     map[string]pairRecord      // by pair key
 	contacts  map[string]map[string]bool // account → other accounts with a pair record
 	rooms     map[string]roomRecord
-	members   map[string]map[string]bool             // room → members
-	admins    map[string]map[string]bool             // room → members who are admins
-	roomsOf   map[string]map[string]bool             // account → rooms
+	members   map[string]map[string]memberRecord     // room → member records (of this room or an earlier one)
+	roomsOf   map[string]map[string]bool             // account → rooms it has a member record in
 	invited   map[string]map[string]invitationRecord // room → invitees
 	invitesOf map[string]map[string]bool             // account → rooms it is invited to
 }
@@ -133,8 +141,7 @@ func newView() *view {
 		pairs:     map[string]pairRecord{},
 		contacts:  map[string]map[string]bool{},
 		rooms:     map[string]roomRecord{},
-		members:   map[string]map[string]bool{},
-		admins:    map[string]map[string]bool{},
+		members:   map[string]map[string]memberRecord{},
 		roomsOf:   map[string]map[string]bool{},
 		invited:   map[string]map[string]invitationRecord{},
 		invitesOf: map[string]map[string]bool{},
@@ -229,17 +236,19 @@ func (v *view) apply(key string, value []byte, deleted bool, rev uint64) error {
 			err = json.Unmarshal(value, &r)
 		}
 		if deleted || err != nil {
-			delFrom(v.members, room, name)
-			delFrom(v.admins, room, name)
+			if m := v.members[room]; m != nil {
+				delete(m, name)
+				if len(m) == 0 {
+					delete(v.members, room)
+				}
+			}
 			delFrom(v.roomsOf, name, room)
 		} else {
-			addTo(v.members, room, name)
-			addTo(v.roomsOf, name, room)
-			if r.Admin {
-				addTo(v.admins, room, name)
-			} else {
-				delFrom(v.admins, room, name)
+			if v.members[room] == nil {
+				v.members[room] = map[string]memberRecord{}
 			}
+			v.members[room][name] = r
+			addTo(v.roomsOf, name, room)
 		}
 	case parts[0] == "invitation" && len(parts) == 3:
 		room, name := parts[1], parts[2]
@@ -332,13 +341,29 @@ func (v *view) room(name string) (roomRecord, bool) {
 	return r, ok
 }
 
+// memberLocked returns name's member record in an existing room, if it
+// is one of this room's (not of an earlier room of the name). Callers
+// hold v.mu.
+func (v *view) memberLocked(room, name string) (memberRecord, bool) {
+	r, ok := v.rooms[room]
+	if !ok {
+		return memberRecord{}, false
+	}
+	m, ok := v.members[room][name]
+	return m, ok && m.Room == r.ID
+}
+
 // isMember reports whether name belongs to an existing room. The owner is
 // always a member, even if the write of its member record was lost.
 func (v *view) isMember(room, name string) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	r, ok := v.rooms[room]
-	return ok && (r.Owner == name || v.members[room][name])
+	if !ok {
+		return false
+	}
+	_, member := v.memberLocked(room, name)
+	return r.Owner == name || member
 }
 
 // role returns name's role in an existing room, or "" if it is not a
@@ -347,14 +372,15 @@ func (v *view) role(room, name string) string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	r, ok := v.rooms[room]
+	m, member := v.memberLocked(room, name)
 	switch {
 	case !ok:
 		return ""
 	case r.Owner == name:
 		return RoleOwner
-	case v.admins[room][name] && v.members[room][name]:
+	case member && m.Admin:
 		return RoleAdmin
-	case v.members[room][name]:
+	case member:
 		return RoleMember
 	}
 	return ""
@@ -364,11 +390,12 @@ func (v *view) role(room, name string) string {
 func (v *view) invitation(room, name string) (invitationRecord, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if _, ok := v.rooms[room]; !ok {
+	rr, ok := v.rooms[room]
+	if !ok {
 		return invitationRecord{}, false
 	}
 	r, ok := v.invited[room][name]
-	return r, ok
+	return r, ok && r.Room == rr.ID
 }
 
 // invitationsOf returns name's invitations to existing rooms, by room.
@@ -377,10 +404,11 @@ func (v *view) invitationsOf(name string) []Invitation {
 	defer v.mu.Unlock()
 	var out []Invitation
 	for room := range v.invitesOf[name] {
-		if _, ok := v.rooms[room]; !ok {
+		rr, ok := v.rooms[room]
+		r := v.invited[room][name]
+		if !ok || r.Room != rr.ID {
 			continue
 		}
-		r := v.invited[room][name]
 		out = append(out, Invitation{Room: room, By: r.By, Created: r.Created})
 	}
 	slices.SortFunc(out, func(a, b Invitation) int { return strings.Compare(a.Room, b.Room) })
@@ -399,17 +427,38 @@ func (v *view) inviteesOf(room string) []string {
 	return out
 }
 
+// invitationsBy returns the invitations name made, as room → invitees.
+func (v *view) invitationsBy(name string) map[string][]string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := map[string][]string{}
+	for room, m := range v.invited {
+		for invitee, r := range m {
+			if r.By == name {
+				out[room] = append(out[room], invitee)
+			}
+		}
+	}
+	return out
+}
+
 // memberNames returns the members of an existing room, sorted.
 func (v *view) memberNames(room string) []string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	return v.memberNamesLocked(room)
+}
+
+func (v *view) memberNamesLocked(room string) []string {
 	r, ok := v.rooms[room]
 	if !ok {
 		return nil
 	}
 	set := map[string]bool{r.Owner: true}
-	for m := range v.members[room] {
-		set[m] = true
+	for m, rec := range v.members[room] {
+		if rec.Room == r.ID {
+			set[m] = true
+		}
 	}
 	out := make([]string, 0, len(set))
 	for m := range set {
@@ -425,7 +474,9 @@ func (v *view) roomsOfAccount(name string) []roomRecord {
 	defer v.mu.Unlock()
 	set := map[string]bool{}
 	for room := range v.roomsOf[name] {
-		set[room] = true
+		if _, ok := v.memberLocked(room, name); ok {
+			set[room] = true
+		}
 	}
 	for _, r := range v.rooms {
 		if r.Owner == name {
@@ -455,9 +506,8 @@ func (v *view) peersOf(name string) []string {
 		}
 	}
 	for room := range v.roomsOf[name] {
-		if r, ok := v.rooms[room]; ok {
-			set[r.Owner] = true
-			for m := range v.members[room] {
+		if _, ok := v.memberLocked(room, name); ok {
+			for _, m := range v.memberNamesLocked(room) {
 				set[m] = true
 			}
 		}
@@ -622,7 +672,7 @@ func (s *store) update(ctx context.Context, key string, v any, last uint64) erro
 // the bucket itself so compare-and-set sees other relays' writes.
 func (s *store) revision(ctx context.Context, key string) (uint64, []byte, error) {
 	e, err := s.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return 0, nil, nil
 	}
 	if err != nil {
@@ -640,6 +690,24 @@ func (s *store) delete(ctx context.Context, key string) error {
 	msg.Header.Set("KV-Operation", "DEL")
 	ack, err := s.js.PublishMsg(ctx, msg)
 	if err != nil {
+		return fmt.Errorf("rendezvous: delete %s: %w", key, err)
+	}
+	return s.view.waitRev(ctx, ack.Sequence)
+}
+
+// deleteIf removes key if its revision is still last; errConflict if
+// another write came first. Two requests racing to take the same record
+// (a join and the invitation's withdrawal) are so told apart: one wins.
+func (s *store) deleteIf(ctx context.Context, key string, last uint64) error {
+	msg := nats.NewMsg("$KV." + bucketName + "." + key)
+	msg.Header.Set("KV-Operation", "DEL")
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+	ack, err := s.js.PublishMsg(ctx, msg)
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			return errConflict
+		}
 		return fmt.Errorf("rendezvous: delete %s: %w", key, err)
 	}
 	return s.view.waitRev(ctx, ack.Sequence)

@@ -47,7 +47,10 @@ func (m *Manager) onOffer(from, room string, body []byte) error {
 		}
 	}()
 	if o.Request != "" {
-		if p := m.opens[o.Request]; p != nil && p.contact == from && p.room == room {
+		// A direct request may be answered through a room both are in:
+		// the offerer granted it as a member of that room, and the tube
+		// is the room's.
+		if p := m.opens[o.Request]; p != nil && p.contact == from && (p.room == room || p.room == "") {
 			delete(m.opens, o.Request)
 			go func() {
 				v, err := m.accept(m.ctx, t.id, p.req, "")

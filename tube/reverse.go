@@ -188,11 +188,18 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 		if room != "" {
 			where = " in room " + room
 		}
-		if e == nil || !m.mayRequest(ctx, e, from, room) {
+		ok, via := false, room
+		if e != nil {
+			ok, via = m.mayRequest(ctx, e, from, room)
+		}
+		if !ok {
 			refuse(tperr.PermissionDenied, fmt.Sprintf("%s has not exported %s for %s%s", m.cfg.Account, r.Service, from, where), "")
 			return
 		}
-		if _, err := m.offer(ctx, api.OfferRequest{Service: r.Service, To: from, Room: room}, r.Request, e); err != nil {
+		// A tube granted through a room is that room's (answering this
+		// member alone), even when asked for directly: it ends when
+		// either leaves the room or is removed from it.
+		if _, err := m.offer(ctx, api.OfferRequest{Service: r.Service, To: from, Room: via}, r.Request, e); err != nil {
 			// The requester learns that it failed, not why: the reason
 			// may name local things (a parameters command's output).
 			refuse(tperr.NameOr(err, tperr.NotAvailable), fmt.Sprintf("%s could not offer %s%s", m.cfg.Account, r.Service, where), err.Error())
@@ -201,13 +208,13 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 	return nil
 }
 
-// mayRequest reports whether from may ask for e: as a contact, when named
-// in Allow or a member of one of AllowRooms (as we are); through a room
-// (via, from a member who may not be a contact), when via is one of
-// AllowRooms.
-func (m *Manager) mayRequest(ctx context.Context, e *export, from, via string) bool {
+// mayRequest reports whether from may ask for e, and through which room
+// it may: as a contact, when named in Allow (no room) or a member of one
+// of AllowRooms (as we are: that room); through a room (via, from a
+// member who may not be a contact), when via is one of AllowRooms.
+func (m *Manager) mayRequest(ctx context.Context, e *export, from, via string) (bool, string) {
 	if via == "" && slices.Contains(e.Allow, from) {
-		return true
+		return true, ""
 	}
 	for _, room := range e.AllowRooms {
 		if via != "" && room != via {
@@ -215,10 +222,10 @@ func (m *Manager) mayRequest(ctx context.Context, e *export, from, via string) b
 		}
 		members, err := m.cfg.Signaller.RoomMembers(ctx, room)
 		if err == nil && slices.Contains(members, from) && slices.Contains(members, m.cfg.Account) {
-			return true
+			return true, room
 		}
 	}
-	return false
+	return false, ""
 }
 
 func (m *Manager) onRefuse(from string, body []byte) error {

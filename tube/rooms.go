@@ -146,3 +146,71 @@ func (m *Manager) offerToLaterMember(room, member string, ts []*tube) {
 		}
 	}
 }
+
+// Resync checks the room tubes against their rooms' members as the relay
+// has them now. Room events are not delivered while the account is
+// offline, so a removal, leave or deletion that happened meanwhile would
+// go unseen: the daemon calls Resync each time the account connects,
+// once it follows room events again.
+func (m *Manager) Resync(ctx context.Context) {
+	m.mu.Lock()
+	rooms := map[string]bool{}
+	for _, t := range m.tubes {
+		if t.room != "" {
+			rooms[t.room] = true
+		}
+	}
+	m.mu.Unlock()
+	for room := range rooms {
+		members, err := m.cfg.Signaller.RoomMembers(ctx, room)
+		if tperr.Has(err, tperr.PermissionDenied) {
+			m.endRoom(room, "you are no longer in room "+room)
+			continue
+		}
+		if err != nil {
+			m.log.Info("room tubes not checked against the room", "room", room, "err", err)
+			continue
+		}
+		in := map[string]bool{}
+		for _, n := range members {
+			in[n] = true
+		}
+		if !in[m.cfg.Account] {
+			m.endRoom(room, "you are no longer in room "+room)
+			continue
+		}
+		gone := map[string]bool{}
+		m.mu.Lock()
+		for _, t := range m.tubes {
+			if t.room != room {
+				continue
+			}
+			for n := range t.members {
+				if !in[n] {
+					gone[n] = true
+				}
+			}
+			for _, n := range []string{t.only, t.peer} {
+				if n != "" && !in[n] {
+					gone[n] = true
+				}
+			}
+		}
+		m.mu.Unlock()
+		for n := range gone {
+			m.OnRoomEvent(room, n, false, false, false)
+		}
+	}
+}
+
+// endRoom ends every tube of a room.
+func (m *Manager) endRoom(room, why string) {
+	m.mu.Lock()
+	for _, t := range m.tubes {
+		if t.room == room {
+			m.endTube(t, tperr.Cancelled, why)
+		}
+	}
+	m.mu.Unlock()
+	m.updateNeed()
+}
