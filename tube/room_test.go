@@ -181,10 +181,82 @@ func TestReverseTube(t *testing.T) {
 	if err != nil {
 		t.Fatalf("carol, a lab member, asking for printer: %v", err)
 	}
+	if tb.Room != "lab" {
+		t.Errorf("the tube carol got through lab, asked for directly, is in room %q: want lab's", tb.Room)
+	}
 	roundTrip(t, "tcp", tb.Address, "print this")
 	if _, err := w.bob.d.C.Open(bg, "bob", api.OpenRequest{Contact: "alice", Service: "printer"}); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Errorf("bob, not in lab, asking for printer: %v", err)
 	}
+	// Removed from lab, carol loses the tube she got through it.
+	if err := w.alice.d.C.RemoveFromRoom(bg, "alice", "lab", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	carol.ev.MustWait("carol's printer tube closes", isEvent(api.EventTubeClosed, tb.ID))
+}
+
+// Room changes an account did not hear of: the offerer leaving a room it
+// does not own ends its own room tubes at once (the relay tells the
+// others); an offerer who was offline while a member was removed drops
+// the member when it connects again, so a stream the member forges then
+// is refused.
+func TestRoomChangesMissed(t *testing.T) {
+	w := newWorld(t) // alice and bob
+	carol := newPeer(t, w.relay, "carol")
+	tubetest.Befriend(t, w.bob.d, "bob", carol.d, "carol")
+	// carol is alice's contact too: a link between them stays allowed, so
+	// only the tube's own membership check can refuse her stream.
+	tubetest.Befriend(t, w.alice.d, "alice", carol.d, "carol")
+	if _, err := w.bob.d.C.CreateRoom(bg, "bob", "r2"); err != nil {
+		t.Fatal(err)
+	}
+	tubetest.InviteAndJoin(t, w.bob.d, "bob", "r2", w.alice.d, "alice")
+	tubetest.InviteAndJoin(t, w.bob.d, "bob", "r2", carol.d, "carol")
+	if _, err := w.alice.d.C.Export(bg, "alice", api.Export{Service: "echo", TCP: serve(t, echo)}); err != nil {
+		t.Fatal(err)
+	}
+	offer := func() string {
+		t.Helper()
+		tb, err := w.alice.d.C.Offer(bg, "alice", api.OfferRequest{Service: "echo", Room: "r2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		carol.ev.MustWait("carol is offered", isEvent(api.EventNewTube, tb.ID))
+		acc, err := carol.d.C.Accept(bg, tb.ID, api.AcceptRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip(t, "tcp", acc.Address, "hello")
+		return tb.ID
+	}
+
+	// alice, the offerer, is offline while bob removes carol.
+	id := offer()
+	if _, err := w.alice.d.C.Disconnect(bg, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.bob.d.C.RemoveFromRoom(bg, "bob", "r2", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	carol.ev.MustWait("carol's tube closes", isEvent(api.EventTubeClosed, id))
+	if a, err := w.alice.d.C.ConnectWait(bg, "alice"); err != nil || a.Status != "Connected" {
+		t.Fatalf("alice reconnecting: %+v %v", a, err)
+	}
+	if forged, err := forgeStream(t, carol, "alice", w.alice, id); err != nil || !strings.Contains(forged, "refused") {
+		t.Errorf("carol's forged stream after a removal alice missed ended with %q, %v; want a refusal", forged, err)
+	}
+
+	// alice leaves r2 (bob's): her own tube ends, not only carol's.
+	tubetest.InviteAndJoin(t, w.bob.d, "bob", "r2", carol.d, "carol")
+	id = offer()
+	if err := w.alice.d.C.LeaveRoom(bg, "alice", "r2"); err != nil {
+		t.Fatal(err)
+	}
+	ev := w.alice.ev.MustWait("alice's own tube closes", isEvent(api.EventTubeClosed, id))
+	if !strings.Contains(ev.Message, "left room r2") {
+		t.Errorf("alice's tube closed with %q", ev.Message)
+	}
+	carol.ev.MustWait("carol's tube closes", isEvent(api.EventTubeClosed, id))
 }
 
 // The library: a StreamTubeServer whose generator gives each offer its
