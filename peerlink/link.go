@@ -134,27 +134,36 @@ func Server(ctx context.Context, raw net.Conn, self *Identity, verify Verifier, 
 	if err != nil {
 		return nil, "", err
 	}
-	var peer string
+	var (
+		peer    string
+		peerKey identity.PublicKey
+	)
 	conn := tls.Server(&handshakeConn{Conn: raw}, &tls.Config{
 		MinVersion:             tls.VersionTLS13,
 		Certificates:           []tls.Certificate{cert},
 		ClientAuth:             tls.RequireAnyClientCert,
 		NextProtos:             []string{alpn},
 		SessionTicketsDisabled: true,
+		// Only the certificate's form is checked here: Go's TLS 1.3
+		// server runs VerifyConnection before it checks the client's
+		// CertificateVerify, so a client that merely knows a public key
+		// would get us to look the name up, and learn from the answer
+		// whether it is a contact.
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			name, key, err := peerOf(cs)
-			if err != nil {
-				return err
-			}
-			if err := verify(ctx, name, key); err != nil {
-				return err
-			}
-			peer = name
-			return nil
+			peer, peerKey = name, key
+			return err
 		},
 	})
 	out, in, err := handshake(ctx, conn, false)
 	if err != nil {
+		return nil, "", err
+	}
+	// The handshake is over: the client proved it holds the key. Only now
+	// is the account asked about; a refusal ends the connection the same
+	// way for a stranger as for a contact's name with another key.
+	if err := verify(ctx, peer, peerKey); err != nil {
+		conn.Close() // a close_notify alert, then the end: the client reads a refusal
 		return nil, "", err
 	}
 	return newSession(raw, out, in, false, handlerFor(peer), log), peer, nil

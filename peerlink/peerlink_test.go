@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -450,5 +452,44 @@ func TestCtrl(t *testing.T) {
 	}
 	if m := <-got; m != "accept t1" {
 		t.Fatalf("ctrl %q", m)
+	}
+}
+
+// A client that presents a contact's certificate without holding its
+// private key (it cannot sign CertificateVerify) fails the handshake
+// before the server asks anyone about the name: no lookup, and so no
+// answer that would tell whether the name is a contact. (Go's TLS 1.3
+// server runs VerifyConnection before checking CertificateVerify; the
+// lookup used to run there.)
+func TestNoLookupForAnUnprovenClient(t *testing.T) {
+	alice, bob := ident(t, "alice"), ident(t, "bob")
+	bobCert, err := bob.certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	thief, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := tls.Certificate{Certificate: bobCert.Certificate, PrivateKey: thief.Private()} // bob's public key, not his private one
+	var lookups atomic.Int32
+	srvErr := make(chan error, 1)
+	cli, srv := tcpPair(t)
+	go func() {
+		_, _, err := Server(context.Background(), srv, alice, func(context.Context, string, identity.PublicKey) error {
+			lookups.Add(1)
+			return nil
+		}, func(string) Handler { return funcHandler{} }, discardLog)
+		srvErr <- err
+	}()
+	conn := tls.Client(cli, &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{forged},
+		InsecureSkipVerify: true, NextProtos: []string{alpn}})
+	conn.Handshake()
+	conn.Read(make([]byte, 1)) // the server's verdict arrives after the client's Finished
+	if err := <-srvErr; err == nil {
+		t.Fatal("the server took a client that does not hold the key it presented")
+	}
+	if n := lookups.Load(); n != 0 {
+		t.Fatalf("the server looked the name up %d times for a client that proved nothing", n)
 	}
 }
