@@ -33,7 +33,21 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 		}
 		return float64(n)
 	})
-	reg.MustRegister(m.changes, accounts)
+	forged := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tube_daemon_forged_messages_total",
+		Help: "Tube messages dropped because they were not signed by their sender's pinned key.",
+	}, func() float64 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		var n uint64
+		for _, a := range d.accounts {
+			if a.tubes != nil {
+				n += a.tubes.Forged()
+			}
+		}
+		return float64(n)
+	})
+	reg.MustRegister(m.changes, accounts, forged)
 	return m
 }
 

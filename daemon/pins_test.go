@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"strings"
@@ -9,9 +10,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
@@ -121,4 +124,76 @@ func TestPinnedKeys(t *testing.T) {
 	if st, _ := alice.C.Status(ctx); len(st.KeyChanges) != 0 {
 		t.Fatalf("key changes after verifying: %+v", st.KeyChanges)
 	}
+}
+
+// The relay side (anyone with the relay's credentials) injecting a tube
+// offer "from alice" into bob's inbox, unsigned or signed with another
+// key, gets nothing: bob's daemon drops it and counts it; alice's real
+// offers still arrive.
+func TestForgedOfferDropped(t *testing.T) {
+	dir := t.TempDir()
+	relay := tubetest.Relay(t, rendezvous.Config{DataDir: dir})
+	reg := prometheus.NewRegistry()
+	alice := tubetest.StartDaemon(t, "")
+	bob := tubetest.StartDaemonConfig(t, node.DaemonConfig{Registerer: reg})
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	bobEv := tubetest.Record(t, bob.C, "bob")
+
+	b, err := os.ReadFile(rendezvous.AdminFile(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info rendezvous.AdminInfo
+	json.Unmarshal(b, &info)
+	nc, err := nats.Connect(info.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	evil, _ := identity.Generate()
+	offer := []byte(`{"id":"FORGEDFORGEDFORG","service":"vnc","addrs":["127.0.0.1:1"]}`)
+	sig := evil.Sign(append([]byte("tubes-signed-message-v1\x00tube.offer\x00alice\x00bob\x00\x00"), offer...))
+	for _, body := range [][]byte{
+		offer, // unsigned, as before signing
+		[]byte(`{"body":` + string(offer) + `,"sig":"` + base64.StdEncoding.EncodeToString(sig) + `"}`), // signed by another key
+	} {
+		m, _ := json.Marshal(rendezvous.Message{From: "alice", Kind: "tube.offer", Body: body})
+		if err := nc.Publish("tube.inbox.bob.msg", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Flush()
+
+	// alice's real offer comes after both on bob's inbox.
+	if _, err := alice.C.Export(ctx, "alice", api.Export{Service: "vnc", TCP: "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	real, err := alice.C.Offer(ctx, "alice", api.OfferRequest{Service: "vnc", To: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobEv.MustWait("alice's real offer", func(e api.Event) bool { return e.Type == api.EventNewTube && e.TubeID == real.ID })
+	if _, ok := bobEv.Wait(func(e api.Event) bool { return e.Type == api.EventNewTube && e.TubeID == "FORGEDFORGEDFORG" }, 0); ok {
+		t.Fatal("bob's daemon took the forged offer")
+	}
+	if got := counterValue(t, reg, "tube_daemon_forged_messages_total"); got != 2 {
+		t.Fatalf("forged messages counted: %v, want 2", got)
+	}
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

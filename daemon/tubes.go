@@ -131,7 +131,15 @@ func (a *account) newTubes() error {
 		},
 		TURN:      a.turnConfig,
 		Published: func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
-		Connect:   a.d.connectActivated,
+		PinnedKey: func(name string) (identity.PublicKey, bool) {
+			cur, ok := a.pins.get(name)
+			if !ok {
+				return nil, false
+			}
+			k, err := identity.ParsePublicKey(cur.Key)
+			return k, err == nil
+		},
+		Connect: a.d.connectActivated,
 		Need: func(rooms, contacts bool) {
 			for tok, on := range map[string]bool{api.InterestRooms: rooms, api.InterestContactList: contacts} {
 				if on {

@@ -157,7 +157,7 @@ func (m *Manager) CloseTube(id string) error {
 	go func() {
 		ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
 		defer cancel()
-		if _, err := m.cfg.Signaller.Send(ctx, to, room, kindClose, body); err != nil {
+		if _, err := m.send(ctx, to, room, kindClose, body); err != nil {
 			m.log.Info("could not tell the peer a tube closed", "tube", t.id, "err", err)
 		}
 	}()

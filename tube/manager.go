@@ -48,6 +48,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
@@ -113,6 +114,10 @@ type Config struct {
 	// from is the contact asking: the daemon also checks it holds the
 	// capabilities the service requires.
 	Published func(service, from string) (api.Export, bool)
+	// PinnedKey gives the key pinned for an account, if there is one:
+	// incoming messages are checked against it. Without it (or before a
+	// key is pinned) the key comes from Signaller.Keys.
+	PinnedKey func(name string) (identity.PublicKey, bool)
 }
 
 // Manager holds one account's exports, tubes and peer links.
@@ -142,7 +147,13 @@ type Manager struct {
 	alloc       *turnclient.Client // while we offer tubes (guarded by mu)
 	allocServer string
 	permits     map[string]chan permittedMsg // relay permission requests awaiting answers
+
+	forged atomic.Uint64 // messages dropped: not signed by their sender's pinned key
 }
+
+// Forged counts the tube messages dropped because they were not signed
+// by their sender's pinned key.
+func (m *Manager) Forged() uint64 { return m.forged.Load() }
 
 // tube is one tube, either direction.
 type tube struct {
@@ -278,8 +289,13 @@ func (m *Manager) updateNeed() {
 
 // OnMessage handles a tube.* delivery from the rendezvous. It does not
 // block: network work runs in its own goroutines.
-func (m *Manager) OnMessage(from, room, kind string, body []byte) {
-	var err error
+func (m *Manager) OnMessage(from, room, kind string, data []byte) {
+	body, err := m.openSigned(from, room, kind, data)
+	if err != nil {
+		m.forged.Add(1)
+		m.log.Warn("dropped a tube message", "from", from, "room", room, "kind", clip(kind), "err", err)
+		return
+	}
 	switch kind {
 	case kindOffer:
 		err = m.onOffer(from, room, body)

@@ -197,6 +197,6 @@ func (m *Manager) sendOfferWith(ctx context.Context, t *tube, to string, key ide
 	m.mu.Unlock()
 	msg := offerMsg{ID: t.id, Service: t.service, Addrs: m.peerAddrs(), Path: t.wantPath, Relay: relay, Params: sealed, Request: request}
 	room := t.room
-	_, err = m.cfg.Signaller.Send(ctx, to, room, kindOffer, mustJSON(msg))
+	_, err = m.send(ctx, to, room, kindOffer, mustJSON(msg))
 	return err
 }

@@ -17,8 +17,12 @@ type sentOffers struct {
 }
 
 func (s *sentOffers) Send(_ context.Context, to, room, kind string, body []byte) ([]string, error) {
+	var env signedMsg
 	var o offerMsg
-	if err := json.Unmarshal(body, &o); err != nil {
+	if err := json.Unmarshal(body, &env); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(env.Body, &o); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()

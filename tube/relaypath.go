@@ -262,7 +262,7 @@ func (m *Manager) askPermit(ctx context.Context, peer, room string, ip netip.Add
 	}()
 	ctx, cancel := context.WithTimeout(ctx, permitTimeout)
 	defer cancel()
-	if _, err := m.cfg.Signaller.Send(ctx, peer, room, kindPermit, mustJSON(permitMsg{ID: id, IP: ip.String()})); err != nil {
+	if _, err := m.send(ctx, peer, room, kindPermit, mustJSON(permitMsg{ID: id, IP: ip.String()})); err != nil {
 		return err
 	}
 	select {
@@ -309,7 +309,7 @@ func (m *Manager) onPermit(from, room string, body []byte) error {
 				m.log.Debug("relay permission added", "for", from, "ip", p.IP)
 			}
 		}
-		if _, err := m.cfg.Signaller.Send(ctx, from, room, kindPermitted, mustJSON(ans)); err != nil {
+		if _, err := m.send(ctx, from, room, kindPermitted, mustJSON(ans)); err != nil {
 			m.log.Info("relay permission answer not delivered", "to", from, "err", err)
 		}
 	}()

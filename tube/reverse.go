@@ -133,7 +133,7 @@ func (m *Manager) Open(ctx context.Context, req api.OpenRequest) (api.Tube, erro
 		delete(m.opens, rid)
 		m.mu.Unlock()
 	}()
-	if _, err := m.cfg.Signaller.Send(ctx, req.Contact, req.Room, kindRequest, mustJSON(requestMsg{Request: rid, Service: req.Service})); err != nil {
+	if _, err := m.send(ctx, req.Contact, req.Room, kindRequest, mustJSON(requestMsg{Request: rid, Service: req.Service})); err != nil {
 		return api.Tube{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, openTimeout)
@@ -167,7 +167,7 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 		defer cancel()
 		refuse := func(name, msg, detail string) {
 			m.log.Info("refused a tube request", "from", from, "room", room, "service", r.Service, "why", msg, "detail", detail)
-			m.cfg.Signaller.Send(ctx, from, room, kindRefuse, mustJSON(refuseMsg{Request: r.Request, Error: name, Message: msg}))
+			m.send(ctx, from, room, kindRefuse, mustJSON(refuseMsg{Request: r.Request, Error: name, Message: msg}))
 		}
 		m.mu.Lock()
 		e := m.exports[r.Service]
