@@ -149,6 +149,15 @@ type AddAccountRequest struct {
 	Register bool   `json:"register,omitempty"`
 	Invite   string `json:"invite,omitempty"` // invitation code for closed registration
 	CA       string `json:"ca,omitempty"`     // PEM of a CA (or self-signed certificate) to trust for a TLS relay
+	// Key is an account key exported from another daemon (PEM, as GET
+	// …/key gives it): the account moves here with its identity.
+	Key string `json:"key,omitempty"`
+}
+
+// AccountKey is the body of GET /v1/accounts/{name}/key: the account's
+// private key, PEM (PKCS#8). It is the account: keep it secret.
+type AccountKey struct {
+	Key string `json:"key"`
 }
 
 // HandlesRequest is the body of POST /v1/accounts/{name}/handles/request.

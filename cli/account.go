@@ -9,12 +9,15 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/connection"
+	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/internal/atomicfile"
+	"github.com/tubes-dev/tubes/tperr"
 )
 
 func accountCmd(e *env) *cobra.Command {
-	cmd := &cobra.Command{Use: "account", Short: "Add, list and remove accounts"}
+	cmd := &cobra.Command{Use: "account", Short: "Add, list, remove and export accounts"}
 	var req api.AddAccountRequest
-	var caFile string
+	var caFile, keyFile string
 	add := &cobra.Command{
 		Use:   "add NAME --server HOST:PORT",
 		Short: "Create the account's key, register it when asked (--register), and connect",
@@ -32,6 +35,20 @@ func accountCmd(e *env) *cobra.Command {
 					return fmt.Errorf("cannot read --ca: %v", err)
 				}
 				req.CA = string(b)
+			}
+			if keyFile != "" {
+				if req.Register {
+					return usagef("--key brings an account registered already; it does not go with --register")
+				}
+				k, err := identity.Load(keyFile) // refuses a key file others can read
+				if err != nil {
+					return fmt.Errorf("cannot use --key %s: %v", keyFile, tperr.Reason(err))
+				}
+				b, err := k.PEM()
+				if err != nil {
+					return err
+				}
+				req.Key = string(b)
 			}
 			req.Name = args[0]
 			a, err := e.client().AddAccount(cmd.Context(), req)
@@ -57,6 +74,7 @@ func accountCmd(e *env) *cobra.Command {
 	add.Flags().BoolVar(&req.Register, "register", false, "register the account on the relay")
 	add.Flags().StringVar(&req.Invite, "invite", "", "invitation code from the relay's operator (closed registration)")
 	add.Flags().StringVar(&caFile, "ca", "", "PEM file of the CA (or self-signed certificate) of a TLS relay")
+	add.Flags().StringVar(&keyFile, "key", "", "bring the account from another machine: the key file tube account export wrote there")
 	jsonFlag(add, e)
 
 	list := &cobra.Command{
@@ -88,7 +106,28 @@ func accountCmd(e *env) *cobra.Command {
 			return e.client().RemoveAccount(cmd.Context(), args[0])
 		},
 	}
-	cmd.AddCommand(add, list, remove)
+	var out string
+	export := &cobra.Command{
+		Use:   "export NAME --out FILE",
+		Short: "Write the account's private key to FILE (mode 0600), to move the account with tube account add --key",
+		Args:  exactArgs(1, "an account NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usagef("tube account export needs --out FILE: the key is the account, and is not printed")
+			}
+			k, err := e.client().ExportKey(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if err := atomicfile.WriteFile(out, []byte(k.Key), 0o600); err != nil {
+				return fmt.Errorf("cannot write %s: %v", out, tperr.Reason(err))
+			}
+			fmt.Fprintf(e.stderr, "wrote %s's key to %s: anyone with this file is %s; move it, then remove the account here (tube account remove %s)\n", args[0], out, args[0], args[0])
+			return nil
+		},
+	}
+	export.Flags().StringVar(&out, "out", "", "the file to write (created with mode 0600)")
+	cmd.AddCommand(add, list, remove, export)
 	return cmd
 }
 

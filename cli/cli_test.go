@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -320,5 +322,52 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// An account moves to another machine with its key: export writes it
+// (mode 0600, never to stdout), add --key brings it, and the account is
+// the same one there (same key, its contacts), its old daemon replaced.
+func TestAccountKeyExportImport(t *testing.T) {
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	da, db, dc := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	mustTube(t, da.Socket, "account", "add", "alice", "--server", relay.URL(), "--register")
+	mustTube(t, dc.Socket, "account", "add", "bob", "--server", relay.URL(), "--register")
+	mustTube(t, da.Socket, "contact", "add", "bob")
+	mustTube(t, dc.Socket, "contact", "approve", "alice")
+	file := filepath.Join(t.TempDir(), "alice.key")
+	if code, _, errs := tube(t, da.Socket, "account", "export", "alice"); code != cli.ExitUsage || !strings.Contains(errs, "--out") {
+		t.Fatalf("export without --out: exit %d %s", code, errs)
+	}
+	if code, out, _ := tube(t, da.Socket, "account", "export", "alice", "--out", file); code != 0 || out != "" {
+		t.Fatalf("export: exit %d, stdout %q", code, out)
+	}
+	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("exported key file: %v %v, want mode 0600", st, err)
+	}
+	if code, _, errs := tube(t, db.Socket, "account", "add", "alice", "--server", relay.URL(), "--key", file, "--register"); code != cli.ExitUsage {
+		t.Fatalf("--key with --register: exit %d %s", code, errs)
+	}
+	var a struct{ Key, Status string }
+	json.Unmarshal([]byte(mustTube(t, db.Socket, "account", "add", "alice", "--server", relay.URL(), "--key", file, "--json")), &a)
+	var orig []struct{ Key, Status, Reason string }
+	json.Unmarshal([]byte(mustTube(t, da.Socket, "account", "list", "--json")), &orig)
+	if a.Status != "Connected" || len(orig) != 1 || a.Key != orig[0].Key {
+		t.Fatalf("imported alice %+v, original %+v: want the same key, connected", a, orig)
+	}
+	var contacts []struct{ Name, State string }
+	json.Unmarshal([]byte(mustTube(t, db.Socket, "contact", "list", "--json")), &contacts)
+	if len(contacts) != 1 || contacts[0].Name != "bob" || contacts[0].State != "contact" {
+		t.Fatalf("the moved account's contacts: %+v", contacts)
+	}
+	// Another account's key does not make anyone alice: the relay refuses
+	// the login.
+	dd := tubetest.StartDaemon(t, "")
+	mustTube(t, dd.Socket, "account", "add", "carol", "--server", relay.URL(), "--register")
+	other := filepath.Join(t.TempDir(), "carol.key")
+	mustTube(t, dd.Socket, "account", "export", "carol", "--out", other)
+	de := tubetest.StartDaemon(t, "")
+	if code, _, errs := tube(t, de.Socket, "account", "add", "alice", "--server", relay.URL(), "--key", other); code != cli.ExitFailure || !strings.Contains(errs, "not connected") {
+		t.Fatalf("alice with carol's key: exit %d %s", code, errs)
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/connection"
+	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/registry"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
@@ -264,9 +265,24 @@ func (d *Daemon) AddAccount(ctx context.Context, req api.AddAccountRequest) (api
 		d.mu.Unlock()
 	}
 
-	key, created, err := d.store.key(name)
+	var (
+		key     *identity.Key
+		created bool
+	)
+	if req.Key != "" {
+		if key, err = identity.Parse([]byte(req.Key)); err != nil {
+			release()
+			return api.Account{}, tperr.New(tperr.InvalidArgument, "the key given for %s is not an account key (a PEM PRIVATE KEY, as tube account export writes it)", name)
+		}
+		created, err = d.store.importKey(name, key)
+	} else {
+		key, created, err = d.store.key(name)
+	}
 	if err != nil {
 		release()
+		if tperr.Name(err) != "" {
+			return api.Account{}, err
+		}
 		return api.Account{}, fmt.Errorf("daemon: account key: %w", err)
 	}
 	st := accountState{Name: name, Server: strings.TrimSpace(req.Server), CA: req.CA, AutoConnect: true}
@@ -308,6 +324,22 @@ func (d *Daemon) AddAccount(ctx context.Context, req api.AddAccountRequest) (api
 	defer cancel()
 	a.waitAttempt(wctx)
 	return a.snapshot(), nil
+}
+
+// ExportKey returns an account's private key (PEM), to move the account
+// to another daemon (AddAccount with Key). The local API gives it only to
+// the daemon's own user; it is never logged.
+func (d *Daemon) ExportKey(name string) (api.AccountKey, error) {
+	a, err := d.account(name)
+	if err != nil {
+		return api.AccountKey{}, err
+	}
+	b, err := d.store.exportKey(a.name)
+	if err != nil {
+		return api.AccountKey{}, tperr.Wrap(err, tperr.NotAvailable, "the key of %s cannot be read", a.name)
+	}
+	d.log.Info("account key exported", "account", a.name)
+	return api.AccountKey{Key: string(b)}, nil
 }
 
 // RemoveAccount disconnects an account and deletes it and its key.

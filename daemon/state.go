@@ -9,6 +9,7 @@ import (
 
 	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/internal/atomicfile"
+	"github.com/tubes-dev/tubes/tperr"
 )
 
 // The state directory (mode 0700) holds:
@@ -93,6 +94,34 @@ func (s *store) key(name string) (k *identity.Key, created bool, err error) {
 		return nil, false, err
 	}
 	return k, true, nil
+}
+
+// importKey saves k as name's key. A different key already there is an
+// error: importing must not overwrite an identity. created says whether
+// the file is new, as for key.
+func (s *store) importKey(name string, k *identity.Key) (created bool, err error) {
+	old, err := identity.Load(s.keyPath(name))
+	switch {
+	case err == nil && old.Public().Equal(k.Public()):
+		return false, nil
+	case err == nil:
+		return false, tperr.New(tperr.NotAvailable, "this daemon holds another key for %s already (%s); remove it first if the imported one should replace it", name, s.keyPath(name))
+	case !errors.Is(err, os.ErrNotExist):
+		return false, err
+	}
+	if err := os.MkdirAll(filepath.Dir(s.keyPath(name)), 0o700); err != nil {
+		return false, err
+	}
+	return true, k.Save(s.keyPath(name))
+}
+
+// exportKey returns name's key file as it is saved.
+func (s *store) exportKey(name string) ([]byte, error) {
+	k, err := identity.Load(s.keyPath(name))
+	if err != nil {
+		return nil, err
+	}
+	return k.PEM()
 }
 
 func (s *store) removeKey(name string) error {

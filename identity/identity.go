@@ -81,11 +81,20 @@ func Parse(b []byte) (*Key, error) {
 
 // Save writes the key as PKCS#8 PEM, mode 0600, atomically.
 func (k *Key) Save(path string) error {
+	b, err := k.PEM()
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(path, b, 0o600)
+}
+
+// PEM encodes the key as PKCS#8 PEM, the form Save writes and Parse reads.
+func (k *Key) PEM() ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(k.priv)
 	if err != nil {
-		return fmt.Errorf("identity: %w", err)
+		return nil, fmt.Errorf("identity: %w", err)
 	}
-	return atomicfile.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
 // Public returns the public half.

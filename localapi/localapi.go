@@ -239,6 +239,9 @@ func (s *Server) routes() {
 	s.handle("GET /v1/accounts/{name}/presence", func(r *http.Request) (any, error) {
 		return d.Presence(r.Context(), r.PathValue("name"))
 	})
+	s.handle("GET /v1/accounts/{name}/key", func(r *http.Request) (any, error) {
+		return d.ExportKey(r.PathValue("name"))
+	})
 	s.handle("GET /v1/accounts/{name}/rooms", func(r *http.Request) (any, error) {
 		return d.Rooms(r.Context(), r.PathValue("name"))
 	})

@@ -187,6 +187,13 @@ func (c *Client) AddAccount(ctx context.Context, req api.AddAccountRequest) (api
 	return fetch[api.Account](ctx, c, "POST", "/v1/accounts", nil, req)
 }
 
+// ExportKey returns an account's private key (PEM): with it, AddAccount
+// (Key) moves the account to another daemon. It is the account's
+// identity: keep it secret.
+func (c *Client) ExportKey(ctx context.Context, name string) (api.AccountKey, error) {
+	return fetch[api.AccountKey](ctx, c, "GET", "/v1/accounts/"+acct(name)+"/key", nil, nil)
+}
+
 // RemoveAccount deletes an account and its key from the daemon.
 func (c *Client) RemoveAccount(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", "/v1/accounts/"+acct(name), nil, nil, nil)
