@@ -48,9 +48,10 @@ try next are printed.`,
 
 // demo prints numbered steps with the time since the start.
 type demo struct {
-	e     *env
-	start time.Time
-	step  int
+	e        *env
+	start    time.Time
+	step     int
+	pinShown bool
 }
 
 func (d *demo) say(format string, a ...any) {
@@ -125,7 +126,7 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 		if a.Status != "Connected" {
 			return fmt.Errorf("demo: %s is %s after registering: %s", name, a.Status, a.Message)
 		}
-		d.say("%s registered and connected (key %s)", name, a.Fingerprint)
+		d.say("%s registered and connected (safety number %s)", name, a.SafetyNumber)
 	}
 	if err := alice.AddClientInterest(ctx, "alice", api.InterestPresence); err != nil {
 		return err
@@ -268,6 +269,9 @@ func demoTube(ctx context.Context, d *demo, alice, bob *localclient.Client, alic
 		return fmt.Errorf("demo: bob got parameters %v", in.Parameters)
 	}
 	d.say("bob sees the offer (%s) with its parameters, sealed to his key on the way", in.State)
+	if err := d.checkPinned(ctx, alice, bob); err != nil {
+		return err
+	}
 	acc, err := bob.Accept(ctx, t.ID, api.AcceptRequest{})
 	if err != nil {
 		return fmt.Errorf("demo: bob could not accept: %w", err)
@@ -338,4 +342,27 @@ func waitEvent(ctx context.Context, s *localclient.Stream, f func(api.Event) boo
 			return api.Event{}, ctx.Err()
 		}
 	}
+}
+
+// checkPinned shows, once, that bob's daemon pinned the key alice's offer
+// was signed with, and that it is alice's own: the number the two would
+// compare to be sure the relay swapped nothing.
+func (d *demo) checkPinned(ctx context.Context, alice, bob *localclient.Client) error {
+	if d.pinShown {
+		return nil
+	}
+	a, err := alice.Account(ctx, "alice")
+	if err != nil {
+		return err
+	}
+	c, err := bob.Contact(ctx, "bob", "alice")
+	if err != nil {
+		return err
+	}
+	if c.Pinned == nil || c.Pinned.SafetyNumber != a.SafetyNumber {
+		return fmt.Errorf("demo: bob pinned %+v for alice, whose own safety number is %s", c.Pinned, a.SafetyNumber)
+	}
+	d.pinShown = true
+	d.say("bob's daemon pinned the key alice's offer was signed with: safety number %s, the one alice's own account shows (tube contact verify alice NUMBER, once they compared)", c.Pinned.SafetyNumber)
+	return nil
 }
