@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 	})
 	forged := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "tube_daemon_forged_messages_total",
-		Help: "Tube messages dropped because they were not signed by their sender's pinned key.",
+		Help: "Tube and service messages dropped because they were not signed by their sender's pinned key.",
 	}, func() float64 {
 		d.mu.Lock()
 		defer d.mu.Unlock()

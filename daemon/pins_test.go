@@ -164,9 +164,12 @@ func TestForgedOfferDropped(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A catalog entry "from alice", unsigned.
+	m, _ := json.Marshal(rendezvous.Message{From: "alice", Kind: "svc.published", Body: []byte(`{"service":{"name":"Phish"}}`)})
+	nc.Publish("tube.inbox.bob.msg", m)
 	nc.Flush()
 
-	// alice's real offer comes after both on bob's inbox.
+	// alice's real offer comes after all three on bob's inbox.
 	if _, err := alice.C.Export(ctx, "alice", api.Export{Service: "vnc", TCP: "127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -178,8 +181,8 @@ func TestForgedOfferDropped(t *testing.T) {
 	if _, ok := bobEv.Wait(func(e api.Event) bool { return e.Type == api.EventNewTube && e.TubeID == "FORGEDFORGEDFORG" }, 0); ok {
 		t.Fatal("bob's daemon took the forged offer")
 	}
-	if got := counterValue(t, reg, "tube_daemon_forged_messages_total"); got != 2 {
-		t.Fatalf("forged messages counted: %v, want 2", got)
+	if got := counterValue(t, reg, "tube_daemon_forged_messages_total"); got != 3 {
+		t.Fatalf("forged messages counted: %v, want 3", got)
 	}
 }
 

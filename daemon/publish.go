@@ -129,7 +129,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	if err := normalizeNames(&p.To, &p.Room); err != nil {
 		return p, err
 	}
-	a, c, err := d.live(name)
+	a, _, err := d.live(name)
 	if err != nil {
 		return p, err
 	}
@@ -139,7 +139,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	}
 	p.Service = desc.Name
 	body, _ := json.Marshal(publishedMsg{Service: publicForm(desc)})
-	if _, err := c.Send(ctx, p.To, p.Room, kindPublished, body); err != nil {
+	if _, err := a.tubes.SendSigned(ctx, p.To, p.Room, kindPublished, body); err != nil {
 		return p, err
 	}
 	d.pubs.mu.Lock()
@@ -188,10 +188,10 @@ func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) 
 }
 
 func (d *Daemon) sendWithdrawn(ctx context.Context, a *account, p api.Publication) {
-	c, err := a.conn()
+	_, err := a.conn()
 	if err == nil {
 		body, _ := json.Marshal(withdrawnMsg{Service: p.Service})
-		_, err = c.Send(ctx, p.To, p.Room, kindWithdrawn, body)
+		_, err = a.tubes.SendSigned(ctx, p.To, p.Room, kindWithdrawn, body)
 	}
 	if err != nil {
 		a.log.Info("withdrawal not delivered", "service", p.Service, "to", p.To, "room", p.Room, "err", err)
@@ -263,7 +263,7 @@ func (d *Daemon) Browse(ctx context.Context, name string, req api.BrowseRequest)
 	if _, err := registry.Select(req.Filter, nil, registry.RemoteScope); err != nil {
 		return nil, serviceErr(err)
 	}
-	a, c, err := d.live(name)
+	a, _, err := d.live(name)
 	if err != nil {
 		return nil, err
 	}
@@ -278,7 +278,7 @@ func (d *Daemon) Browse(ctx context.Context, name string, req api.BrowseRequest)
 		d.pubs.mu.Unlock()
 	}()
 	body, _ := json.Marshal(browseMsg{ID: id})
-	got, err := c.Send(ctx, req.Contact, req.Room, kindBrowse, body)
+	got, err := a.tubes.SendSigned(ctx, req.Contact, req.Room, kindBrowse, body)
 	if err != nil {
 		return nil, err
 	}
@@ -352,6 +352,12 @@ func (a *account) serviceMessage(m rendezvous.Message) bool {
 	if !isServiceKind(m.Kind) {
 		return false
 	}
+	body, err := a.tubes.OpenSigned(m.From, m.Room, m.Kind, m.Body)
+	if err != nil {
+		a.log.Warn("dropped a service message", "from", m.From, "room", m.Room, "kind", m.Kind, "err", err)
+		return true
+	}
+	m.Body = body
 	if err := a.d.onServiceMessage(a, m); err != nil {
 		a.log.Warn("ignored a service message", "from", m.From, "room", m.Room, "kind", m.Kind, "err", err)
 	}
@@ -484,9 +490,9 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	body, _ := json.Marshal(catalogMsg{ID: id, Services: out, Defaults: defaults})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := a.conn()
+	_, err := a.conn()
 	if err == nil {
-		_, err = c.Send(ctx, from, room, kindCatalog, body)
+		_, err = a.tubes.SendSigned(ctx, from, room, kindCatalog, body)
 	}
 	if err != nil {
 		a.log.Info("catalog not delivered", "to", from, "room", room, "err", err)
