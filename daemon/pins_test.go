@@ -3,13 +3,10 @@ package daemon_test
 import (
 	"encoding/base64"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tubes-dev/tubes/api"
@@ -25,33 +22,12 @@ import (
 // returns the key it put there.
 func swapKey(t *testing.T, dataDir, name string) identity.PublicKey {
 	t.Helper()
-	b, err := os.ReadFile(rendezvous.AdminFile(dataDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var info rendezvous.AdminInfo
-	if err := json.Unmarshal(b, &info); err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(info.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctx, "tubes")
-	if err != nil {
-		t.Fatal(err)
-	}
 	evil, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec, _ := json.Marshal(map[string]any{"name": name, "key": evil.Public().String(), "created": time.Now().UTC()})
-	if _, err := kv.Put(ctx, "acct."+name, rec); err != nil {
+	if _, err := tubetest.RelayState(t, dataDir).Put(ctx, "acct."+name, rec); err != nil {
 		t.Fatal(err)
 	}
 	return evil.Public()
@@ -141,17 +117,7 @@ func TestForgedOfferDropped(t *testing.T) {
 	tubetest.Befriend(t, alice, "alice", bob, "bob")
 	bobEv := tubetest.Record(t, bob.C, "bob")
 
-	b, err := os.ReadFile(rendezvous.AdminFile(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var info rendezvous.AdminInfo
-	json.Unmarshal(b, &info)
-	nc, err := nats.Connect(info.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := tubetest.RelayConn(t, dir)
 	evil, _ := identity.Generate()
 	offer := []byte(`{"id":"FORGEDFORGEDFORG","service":"vnc","addrs":["127.0.0.1:1"]}`)
 	sig := evil.Sign(append([]byte("tubes-signed-message-v1\x00tube.offer\x00alice\x00bob\x00\x00"), offer...))

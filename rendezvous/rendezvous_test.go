@@ -435,15 +435,7 @@ func TestClosedRegistration(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Name != tperr.PermissionDenied {
 		t.Fatalf("register on closed relay: %v", err)
 	}
-	info, err := readAdmin(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	adm, err := rendezvous.DialAdmin(ctx, info)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := dialAdmin(t, dir)
 	code, err := adm.UserAdd(ctx, "dave", "")
 	if err != nil || code == "" {
 		t.Fatalf("user add: %q %v", code, err)
@@ -485,6 +477,21 @@ func TestClosedRegistration(t *testing.T) {
 	if err := adm.UserRemove(ctx, "erin"); !tperr.Has(err, tperr.DoesNotExist) {
 		t.Fatalf("remove twice: %v", err)
 	}
+}
+
+// dialAdmin connects as the relay's operator (tube relay user …).
+func dialAdmin(t *testing.T, dir string) *rendezvous.Admin {
+	t.Helper()
+	info, err := readAdmin(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm, err := rendezvous.DialAdmin(context.Background(), info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(adm.Close)
+	return adm
 }
 
 func readAdmin(dir string) (rendezvous.AdminInfo, error) {

@@ -7,8 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tubes-dev/tubes/internal/tubetest"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -182,25 +181,8 @@ func TestRoomMembershipControl(t *testing.T) {
 // stopped half-way, leaves behind.
 func plant(t *testing.T, dir, key string, v any) {
 	t.Helper()
-	info, err := readAdmin(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(info.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(context.Background(), "tubes")
-	if err != nil {
-		t.Fatal(err)
-	}
 	b, _ := json.Marshal(v)
-	if _, err := kv.Put(context.Background(), key, b); err != nil {
+	if _, err := tubetest.RelayState(t, dir).Put(context.Background(), key, b); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -269,16 +251,7 @@ func TestInvitationsEnd(t *testing.T) {
 	if _, err := alice.c.RoomInvite(ctx, "lab", "dave"); err != nil {
 		t.Fatal(err)
 	}
-	info, err := readAdmin(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	adm, err := rendezvous.DialAdmin(ctx, info)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
-	if err := adm.UserRemove(ctx, "dave"); err != nil {
+	if err := dialAdmin(t, dir).UserRemove(ctx, "dave"); err != nil {
 		t.Fatal(err)
 	}
 	dave2 := register(t, s, "dave")

@@ -4,6 +4,7 @@ package tubetest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/internal/serve"
@@ -172,6 +175,42 @@ func Befriend(t testing.TB, a *Daemon, an string, b *Daemon, bn string) {
 	if c, err := b.C.ApproveContact(ctx, bn, an); err != nil || c.State != "contact" {
 		t.Fatalf("%s approves %s: %+v %v", bn, an, c, err)
 	}
+}
+
+// RelayConn connects to a relay whose data directory is dataDir with the
+// relay's own service credentials: what its operator (or whoever takes
+// it over) can do, such as publish into any account's inbox.
+func RelayConn(t testing.TB, dataDir string) *nats.Conn {
+	t.Helper()
+	b, err := os.ReadFile(rendezvous.AdminFile(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info rendezvous.AdminInfo
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(info.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// RelayState opens the state bucket of that relay, as RelayConn does:
+// the operator can write any record in it.
+func RelayState(t testing.TB, dataDir string) jetstream.KeyValue {
+	t.Helper()
+	js, err := jetstream.New(RelayConn(t, dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), "tubes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
 }
 
 // InviteAndJoin has owner (or an admin) invite member, a contact of
