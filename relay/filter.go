@@ -12,8 +12,11 @@ import (
 // By default it refuses every address that is not globally routable:
 // loopback, unspecified, private (RFC 1918, fc00::/7), shared (RFC 6598),
 // link-local (169.254/16 with the 169.254.169.254 metadata service,
-// fe80::/10), multicast and broadcast, also when written as IPv4-mapped,
-// IPv4-compatible or NAT64 IPv6 addresses. Operators widen it with Allow.
+// fe80::/10), site-local (fec0::/10), multicast and broadcast,
+// documentation and benchmarking ranges (198.18.0.0/15), also when written
+// as IPv4-mapped, IPv4-compatible or NAT64 IPv6 addresses; and the whole
+// of 6to4 (2002::/16), Teredo (2001::/32) and IPv4-translated
+// (::ffff:0:a.b.c.d) addresses. Operators widen it with Allow.
 type PeerFilter struct {
 	allow []netip.Prefix
 	// self are the relay host's own addresses: a peer there would reach
@@ -90,6 +93,15 @@ var (
 		netip.MustParsePrefix("198.51.100.0/24"), // documentation (TEST-NET-2)
 		netip.MustParsePrefix("203.0.113.0/24"),  // documentation (TEST-NET-3)
 		netip.MustParsePrefix("192.0.2.0/24"),    // documentation (TEST-NET-1)
+		netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking (RFC 2544): labs, never the internet
+		netip.MustParsePrefix("fec0::/10"),       // site-local (deprecated, RFC 3879; still routed inside sites)
+		// Transition prefixes whose addresses embed an IPv4 address a
+		// relay on an IPv6 path would reach through a gateway: refused
+		// whole, whatever IPv4 address they embed (RFC 3056 6to4, RFC
+		// 4380 Teredo, RFC 2765 IPv4-translated).
+		netip.MustParsePrefix("2002::/16"),
+		netip.MustParsePrefix("2001::/32"),
+		netip.MustParsePrefix("::ffff:0:0:0/96"),
 	}
 )
 

@@ -18,6 +18,8 @@ func TestPeerFilterDefault(t *testing.T) {
 		"::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::7f00:1", "fe80::1", "fe80::1%lo",
 		"fc00::1", "0.0.0.0", "::", "224.0.0.1", "ff02::1", "100.64.0.1", "255.255.255.255",
 		"::ffff:169.254.169.254", "::127.0.0.1", "::ffff:0.0.0.0",
+		"198.18.0.1", "198.19.255.254", "fec0::1", "feff::1", "2002:0808:0808::1", "2002:7f00:1::1",
+		"2001:0:4136:e378:8000:63bf:3fff:fdd2", "::ffff:0:7f00:1", "::ffff:0:808:808",
 	}
 	for _, s := range refused {
 		if ok, why := f.Allowed(netip.MustParseAddr(s)); ok {
@@ -26,7 +28,7 @@ func TestPeerFilterDefault(t *testing.T) {
 			t.Errorf("%s refused without a reason", s)
 		}
 	}
-	for _, s := range []string{"198.18.0.1", "8.8.8.8", "2001:4860::1", "::ffff:8.8.8.8", "64:ff9b::808:808"} {
+	for _, s := range []string{"198.20.0.1", "8.8.8.8", "2001:4860::1", "2001:1::1", "::ffff:8.8.8.8", "64:ff9b::808:808"} {
 		if ok, why := f.Allowed(netip.MustParseAddr(s)); !ok {
 			t.Errorf("%s refused by default: %s", s, why)
 		}
@@ -79,18 +81,18 @@ func TestPeerFilterAllow(t *testing.T) {
 // the host's services from inside), unless an operator allows them.
 func TestFilterDeniesSelf(t *testing.T) {
 	f, _ := relay.NewPeerFilter(nil)
-	f.DenySelf(netip.MustParseAddr("198.18.0.1"))
-	for _, s := range []string{"198.18.0.1", "::ffff:198.18.0.1"} {
+	f.DenySelf(netip.MustParseAddr("9.9.9.9"))
+	for _, s := range []string{"9.9.9.9", "::ffff:9.9.9.9"} {
 		if ok, why := f.Allowed(netip.MustParseAddr(s)); ok || !strings.Contains(why, "relay host") {
 			t.Errorf("%s: allowed=%v (%s)", s, ok, why)
 		}
 	}
-	if ok, _ := f.Allowed(netip.MustParseAddr("198.18.0.2")); !ok {
+	if ok, _ := f.Allowed(netip.MustParseAddr("9.9.9.10")); !ok {
 		t.Error("another public address refused")
 	}
-	g, _ := relay.NewPeerFilter([]string{"198.18.0.1/32"})
-	g.DenySelf(netip.MustParseAddr("198.18.0.1"))
-	if ok, _ := g.Allowed(netip.MustParseAddr("198.18.0.1")); !ok {
+	g, _ := relay.NewPeerFilter([]string{"9.9.9.9/32"})
+	g.DenySelf(netip.MustParseAddr("9.9.9.9"))
+	if ok, _ := g.Allowed(netip.MustParseAddr("9.9.9.9")); !ok {
 		t.Error("--allow-peer does not override the self rule")
 	}
 }
