@@ -213,6 +213,9 @@ type Member struct {
 	Owner  bool   `json:"owner"`
 	Admin  bool   `json:"admin,omitempty"`
 	Online bool   `json:"online"`
+	// Joined is when the member joined (the relay's clock): a member who
+	// left and joined again has a new one.
+	Joined time.Time `json:"joined,omitzero"`
 }
 
 // Roles in a room. The owner created it (and its leaving deletes it);

@@ -87,13 +87,14 @@ func (s *Service) opRoomCreate(ctx context.Context, me string, data []byte) (any
 			}
 		}
 	}
-	r := roomRecord{Name: room, Owner: me, Created: time.Now().UTC(), Open: req.Open, ID: randomID()}
+	acct, _ := s.store.view.account(me)
+	r := roomRecord{Name: room, Owner: me, Created: time.Now().UTC(), Open: req.Open, ID: randomID(), OwnerKey: acct.Key}
 	if err := s.store.create(ctx, "room."+room, r); errors.Is(err, errConflict) {
 		return nil, tperr.New(tperr.NotAvailable, "a room named %s already exists; pick another name", room)
 	} else if err != nil {
 		return nil, err
 	}
-	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: r.Created, Room: r.ID}); err != nil {
+	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: r.Created, Room: r.ID, Key: acct.Key}); err != nil {
 		return nil, err
 	}
 	return s.roomEntry(r, me), nil
@@ -118,7 +119,8 @@ func (s *Service) opRoomInvite(ctx context.Context, me string, data []byte) (any
 		return nil, tperr.New(tperr.AlreadyConnected, "%s is a member of room %s already", req.Name, req.Room)
 	}
 	r, _ := s.store.view.room(req.Room)
-	inv := invitationRecord{By: me, Created: time.Now().UTC(), Room: r.ID}
+	invitee, _ := s.store.view.account(req.Name)
+	inv := invitationRecord{By: me, Created: time.Now().UTC(), Room: r.ID, Key: invitee.Key}
 	if err := s.store.put(ctx, "invitation."+req.Room+"."+req.Name, inv); err != nil {
 		return nil, err
 	}
@@ -148,21 +150,21 @@ func (s *Service) opRoomJoin(ctx context.Context, me string, data []byte) (any, 
 		return nil, noRoom(room)
 	}
 	if s.store.view.isMember(room, me) {
+		// An invitation that raced the join must not outlive it (it
+		// would let a removed member straight back in).
+		s.dropInvitation(ctx, room, me)
 		return s.roomEntry(r, me), nil
 	}
-	if inv, invited := s.store.view.invitation(room, me); invited {
-		if role := s.store.view.role(room, inv.By); role != RoleOwner && role != RoleAdmin {
-			// The inviter lost the right to invite: the invitation went with it.
-			s.store.delete(ctx, "invitation."+room+"."+me)
-			return nil, noRoom(room)
-		}
+	if _, invited := s.store.view.invitation(room, me); invited {
+		// (invitation only counts while its inviter may invite.)
 		if err := s.takeInvitation(ctx, room, me, r.ID); err != nil {
 			return nil, err
 		}
 	} else if !r.Open {
 		return nil, noRoom(room)
 	}
-	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: time.Now().UTC(), Room: r.ID}); err != nil {
+	acct, _ := s.store.view.account(me)
+	if err := s.store.put(ctx, "member."+room+"."+me, memberRecord{Joined: time.Now().UTC(), Room: r.ID, Key: acct.Key}); err != nil {
 		return nil, err
 	}
 	online := s.pres.online(me)
@@ -175,6 +177,21 @@ func (s *Service) opRoomJoin(ctx context.Context, me string, data []byte) (any, 
 		s.publish(me, KindPresence, PresenceEvent{Name: m, Online: s.pres.online(m)})
 	}
 	return s.roomEntry(r, me), nil
+}
+
+// dropInvitation deletes any invitation of name to room, leftover or not.
+func (s *Service) dropInvitation(ctx context.Context, room, name string) {
+	if err := s.store.delete(ctx, "invitation."+room+"."+name); err != nil {
+		s.log.Warn("invitation not deleted", "room", room, "name", name, "err", err)
+	}
+}
+
+// dropInvitationsBy deletes the invitations name made to room: they end
+// with its right to invite.
+func (s *Service) dropInvitationsBy(ctx context.Context, room, name string) {
+	for _, n := range s.store.view.invitationsBy(name)[room] {
+		s.dropInvitation(ctx, room, n)
+	}
 }
 
 // takeInvitation deletes name's invitation to the room whose ID is id, if
@@ -228,7 +245,7 @@ func (s *Service) opRoomLeave(ctx context.Context, me string, data []byte) (any,
 		return nil, noRoom(room)
 	}
 	members := s.store.view.memberNames(room)
-	if r.Owner == me {
+	if s.store.view.role(room, me) == RoleOwner {
 		// The owner leaving ends the room (and every room tube in it).
 		if err := s.deleteRoom(ctx, room, members); err != nil {
 			return nil, err
@@ -238,6 +255,8 @@ func (s *Service) opRoomLeave(ctx context.Context, me string, data []byte) (any,
 	if err := s.store.delete(ctx, "member."+room+"."+me); err != nil {
 		return nil, err
 	}
+	s.dropInvitation(ctx, room, me)
+	s.dropInvitationsBy(ctx, room, me)
 	// Everyone, the leaver too: each daemon of the leaver's ends its room
 	// tubes, whichever of them asked.
 	for _, m := range members {
@@ -274,9 +293,13 @@ func (s *Service) opRoomRemove(ctx context.Context, me string, data []byte) (any
 				if err := s.takeInvitation(ctx, req.Room, req.Name, r.ID); err == nil {
 					return nil, nil
 				}
+				// Taken meanwhile: by a join, most likely, that may not
+				// have written its member record yet. Say so rather than
+				// "not a member".
 				if s.store.view.isMember(req.Room, req.Name) {
 					continue
 				}
+				return nil, tperr.New(tperr.ServiceBusy, "%s's invitation to room %s was taken meanwhile (a join?); look at the members and remove them again", req.Name, req.Room)
 			}
 			return nil, tperr.New(tperr.InvalidHandle, "%s is not a member of room %s", req.Name, req.Room)
 		case theirs == RoleOwner:
@@ -298,6 +321,8 @@ func (s *Service) opRoomRemove(ctx context.Context, me string, data []byte) (any
 		} else if err != nil {
 			return nil, err
 		}
+		s.dropInvitation(ctx, req.Room, req.Name)
+		s.dropInvitationsBy(ctx, req.Room, req.Name)
 		for _, m := range members {
 			s.publish(m, KindRooms, RoomEvent{Room: req.Room, Member: req.Name, Joined: false, Change: RoomRemoved, By: me})
 		}
@@ -347,6 +372,9 @@ func (s *Service) opRoomAdmin(ctx context.Context, me string, data []byte) (any,
 		} else if err != nil {
 			return nil, err
 		}
+		if req.Revoke {
+			s.dropInvitationsBy(ctx, req.Room, req.Name)
+		}
 		for _, m := range s.store.view.memberNames(req.Room) {
 			s.publish(m, KindRooms, RoomEvent{Room: req.Room, Member: req.Name, Joined: true, Change: RoomRole, Role: role, By: me})
 		}
@@ -376,7 +404,7 @@ func (s *Service) deleteRoom(ctx context.Context, room string, members []string)
 
 func (s *Service) memberEntry(room, name string) Member {
 	role := s.store.view.role(room, name)
-	return Member{Name: name, Owner: role == RoleOwner, Admin: role == RoleAdmin, Online: s.pres.online(name)}
+	return Member{Name: name, Owner: role == RoleOwner, Admin: role == RoleAdmin, Online: s.pres.online(name), Joined: s.store.view.joined(room, name)}
 }
 
 func (s *Service) opRoomMembers(ctx context.Context, me string, data []byte) (any, error) {

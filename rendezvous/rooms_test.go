@@ -244,8 +244,31 @@ func TestInvitationsEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	alice.c.RoomAdmin(ctx, "lab", "bob", true)
+	if invs, _ := carol.c.Invitations(ctx); len(invs) != 0 {
+		t.Fatalf("carol still lists a former admin's invitation: %+v", invs)
+	}
+	if _, rooms, _ := carol.c.Exists(ctx, nil, []string{"lab"}); rooms["lab"] {
+		t.Fatal("a former admin's invitee still finds the room")
+	}
+	alice.c.RoomAdmin(ctx, "lab", "bob", false) // admin again: the old invitation stays gone
 	if _, err := carol.c.RoomJoin(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Fatalf("joining on a former admin's invitation: %v, want PermissionDenied", err)
+	}
+
+	// An invitation that outlived its invitee's join (a re-invitation
+	// racing the join, here written directly) does not survive a removal.
+	e, err := tubetest.RelayState(t, dir).Get(ctx, "room.lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var room struct{ ID string }
+	json.Unmarshal(e.Value(), &room)
+	plant(t, dir, "invitation.lab.bob", map[string]any{"by": "alice", "created": time.Now().UTC(), "room": room.ID, "key": bob.key.Public().String()})
+	if err := alice.c.RoomRemove(ctx, "lab", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.c.RoomJoin(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Fatalf("a removed member joins again on an invitation from before: %v, want PermissionDenied", err)
 	}
 
 	if _, err := alice.c.RoomInvite(ctx, "lab", "dave"); err != nil {
@@ -254,6 +277,28 @@ func TestInvitationsEnd(t *testing.T) {
 	if err := dialAdmin(t, dir).UserRemove(ctx, "dave"); err != nil {
 		t.Fatal(err)
 	}
+	// And if the operator's removal stopped half-way (the relay died after
+	// deleting the account record), a later account of the name is still
+	// nobody in the rooms the first one was in.
+	befriend(t, alice, carol)
+	alice.c.RoomInvite(ctx, "lab", "carol")
+	if _, err := carol.c.RoomJoin(ctx, "lab"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tubetest.RelayState(t, dir).Delete(ctx, "acct.carol"); err != nil {
+		t.Fatal(err)
+	}
+	carol2 := register(t, s, "carol")
+	if rs, err := carol2.c.Rooms(ctx); err != nil || len(rs) != 0 {
+		t.Fatalf("the new carol inherits rooms: %+v (%v)", rs, err)
+	}
+	if _, err := carol2.c.RoomMembers(ctx, "lab"); !tperr.Has(err, tperr.PermissionDenied) {
+		t.Fatalf("the new carol lists lab's members: %v", err)
+	}
+	if ms, _ := alice.c.RoomMembers(ctx, "lab"); len(ms) != 1 {
+		t.Fatalf("lab's members after carol's account changed hands: %+v; want alice alone", ms)
+	}
+
 	dave2 := register(t, s, "dave")
 	if invs, err := dave2.c.Invitations(ctx); err != nil || len(invs) != 0 {
 		t.Fatalf("the new dave inherits %+v (%v)", invs, err)

@@ -65,18 +65,24 @@ type roomRecord struct {
 	// deletion, a deletion that stopped half-way) grants nothing in a
 	// room created later under the name.
 	ID string `json:"id,omitempty"`
+	// OwnerKey is the owner's account key: an account registered later
+	// under the owner's name (after the operator removed the first) owns
+	// nothing.
+	OwnerKey string `json:"owner_key,omitempty"`
 }
 
 type memberRecord struct {
 	Joined time.Time `json:"joined"`
 	Admin  bool      `json:"admin,omitempty"`
 	Room   string    `json:"room,omitempty"` // the roomRecord.ID joined
+	Key    string    `json:"key,omitempty"`  // the member's account key: a later account of the name is not a member
 }
 
 type invitationRecord struct {
 	By      string    `json:"by"`
 	Created time.Time `json:"created"`
 	Room    string    `json:"room,omitempty"` // the roomRecord.ID invited to
+	Key     string    `json:"key,omitempty"`  // the invitee's account key when invited
 }
 
 func pairKey(a, b string) (key string, first, second string) {
@@ -350,7 +356,23 @@ func (v *view) memberLocked(room, name string) (memberRecord, bool) {
 		return memberRecord{}, false
 	}
 	m, ok := v.members[room][name]
-	return m, ok && m.Room == r.ID
+	return m, ok && m.Room == r.ID && v.sameAccountLocked(name, m.Key)
+}
+
+// sameAccountLocked reports whether name's account still has key (a
+// record written before keys were kept, key "", counts). Callers hold
+// v.mu.
+func (v *view) sameAccountLocked(name, key string) bool {
+	if key == "" {
+		return true
+	}
+	a, ok := v.accounts[name]
+	return ok && a.Key == key
+}
+
+// ownerLocked reports whether name owns the existing room r.
+func (v *view) ownerLocked(r roomRecord, name string) bool {
+	return r.Owner == name && v.sameAccountLocked(name, r.OwnerKey)
 }
 
 // isMember reports whether name belongs to an existing room. The owner is
@@ -363,7 +385,7 @@ func (v *view) isMember(room, name string) bool {
 		return false
 	}
 	_, member := v.memberLocked(room, name)
-	return r.Owner == name || member
+	return v.ownerLocked(r, name) || member
 }
 
 // role returns name's role in an existing room, or "" if it is not a
@@ -376,7 +398,7 @@ func (v *view) role(room, name string) string {
 	switch {
 	case !ok:
 		return ""
-	case r.Owner == name:
+	case v.ownerLocked(r, name):
 		return RoleOwner
 	case member && m.Admin:
 		return RoleAdmin
@@ -384,6 +406,15 @@ func (v *view) role(room, name string) string {
 		return RoleMember
 	}
 	return ""
+}
+
+// joined returns when name joined the room (its member record's time),
+// or the zero time.
+func (v *view) joined(room, name string) time.Time {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m, _ := v.memberLocked(room, name)
+	return m.Joined
 }
 
 // invitation returns name's invitation to an existing room.
@@ -395,7 +426,7 @@ func (v *view) invitation(room, name string) (invitationRecord, bool) {
 		return invitationRecord{}, false
 	}
 	r, ok := v.invited[room][name]
-	return r, ok && r.Room == rr.ID
+	return r, ok && v.invitationValidLocked(rr, name, r)
 }
 
 // invitationsOf returns name's invitations to existing rooms, by room.
@@ -406,7 +437,7 @@ func (v *view) invitationsOf(name string) []Invitation {
 	for room := range v.invitesOf[name] {
 		rr, ok := v.rooms[room]
 		r := v.invited[room][name]
-		if !ok || r.Room != rr.ID {
+		if !ok || !v.invitationValidLocked(rr, name, r) {
 			continue
 		}
 		out = append(out, Invitation{Room: room, By: r.By, Created: r.Created})
@@ -425,6 +456,20 @@ func (v *view) inviteesOf(room string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// invitationValidLocked reports whether inv, name's invitation to the
+// existing room rr, counts: of this room, for this account, and made by
+// someone who may still invite (the owner or an admin).
+func (v *view) invitationValidLocked(rr roomRecord, name string, inv invitationRecord) bool {
+	if inv.Room != rr.ID || !v.sameAccountLocked(name, inv.Key) {
+		return false
+	}
+	if v.ownerLocked(rr, inv.By) {
+		return true
+	}
+	m, ok := v.memberLocked(rr.Name, inv.By)
+	return ok && m.Admin
 }
 
 // invitationsBy returns the invitations name made, as room → invitees.
@@ -454,9 +499,12 @@ func (v *view) memberNamesLocked(room string) []string {
 	if !ok {
 		return nil
 	}
-	set := map[string]bool{r.Owner: true}
-	for m, rec := range v.members[room] {
-		if rec.Room == r.ID {
+	set := map[string]bool{}
+	if v.ownerLocked(r, r.Owner) {
+		set[r.Owner] = true
+	}
+	for m := range v.members[room] {
+		if _, ok := v.memberLocked(room, m); ok {
 			set[m] = true
 		}
 	}
@@ -479,7 +527,7 @@ func (v *view) roomsOfAccount(name string) []roomRecord {
 		}
 	}
 	for _, r := range v.rooms {
-		if r.Owner == name {
+		if v.ownerLocked(r, name) {
 			set[r.Name] = true
 		}
 	}
