@@ -62,6 +62,22 @@ func (s signaller) Keys(ctx context.Context, names []string) (map[string]string,
 	return out, nil
 }
 
+func (s signaller) RoomJoins(ctx context.Context, room string) (map[string]time.Time, error) {
+	c, err := s.a.conn()
+	if err != nil {
+		return nil, err
+	}
+	ms, err := c.RoomMembers(ctx, room)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]time.Time, len(ms))
+	for _, m := range ms {
+		out[m.Name] = m.Joined
+	}
+	return out, nil
+}
+
 func (s signaller) RoomMembers(ctx context.Context, room string) ([]string, error) {
 	c, err := s.a.conn()
 	if err != nil {

@@ -49,6 +49,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
@@ -84,6 +85,9 @@ type Signaller interface {
 	Keys(ctx context.Context, names []string) (map[string]string, error)
 	// RoomMembers lists a room's members.
 	RoomMembers(ctx context.Context, room string) ([]string, error)
+	// RoomJoins gives each member of a room the time it joined, as the
+	// relay has it: a member who left and came back has a new one.
+	RoomJoins(ctx context.Context, room string) (map[string]time.Time, error)
 }
 
 // Config configures a Manager.
@@ -168,11 +172,12 @@ type tube struct {
 
 	// outgoing
 	exp          *export
-	members      map[string]bool // room tubes: members it was offered to, still in the room
-	laterMembers bool            // room tubes: offered to members who join later too
-	seq          uint64          // order of creation
-	only         string          // a room tube answering one member's request: offered to them alone
-	accepted     map[string]bool // who accepted it
+	members      map[string]bool      // room tubes: members it was offered to, still in the room
+	laterMembers bool                 // room tubes: offered to members who join later too
+	joined       map[string]time.Time // room tubes: when each member it was offered to had joined (the relay's clock)
+	seq          uint64               // order of creation
+	only         string               // a room tube answering one member's request: offered to them alone
+	accepted     map[string]bool      // who accepted it
 
 	// incoming
 	addrs     []string     // the offerer's direct addresses

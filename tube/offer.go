@@ -2,7 +2,9 @@ package tube
 
 import (
 	"context"
+	"maps"
 	"slices"
+	"time"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
@@ -47,13 +49,16 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	}
 	sig := m.cfg.Signaller
 	var recipients []string
+	var joinedAt map[string]time.Time
 	if req.Room == "" {
 		recipients = []string{req.To}
 	} else {
-		members, err := sig.RoomMembers(ctx, req.Room)
+		joins, err := sig.RoomJoins(ctx, req.Room)
 		if err != nil {
 			return api.Tube{}, err
 		}
+		joinedAt = joins
+		members := slices.Sorted(maps.Keys(joins))
 		if !slices.Contains(members, m.cfg.Account) {
 			return api.Tube{}, tperr.New(tperr.PermissionDenied, "you are not a member of room %s", req.Room)
 		}
@@ -97,7 +102,7 @@ func (m *Manager) offer(ctx context.Context, req api.OfferRequest, request strin
 	}
 	t := &tube{id: id, service: req.Service, peer: peer, room: req.Room, only: only, outgoing: true, state: NotOffered,
 		wantPath: req.Path, relay: relay, params: params, exp: e, members: map[string]bool{}, accepted: map[string]bool{}, conns: map[uint32]*tconn{},
-		laterMembers: req.Room != "" && req.LaterMembers}
+		laterMembers: req.Room != "" && req.LaterMembers, joined: joinedAt}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
@@ -30,8 +31,9 @@ func (s *sentOffers) Send(_ context.Context, to, room, kind string, body []byte)
 	s.mu.Unlock()
 	return []string{to}, nil
 }
-func (*sentOffers) Keys(context.Context, []string) (map[string]string, error) { return nil, nil }
-func (*sentOffers) RoomMembers(context.Context, string) ([]string, error)     { return nil, nil }
+func (*sentOffers) Keys(context.Context, []string) (map[string]string, error)       { return nil, nil }
+func (*sentOffers) RoomMembers(context.Context, string) ([]string, error)           { return nil, nil }
+func (*sentOffers) RoomJoins(context.Context, string) (map[string]time.Time, error) { return nil, nil }
 
 // An offer re-sent while the relay allocation is being replaced (reallocate
 // after the TURN server dropped it) reads the tube's relay under the

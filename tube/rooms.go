@@ -127,6 +127,19 @@ func (m *Manager) offerToLaterMember(room, member string, ts []*tube) {
 		m.log.Info("could not offer room tubes to a new member", "room", room, "member", member, "err", err)
 		return
 	}
+	joins, err := m.cfg.Signaller.RoomJoins(ctx, room)
+	if err != nil {
+		m.log.Info("could not offer room tubes to a new member", "room", room, "member", member, "err", err)
+		return
+	}
+	m.mu.Lock()
+	for _, t := range ts {
+		if t.joined == nil {
+			t.joined = map[string]time.Time{}
+		}
+		t.joined[member] = joins[member]
+	}
+	m.mu.Unlock()
 	// In the order they were offered, as the room's members got them.
 	slices.SortFunc(ts, func(a, b *tube) int { return cmp.Compare(a.seq, b.seq) })
 	for _, t := range ts {
@@ -162,7 +175,7 @@ func (m *Manager) Resync(ctx context.Context) {
 	}
 	m.mu.Unlock()
 	for room := range rooms {
-		members, err := m.cfg.Signaller.RoomMembers(ctx, room)
+		joins, err := m.cfg.Signaller.RoomJoins(ctx, room)
 		if tperr.Has(err, tperr.PermissionDenied) {
 			m.endRoom(room, "you are no longer in room "+room)
 			continue
@@ -172,7 +185,7 @@ func (m *Manager) Resync(ctx context.Context) {
 			continue
 		}
 		in := map[string]bool{}
-		for _, n := range members {
+		for n := range joins {
 			in[n] = true
 		}
 		if !in[m.cfg.Account] {
@@ -186,7 +199,9 @@ func (m *Manager) Resync(ctx context.Context) {
 				continue
 			}
 			for n := range t.members {
-				if !in[n] {
+				// Gone, or gone and back (a new join time): a member who
+				// was removed and came back gets only what is offered now.
+				if at, known := t.joined[n]; !in[n] || known && !at.Equal(joins[n]) {
 					gone[n] = true
 				}
 			}
