@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -41,5 +42,33 @@ func TestWaitStatus(t *testing.T) {
 	cancel()
 	if _, err := a.waitStatus(ctx, connection.Connected, time.Minute); err != context.Canceled {
 		t.Fatalf("with a cancelled context: %v, want context.Canceled", err)
+	}
+}
+
+// A name that is not an account name is never pinned (a relay answering a
+// key lookup with one made the pin file unreadable, and the daemon with
+// it); many new pins are written at once.
+func TestPinsRefuseBadNames(t *testing.T) {
+	file := t.TempDir() + "/pins.json"
+	p, err := loadPins(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _ := identity.Generate()
+	given := map[string]identity.PublicKey{"Zed": good.Public(), "not a name": good.Public(), "../x": good.Public()}
+	for i := range 50 {
+		k, _ := identity.Generate()
+		given[fmt.Sprintf("fake%d", i)] = k.Public()
+	}
+	refused := p.checkAll(given)
+	if len(refused) != 3 || refused["Zed"] == nil || refused["not a name"] == nil || refused["../x"] == nil {
+		t.Fatalf("refused %v; want the three bad names", refused)
+	}
+	again, err := loadPins(file, nil)
+	if err != nil {
+		t.Fatalf("the pin file after bad names: %v", err)
+	}
+	if len(again.keys) != 50 {
+		t.Fatalf("%d pins saved, want 50", len(again.keys))
 	}
 }

@@ -118,40 +118,61 @@ func keyChanged(name string, pinned, got identity.PublicKey) error {
 // than the pinned one is refused (and, the first time it is seen,
 // recorded and reported).
 func (p *pins) check(name string, key identity.PublicKey) error {
+	return p.checkAll(map[string]identity.PublicKey{name: key})[name]
+}
+
+// checkAll is check for several names at once, with one write of the
+// file; it returns the refusals by name.
+func (p *pins) checkAll(given map[string]identity.PublicKey) map[string]error {
+	refused := map[string]error{}
+	type change struct {
+		name     string
+		old, new identity.PublicKey
+	}
+	var changes []change
 	p.mu.Lock()
-	cur, ok := p.keys[name]
-	if !ok {
-		if len(p.keys) >= maxPins {
-			p.mu.Unlock()
-			return tperr.New(tperr.CertLimitExceeded, "%d keys are pinned already; %s's cannot be", maxPins, name)
+	var added []string
+	dirty := false
+	for name, key := range given {
+		if rendezvous.ValidName("account", name) != nil {
+			refused[name] = tperr.New(tperr.InvalidHandle, "%q is not an account name", name)
+			continue
 		}
-		p.keys[name] = pin{Key: key.String(), Since: time.Now().UTC()}
-		err := p.saveLocked()
-		if err != nil {
-			delete(p.keys, name)
+		cur, ok := p.keys[name]
+		switch {
+		case !ok && len(p.keys) >= maxPins:
+			refused[name] = tperr.New(tperr.CertLimitExceeded, "%d keys are pinned already; %s's cannot be", maxPins, name)
+		case !ok:
+			p.keys[name] = pin{Key: key.String(), Since: time.Now().UTC()}
+			added = append(added, name)
+			dirty = true
+		case cur.Key == key.String():
+		default:
+			pinned, _ := identity.ParsePublicKey(cur.Key)
+			if cur.Changed != key.String() {
+				cur.Changed, cur.ChangedAt = key.String(), time.Now().UTC()
+				p.keys[name] = cur
+				dirty = true
+				changes = append(changes, change{name, pinned, key})
+			}
+			refused[name] = keyChanged(name, pinned, key)
 		}
-		p.mu.Unlock()
-		return err
 	}
-	if cur.Key == key.String() {
-		p.mu.Unlock()
-		return nil
-	}
-	pinned, _ := identity.ParsePublicKey(cur.Key)
-	fresh := cur.Changed != key.String()
-	if fresh {
-		cur.Changed, cur.ChangedAt = key.String(), time.Now().UTC()
-		p.keys[name] = cur
+	if dirty {
 		if err := p.saveLocked(); err != nil {
-			p.mu.Unlock()
-			return err
+			for _, name := range added {
+				delete(p.keys, name)
+				refused[name] = err
+			}
 		}
 	}
 	p.mu.Unlock()
-	if fresh && p.onChange != nil {
-		p.onChange(name, pinned, key)
+	if p.onChange != nil {
+		for _, c := range changes {
+			p.onChange(c.name, c.old, c.new)
+		}
 	}
-	return keyChanged(name, pinned, key)
+	return refused
 }
 
 // verify marks name's key verified when fp is its safety number (or
@@ -166,6 +187,10 @@ func (p *pins) verify(name, fp string) (pin, error) {
 	}
 	pinned, _ := identity.ParsePublicKey(cur.Key)
 	switch {
+	case cur.Changed != "" && pinned.MatchesFingerprint(fp):
+		// The user compared the pinned key again: it stays, and the
+		// change the relay showed is dismissed (it may have gone back).
+		cur.Changed, cur.ChangedAt, cur.Verified = "", time.Time{}, true
 	case cur.Changed != "":
 		changed, _ := identity.ParsePublicKey(cur.Changed)
 		if !changed.MatchesFingerprint(fp) {

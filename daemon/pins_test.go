@@ -89,10 +89,17 @@ func TestPinnedKeys(t *testing.T) {
 	if c, _ := alice.C.Contact(ctx, "alice", "bob"); c.Pinned == nil || c.Pinned.Key != b.Key || c.Pinned.ChangedTo != evil.SafetyNumber() {
 		t.Fatalf("bob after the swap: %+v; want the old key pinned and the change shown", c.Pinned)
 	}
-	// The old number does not clear the change; the new one, verified,
-	// is the only way to trust it.
-	if _, err := alice.C.VerifyContact(ctx, "alice", "bob", b.SafetyNumber); !tperr.Has(err, tperr.CertFingerprintMismatch) {
-		t.Fatalf("verifying the old number while a change waits: %v, want Cert.FingerprintMismatch", err)
+	// Verifying the old number keeps the old key and dismisses the change
+	// (the relay may have gone back); while the relay still gives the new
+	// key it is refused again, and only its number, verified, trusts it.
+	if c, err := alice.C.VerifyContact(ctx, "alice", "bob", b.SafetyNumber); err != nil || c.Pinned.Key != b.Key || c.Pinned.ChangedTo != "" {
+		t.Fatalf("verifying the old number while a change waits: %+v %v; want the old key kept, the change dismissed", c.Pinned, err)
+	}
+	if _, err := alice.C.Offer(ctx, "alice", api.OfferRequest{Service: "echo", To: "bob"}); !tperr.Has(err, tperr.CertUntrusted) {
+		t.Fatalf("offering after dismissing the change, the relay still lying: %v, want Cert.Untrusted", err)
+	}
+	if _, err := alice.C.VerifyContact(ctx, "alice", "bob", "12345 12345 12345 12345 12345 12345 12345 12345"); !tperr.Has(err, tperr.CertFingerprintMismatch) {
+		t.Fatalf("verifying a wrong number while a change waits: %v, want Cert.FingerprintMismatch", err)
 	}
 	if c, err := alice.C.VerifyContact(ctx, "alice", "bob", evil.SafetyNumber()); err != nil || c.Pinned.Key != evil.String() || !c.Pinned.Verified {
 		t.Fatalf("verifying the new key: %+v %v", c, err)

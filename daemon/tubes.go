@@ -32,9 +32,10 @@ func (s signaller) Send(ctx context.Context, to, room, kind string, body []byte)
 }
 
 // Keys gives the keys the relay gives for names that match what is
-// pinned for them (pinning those seen for the first time). A name whose
-// key is not its pinned one is left out, and reported (ContactKeyChanged);
-// asked alone, it is the error.
+// pinned for them (pinning those seen for the first time). Only names
+// asked for are taken from the relay's answer: it cannot plant pins for
+// names nobody asked about. A name whose key is not its pinned one is left
+// out, and reported (ContactKeyChanged); asked alone, it is the error.
 func (s signaller) Keys(ctx context.Context, names []string) (map[string]string, error) {
 	c, err := s.a.conn()
 	if err != nil {
@@ -44,20 +45,29 @@ func (s signaller) Keys(ctx context.Context, names []string) (map[string]string,
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]string, len(raw))
-	for name, k := range raw {
+	given := make(map[string]identity.PublicKey, len(names))
+	for _, name := range names {
+		k, ok := raw[name]
+		if !ok || rendezvous.ValidName("account", name) != nil {
+			continue
+		}
 		key, err := identity.ParsePublicKey(k)
 		if err != nil {
 			s.a.log.Warn("the relay gave a malformed key", "contact", name)
 			continue
 		}
-		if err := s.a.pins.check(name, key); err != nil {
+		given[name] = key
+	}
+	refused := s.a.pins.checkAll(given)
+	out := make(map[string]string, len(given))
+	for name, key := range given {
+		if err := refused[name]; err != nil {
 			if len(names) == 1 {
 				return nil, err
 			}
 			continue
 		}
-		out[name] = k
+		out[name] = key.String()
 	}
 	return out, nil
 }
