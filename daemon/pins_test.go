@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tubes-dev/tubes/api"
@@ -142,7 +143,14 @@ func TestForgedOfferDropped(t *testing.T) {
 	nc.Publish("tube.inbox.bob.msg", m)
 	nc.Flush()
 
-	// alice's real offer comes after all three on bob's inbox.
+	// alice's real offer comes after all three on bob's inbox; the relay
+	// keeps a copy of it.
+	captured := make(chan *nats.Msg, 16)
+	sub, err := nc.ChanSubscribe("tube.inbox.bob.msg", captured)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
 	if _, err := alice.C.Export(ctx, "alice", api.Export{Service: "vnc", TCP: "127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +165,45 @@ func TestForgedOfferDropped(t *testing.T) {
 	if got := counterValue(t, reg, "tube_daemon_forged_messages_total"); got != 3 {
 		t.Fatalf("forged messages counted: %v, want 3", got)
 	}
+	sub.Unsubscribe()
+
+	// The relay plays the offer again after the tube closed: dropped.
+	var offerMsg *nats.Msg
+	for len(captured) > 0 {
+		if m := <-captured; strings.Contains(string(m.Data), `"kind":"tube.offer"`) {
+			offerMsg = m
+		}
+	}
+	if offerMsg == nil {
+		t.Fatal("the relay saw no offer to copy")
+	}
+	if err := alice.C.CloseTube(ctx, real.ID); err != nil {
+		t.Fatal(err)
+	}
+	bobEv.MustWait("the tube closes at bob", func(e api.Event) bool { return e.Type == api.EventTubeClosed && e.TubeID == real.ID })
+	nc.Publish("tube.inbox.bob.msg", offerMsg.Data)
+	nc.Flush()
+	next, err := alice.C.Offer(ctx, "alice", api.OfferRequest{Service: "vnc", To: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobEv.MustWait("alice's next offer", func(e api.Event) bool { return e.Type == api.EventNewTube && e.TubeID == next.ID })
+	if n := countNewTube(bobEv.All(), real.ID); n != 1 {
+		t.Fatalf("bob was offered tube %s %d times: the replay was taken", real.ID, n)
+	}
+	if got := counterValue(t, reg, "tube_daemon_forged_messages_total"); got != 4 {
+		t.Fatalf("forged or replayed messages counted: %v, want 4", got)
+	}
+}
+
+func countNewTube(evs []api.Event, id string) int {
+	n := 0
+	for _, e := range evs {
+		if e.Type == api.EventNewTube && e.TubeID == id {
+			n++
+		}
+	}
+	return n
 }
 
 func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {

@@ -152,7 +152,8 @@ type Manager struct {
 	allocServer string
 	permits     map[string]chan permittedMsg // relay permission requests awaiting answers
 
-	forged atomic.Uint64 // messages dropped: not signed by their sender's pinned key
+	forged atomic.Uint64 // messages dropped: not signed by their sender's pinned key, or played again
+	seen   seenSet       // signatures of messages taken within the replay window
 }
 
 // Forged counts the tube messages dropped because they were not signed

@@ -2,9 +2,12 @@ package tube
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/tubes-dev/tubes/identity"
@@ -15,9 +18,12 @@ import (
 // a request). So each is signed with the sender's account key, over its
 // kind, sender, addressee (a contact, or "" for everyone in a room), room
 // and body; the recipient checks the signature with the key it pinned for
-// the sender and drops, and counts, any message that fails.
+// the sender and drops, and counts, any message that fails. The signature
+// covers the sending time too: a message older than replayWindow (or as
+// far in the future) is dropped, and so is one seen already within it, so
+// the relay cannot play an old offer, request or close again.
 //
-//	{"body": <the message's JSON>, "sig": <ed25519 signature, base64>}
+//	{"body": <the message's JSON>, "ts": <unix ms>, "sig": <ed25519 signature, base64>}
 
 // maxSignedLen bounds a signed envelope (the largest body is an offer
 // with sealed parameters).
@@ -25,28 +31,70 @@ const maxSignedLen = maxSealedLen + 16<<10
 
 type signedMsg struct {
 	Body json.RawMessage `json:"body"`
+	TS   int64           `json:"ts"` // sending time, Unix milliseconds
 	Sig  []byte          `json:"sig"`
 }
 
-func signedInput(kind, from, to, room string, body []byte) []byte {
-	b := make([]byte, 0, 64+len(body))
-	b = append(b, "tubes-signed-message-v1\x00"...)
-	for _, f := range []string{kind, from, to, room} {
+// replayWindow is how old (or how far ahead, for clocks that differ) a
+// signed message may be; replays within it are caught by the seen set.
+const replayWindow = 10 * time.Minute
+
+// maxSeen bounds the signatures remembered within the window.
+const maxSeen = 1 << 16
+
+func signedInput(kind, from, to, room string, ts int64, body []byte) []byte {
+	b := make([]byte, 0, 80+len(body))
+	b = append(b, "tubes-signed-message-v2\x00"...)
+	for _, f := range []string{kind, from, to, room, strconv.FormatInt(ts, 10)} {
 		b = append(b, f...)
 		b = append(b, 0)
 	}
 	return append(b, body...)
 }
 
+// seenSet remembers the signatures of messages taken within the replay
+// window, oldest first.
+type seenSet struct {
+	mu    sync.Mutex
+	at    map[[32]byte]time.Time
+	order [][32]byte
+}
+
+// fresh records sig, taken at now, and reports whether it was new. It
+// forgets what fell out of the window, and the oldest beyond maxSeen.
+func (s *seenSet) fresh(sig []byte, now time.Time) bool {
+	h := sha256.Sum256(sig)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.at == nil {
+		s.at = map[[32]byte]time.Time{}
+	}
+	for len(s.order) > 0 && (len(s.order) >= maxSeen || now.Sub(s.at[s.order[0]]) > 2*replayWindow) {
+		delete(s.at, s.order[0])
+		s.order = s.order[1:]
+	}
+	if _, dup := s.at[h]; dup {
+		return false
+	}
+	s.at[h] = now
+	s.order = append(s.order, h)
+	return true
+}
+
 // send signs body and sends it to a contact (to), a room (room), or one
 // member of a room (both).
 func (m *Manager) send(ctx context.Context, to, room, kind string, body []byte) ([]string, error) {
-	env := signedMsg{Body: body, Sig: m.cfg.Key.Sign(signedInput(kind, m.cfg.Account, to, room, body))}
+	ts := time.Now().UnixMilli()
+	env := signedMsg{Body: body, TS: ts, Sig: m.cfg.Key.Sign(signedInput(kind, m.cfg.Account, to, room, ts, body))}
 	return m.cfg.Signaller.Send(ctx, to, room, kind, mustJSON(env))
 }
 
 // errForged is why a message whose signature does not check was dropped.
 var errForged = errors.New("tube: the message is not signed by its sender's pinned key")
+
+// errReplayed is why a message signed rightly but old, or seen before,
+// was dropped.
+var errReplayed = errors.New("tube: the message was played again")
 
 // openSigned checks a delivery's signature against the sender's pinned
 // key and returns the message in it.
@@ -66,9 +114,17 @@ func (m *Manager) openSigned(from, room, kind string, data []byte) ([]byte, erro
 		if to == "" && room == "" {
 			break
 		}
-		if key.Verify(signedInput(kind, from, to, room, env.Body), env.Sig) {
-			return env.Body, nil
+		if !key.Verify(signedInput(kind, from, to, room, env.TS, env.Body), env.Sig) {
+			continue
 		}
+		now := time.Now()
+		if d := now.Sub(time.UnixMilli(env.TS)); d > replayWindow || d < -replayWindow {
+			return nil, fmt.Errorf("%w: sent %s ago, outside the %s replay window", errReplayed, d.Round(time.Second), replayWindow)
+		}
+		if !m.seen.fresh(env.Sig, now) {
+			return nil, fmt.Errorf("%w: taken already", errReplayed)
+		}
+		return env.Body, nil
 	}
 	return nil, errForged
 }
