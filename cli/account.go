@@ -10,7 +10,6 @@ import (
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/connection"
 	"github.com/tubes-dev/tubes/identity"
-	"github.com/tubes-dev/tubes/internal/atomicfile"
 	"github.com/tubes-dev/tubes/tperr"
 )
 
@@ -119,7 +118,18 @@ func accountCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := atomicfile.WriteFile(out, []byte(k.Key), 0o600); err != nil {
+			// A new file only: an export must not replace another key.
+			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fmt.Errorf("cannot create %s: %v (an export never overwrites a file)", out, tperr.Reason(err))
+			}
+			if _, err := f.WriteString(k.Key); err != nil {
+				f.Close()
+				os.Remove(out)
+				return fmt.Errorf("cannot write %s: %v", out, tperr.Reason(err))
+			}
+			if err := f.Close(); err != nil {
+				os.Remove(out)
 				return fmt.Errorf("cannot write %s: %v", out, tperr.Reason(err))
 			}
 			fmt.Fprintf(e.stderr, "wrote %s's key to %s: anyone with this file is %s; move it, then remove the account here (tube account remove %s)\n", args[0], out, args[0], args[0])

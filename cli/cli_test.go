@@ -345,6 +345,9 @@ func TestAccountKeyExportImport(t *testing.T) {
 	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("exported key file: %v %v, want mode 0600", st, err)
 	}
+	if code, _, errs := tube(t, da.Socket, "account", "export", "alice", "--out", file); code != cli.ExitFailure || !strings.Contains(errs, "never overwrites") {
+		t.Fatalf("export over an existing file: exit %d %s", code, errs)
+	}
 	if code, _, errs := tube(t, db.Socket, "account", "add", "alice", "--server", relay.URL(), "--key", file, "--register"); code != cli.ExitUsage {
 		t.Fatalf("--key with --register: exit %d %s", code, errs)
 	}

@@ -509,6 +509,14 @@ func (a *account) onMessage(kind string, data []byte) {
 		if err == nil && (a.tubeMessage(kind, m) || a.serviceMessage(m)) {
 			return
 		}
+		if err == nil {
+			body, serr := a.tubes.OpenSigned(m.From, m.Room, m.Kind, m.Body)
+			if serr != nil {
+				a.log.Warn("dropped a message", "from", m.From, "room", m.Room, "kind", m.Kind, "err", serr)
+				return
+			}
+			m.Body = body
+		}
 		ev.Type, ev.From, ev.Room, ev.Kind, ev.Body = api.EventMessageReceived, m.From, m.Room, m.Kind, m.Body
 	default:
 		return

@@ -293,11 +293,13 @@ func (d *Daemon) Presence(ctx context.Context, name string) ([]api.Presence, err
 
 // Send delivers a message through the rendezvous.
 func (d *Daemon) Send(ctx context.Context, name string, req api.SendRequest) (api.SendResponse, error) {
-	_, c, err := d.live(name)
+	a, _, err := d.live(name)
 	if err != nil {
 		return api.SendResponse{}, err
 	}
-	got, err := c.Send(ctx, req.To, req.Room, req.Kind, req.Body)
+	// Signed like tube messages, so the relay cannot put words in anyone's
+	// mouth.
+	got, err := a.tubes.SendSigned(ctx, req.To, req.Room, req.Kind, req.Body)
 	if got == nil {
 		got = []string{}
 	}

@@ -30,9 +30,22 @@ import (
 const maxSignedLen = maxSealedLen + 16<<10
 
 type signedMsg struct {
-	Body json.RawMessage `json:"body"`
-	TS   int64           `json:"ts"` // sending time, Unix milliseconds
+	Body json.RawMessage `json:"body,omitempty"` // a tube message (JSON)
+	Data []byte          `json:"data,omitempty"` // or any other message's bytes (base64)
+	TS   int64           `json:"ts"`             // sending time, Unix milliseconds
 	Sig  []byte          `json:"sig"`
+}
+
+// payload is the signed bytes: Body or Data, not both (neither: an
+// empty message).
+func (e *signedMsg) payload() ([]byte, bool) {
+	switch {
+	case len(e.Body) > 0 && len(e.Data) > 0:
+		return nil, false
+	case len(e.Body) > 0:
+		return e.Body, true
+	}
+	return e.Data, true
 }
 
 // replayWindow is how old (or how far ahead, for clocks that differ) a
@@ -84,9 +97,17 @@ func (s *seenSet) fresh(sig []byte, now time.Time) bool {
 // send signs body and sends it to a contact (to), a room (room), or one
 // member of a room (both).
 func (m *Manager) send(ctx context.Context, to, room, kind string, body []byte) ([]string, error) {
-	ts := time.Now().UnixMilli()
-	env := signedMsg{Body: body, TS: ts, Sig: m.cfg.Key.Sign(signedInput(kind, m.cfg.Account, to, room, ts, body))}
-	return m.cfg.Signaller.Send(ctx, to, room, kind, mustJSON(env))
+	return m.sendEnvelope(ctx, to, room, kind, signedMsg{Body: body}, body)
+}
+
+func (m *Manager) sendEnvelope(ctx context.Context, to, room, kind string, env signedMsg, payload []byte) ([]string, error) {
+	env.TS = time.Now().UnixMilli()
+	env.Sig = m.cfg.Key.Sign(signedInput(kind, m.cfg.Account, to, room, env.TS, payload))
+	b, err := json.Marshal(env)
+	if err != nil {
+		return nil, err
+	}
+	return m.cfg.Signaller.Send(ctx, to, room, kind, b)
 }
 
 // errForged is why a message whose signature does not check was dropped.
@@ -103,7 +124,11 @@ func (m *Manager) openSigned(from, room, kind string, data []byte) ([]byte, erro
 		return nil, fmt.Errorf("%w (%d bytes, more than %d)", errForged, len(data), maxSignedLen)
 	}
 	var env signedMsg
-	if err := json.Unmarshal(data, &env); err != nil || len(env.Body) == 0 || len(env.Sig) == 0 {
+	if err := json.Unmarshal(data, &env); err != nil || len(env.Sig) == 0 {
+		return nil, errForged
+	}
+	payload, ok := env.payload()
+	if !ok {
 		return nil, errForged
 	}
 	key, err := m.senderKey(from)
@@ -114,7 +139,7 @@ func (m *Manager) openSigned(from, room, kind string, data []byte) ([]byte, erro
 		if to == "" && room == "" {
 			break
 		}
-		if !key.Verify(signedInput(kind, from, to, room, env.TS, env.Body), env.Sig) {
+		if !key.Verify(signedInput(kind, from, to, room, env.TS, payload), env.Sig) {
 			continue
 		}
 		now := time.Now()
@@ -124,7 +149,7 @@ func (m *Manager) openSigned(from, room, kind string, data []byte) ([]byte, erro
 		if !m.seen.fresh(env.Sig, now) {
 			return nil, fmt.Errorf("%w: taken already", errReplayed)
 		}
-		return env.Body, nil
+		return payload, nil
 	}
 	return nil, errForged
 }
@@ -153,7 +178,7 @@ func (m *Manager) senderKey(from string) (identity.PublicKey, error) {
 // SendSigned sends a message of another kind (the service framework's
 // catalogs) signed as tube messages are.
 func (m *Manager) SendSigned(ctx context.Context, to, room, kind string, body []byte) ([]string, error) {
-	return m.send(ctx, to, room, kind, body)
+	return m.sendEnvelope(ctx, to, room, kind, signedMsg{Data: body}, body)
 }
 
 // OpenSigned checks a delivery signed by SendSigned against its sender's

@@ -2,8 +2,10 @@ package tube
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
@@ -114,6 +116,91 @@ func FuzzDecode(f *testing.F) {
 			if err := json.Unmarshal(mustJSON(p), &q); err != nil || checkParams(q) != nil {
 				t.Fatalf("parameters round trip: %v", err)
 			}
+		}
+	})
+}
+
+// A signed envelope decodes to what was signed, whatever the bytes; a
+// tampered one, one with both forms, or one from the wrong sender does
+// not.
+func TestSignedEnvelope(t *testing.T) {
+	alice, _ := identity.Generate()
+	sig := &sentRaw{}
+	m, err := New(Config{Account: "alice", Key: alice, Signaller: sig, Emit: func(api.Event) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	bob, _ := identity.Generate()
+	rx, err := New(Config{Account: "bob", Key: bob, Signaller: sig, Emit: func(api.Event) {},
+		PinnedKey: func(name string) (identity.PublicKey, bool) { return alice.Public(), name == "alice" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	for _, body := range [][]byte{[]byte("not json \x00\xff"), nil, []byte(`{"a":1}`)} {
+		if _, err := m.SendSigned(context.Background(), "bob", "", "app.x", body); err != nil {
+			t.Fatal(err)
+		}
+		got, err := rx.OpenSigned("alice", "", "app.x", sig.last)
+		if err != nil || string(got) != string(body) {
+			t.Fatalf("%q came out as %q, %v", body, got, err)
+		}
+		if _, err := rx.OpenSigned("alice", "", "app.x", sig.last); err == nil {
+			t.Fatalf("%q taken twice", body)
+		}
+	}
+	m.SendSigned(context.Background(), "bob", "", "app.x", []byte("hi"))
+	for name, data := range map[string][]byte{
+		"tampered":    bytes.Replace(sig.last, []byte(`"data":"aGk="`), []byte(`"data":"aG8="`), 1),
+		"both forms":  bytes.Replace(sig.last, []byte(`"data":`), []byte(`"body":{},"data":`), 1),
+		"other kind":  sig.last,
+		"not a frame": []byte("{"),
+	} {
+		kind := "app.x"
+		if name == "other kind" {
+			kind = "app.y"
+		}
+		if _, err := rx.OpenSigned("alice", "", kind, data); err == nil {
+			t.Errorf("%s: taken", name)
+		}
+	}
+	if _, err := rx.OpenSigned("mallory", "", "app.x", sig.last); err == nil {
+		t.Error("taken from a sender with no key")
+	}
+}
+
+// sentRaw is a Signaller that keeps the last body sent.
+type sentRaw struct{ last []byte }
+
+func (s *sentRaw) Send(_ context.Context, _, _, _ string, body []byte) ([]string, error) {
+	s.last = body
+	return nil, nil
+}
+func (*sentRaw) Keys(context.Context, []string) (map[string]string, error)       { return nil, nil }
+func (*sentRaw) RoomMembers(context.Context, string) ([]string, error)           { return nil, nil }
+func (*sentRaw) RoomJoins(context.Context, string) (map[string]time.Time, error) { return nil, nil }
+
+// FuzzSignedEnvelope: envelopes come through the relay; any bytes are
+// refused or opened, never a panic, and only a real signature opens one.
+func FuzzSignedEnvelope(f *testing.F) {
+	alice, _ := identity.FromSeed(make([]byte, 32))
+	sig := &sentRaw{}
+	tx, _ := New(Config{Account: "alice", Key: alice, Signaller: sig, Emit: func(api.Event) {}})
+	tx.SendSigned(context.Background(), "bob", "", "app.x", []byte("hello"))
+	f.Add(sig.last)
+	tx.send(context.Background(), "bob", "", kindOffer, []byte(`{"id":"T1","service":"vnc"}`))
+	f.Add(sig.last)
+	f.Add([]byte(`{"body":{},"data":"aGk=","ts":1,"sig":"AAAA"}`))
+	f.Add([]byte(`{"ts":-9223372036854775808,"sig":"AA=="}`))
+	f.Add([]byte(`[]`))
+	bob, _ := identity.Generate()
+	rx, _ := New(Config{Account: "bob", Key: bob, Signaller: sig, Emit: func(api.Event) {},
+		PinnedKey: func(name string) (identity.PublicKey, bool) { return alice.Public(), name == "alice" }})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := rx.OpenSigned("alice", "", "app.x", data)
+		if err == nil && string(got) != "hello" {
+			t.Fatalf("an envelope opened to %q, which alice never signed", got)
 		}
 	})
 }
