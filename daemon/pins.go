@@ -114,15 +114,10 @@ func keyChanged(name string, pinned, got identity.PublicKey) error {
 		name, pinned.SafetyNumber(), got.SafetyNumber(), name, name)
 }
 
-// check pins key for name on first sight and accepts it; a different key
-// than the pinned one is refused (and, the first time it is seen,
-// recorded and reported).
-func (p *pins) check(name string, key identity.PublicKey) error {
-	return p.checkAll(map[string]identity.PublicKey{name: key})[name]
-}
-
-// checkAll is check for several names at once, with one write of the
-// file; it returns the refusals by name.
+// checkAll pins the given keys on first sight and accepts them; a key
+// that is not its name's pinned one is refused (and, the first time it is
+// seen, recorded and reported). One write of the file for all; it returns
+// the refusals by name.
 func (p *pins) checkAll(given map[string]identity.PublicKey) map[string]error {
 	refused := map[string]error{}
 	type change struct {
