@@ -495,6 +495,13 @@ func TestRosterAndRooms(t *testing.T) {
 	if ms, err := dB.C.RoomMembers(ctx, "bob", "lab"); err != nil || len(ms) != 2 || !ms[1].Admin {
 		t.Fatalf("members = %+v %v", ms, err)
 	}
+	// Local programs may not send the kinds tubes and the service
+	// framework own (they would be signed with the account's key).
+	for _, kind := range []string{"tube.offer", "svc.catalog"} {
+		if _, err := dA.C.Send(ctx, "alice", api.SendRequest{To: "bob", Kind: kind, Body: []byte("{}")}); !tperr.Has(err, tperr.InvalidArgument) {
+			t.Fatalf("sending kind %s: %v, want InvalidArgument", kind, err)
+		}
+	}
 	// Deliver to the room.
 	if r, err := dA.C.Send(ctx, "alice", api.SendRequest{Room: "lab", Kind: "x.test", Body: []byte("hi")}); err != nil || len(r.Delivered) != 1 {
 		t.Fatalf("room send: %+v %v", r, err)

@@ -7,6 +7,7 @@ import (
 	"github.com/tubes-dev/tubes/connection"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
+	"github.com/tubes-dev/tubes/tube"
 )
 
 // Contacts, rooms, presence and messages: thin calls to the rendezvous on
@@ -296,6 +297,9 @@ func (d *Daemon) Send(ctx context.Context, name string, req api.SendRequest) (ap
 	a, _, err := d.live(name)
 	if err != nil {
 		return api.SendResponse{}, err
+	}
+	if tube.IsTubeKind(req.Kind) || isServiceKind(req.Kind) {
+		return api.SendResponse{}, tperr.New(tperr.InvalidArgument, "message kind %q is reserved for tubes and the service framework; pick another", req.Kind)
 	}
 	// Signed like tube messages, so the relay cannot put words in anyone's
 	// mouth.

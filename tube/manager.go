@@ -152,8 +152,9 @@ type Manager struct {
 	allocServer string
 	permits     map[string]chan permittedMsg // relay permission requests awaiting answers
 
-	forged atomic.Uint64 // messages dropped: not signed by their sender's pinned key, or played again
-	seen   seenSet       // signatures of messages taken within the replay window
+	forged  atomic.Uint64 // messages dropped: not signed by their sender's pinned key, or played again
+	seen    seenSet       // signatures of messages taken within the replay window
+	started time.Time     // messages signed well before are replays (seen is new)
 }
 
 // Forged counts the tube messages dropped because they were not signed
@@ -212,7 +213,8 @@ func New(cfg Config) (*Manager, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{
-		cfg: cfg, log: cfg.Logger.With("account", cfg.Account),
+		started: time.Now(),
+		cfg:     cfg, log: cfg.Logger.With("account", cfg.Account),
 		self: &peerlink.Identity{Name: cfg.Account, Key: cfg.Key},
 		ctx:  ctx, cancel: cancel,
 		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{},

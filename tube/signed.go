@@ -52,8 +52,18 @@ func (e *signedMsg) payload() ([]byte, bool) {
 // signed message may be; replays within it are caught by the seen set.
 const replayWindow = 10 * time.Minute
 
-// maxSeen bounds the signatures remembered within the window.
-const maxSeen = 1 << 16
+// Bounds of the signatures remembered within the window: per sender, so
+// that one sender's flood forgets only its own messages, and senders.
+const (
+	maxSeenPerSender = 4096
+	maxSeenSenders   = 1024
+)
+
+// startSlack is how much older than the manager's start a message may be:
+// the relay keeps no messages for a daemon that is down, so anything sent
+// well before it started is a replay the seen set (lost with the restart)
+// cannot catch. The slack allows for the two clocks.
+const startSlack = 30 * time.Second
 
 func signedInput(kind, from, to, room string, ts int64, body []byte) []byte {
 	b := make([]byte, 0, 80+len(body))
@@ -65,32 +75,53 @@ func signedInput(kind, from, to, room string, ts int64, body []byte) []byte {
 	return append(b, body...)
 }
 
-// seenSet remembers the signatures of messages taken within the replay
-// window, oldest first.
+// seenSet remembers, per sender, the signatures of messages taken within
+// the replay window, oldest first.
 type seenSet struct {
-	mu    sync.Mutex
-	at    map[[32]byte]time.Time
-	order [][32]byte
+	mu      sync.Mutex
+	senders map[string]*seenRing
 }
 
-// fresh records sig, taken at now, and reports whether it was new. It
-// forgets what fell out of the window, and the oldest beyond maxSeen.
-func (s *seenSet) fresh(sig []byte, now time.Time) bool {
+type seenRing struct {
+	at    map[[32]byte]time.Time
+	order [][32]byte
+	last  time.Time
+}
+
+// fresh records sig from sender, taken at now, and reports whether it was
+// new. It forgets what fell out of the window, the sender's oldest beyond
+// maxSeenPerSender, and the longest quiet sender beyond maxSeenSenders.
+func (s *seenSet) fresh(sender string, sig []byte, now time.Time) bool {
 	h := sha256.Sum256(sig)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.at == nil {
-		s.at = map[[32]byte]time.Time{}
+	if s.senders == nil {
+		s.senders = map[string]*seenRing{}
 	}
-	for len(s.order) > 0 && (len(s.order) >= maxSeen || now.Sub(s.at[s.order[0]]) > 2*replayWindow) {
-		delete(s.at, s.order[0])
-		s.order = s.order[1:]
+	r := s.senders[sender]
+	if r == nil {
+		if len(s.senders) >= maxSeenSenders {
+			var quiet string
+			for n, x := range s.senders {
+				if quiet == "" || x.last.Before(s.senders[quiet].last) {
+					quiet = n
+				}
+			}
+			delete(s.senders, quiet)
+		}
+		r = &seenRing{at: map[[32]byte]time.Time{}}
+		s.senders[sender] = r
 	}
-	if _, dup := s.at[h]; dup {
+	r.last = now
+	for len(r.order) > 0 && (len(r.order) >= maxSeenPerSender || now.Sub(r.at[r.order[0]]) > 2*replayWindow) {
+		delete(r.at, r.order[0])
+		r.order = r.order[1:]
+	}
+	if _, dup := r.at[h]; dup {
 		return false
 	}
-	s.at[h] = now
-	s.order = append(s.order, h)
+	r.at[h] = now
+	r.order = append(r.order, h)
 	return true
 }
 
@@ -146,7 +177,10 @@ func (m *Manager) openSigned(from, room, kind string, data []byte) ([]byte, erro
 		if d := now.Sub(time.UnixMilli(env.TS)); d > replayWindow || d < -replayWindow {
 			return nil, fmt.Errorf("%w: sent %s ago, outside the %s replay window", errReplayed, d.Round(time.Second), replayWindow)
 		}
-		if !m.seen.fresh(env.Sig, now) {
+		if sent := time.UnixMilli(env.TS); sent.Before(m.started.Add(-startSlack)) {
+			return nil, fmt.Errorf("%w: sent before this daemon started", errReplayed)
+		}
+		if !m.seen.fresh(from, env.Sig, now) {
 			return nil, fmt.Errorf("%w: taken already", errReplayed)
 		}
 		return payload, nil

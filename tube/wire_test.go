@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -203,4 +204,42 @@ func FuzzSignedEnvelope(f *testing.F) {
 			t.Fatalf("an envelope opened to %q, which alice never signed", got)
 		}
 	})
+}
+
+// Replays the seen set cannot catch: a message signed before this daemon
+// started (its memory of taken messages went with the restart) is
+// refused; and one sender's flood forgets only that sender's messages.
+func TestReplayAcrossRestartAndFlood(t *testing.T) {
+	alice, _ := identity.Generate()
+	mallory, _ := identity.Generate()
+	bob, _ := identity.Generate()
+	keys := map[string]identity.PublicKey{"alice": alice.Public(), "mallory": mallory.Public()}
+	rx, err := New(Config{Account: "bob", Key: bob, Signaller: &sentRaw{}, Emit: func(api.Event) {},
+		PinnedKey: func(name string) (identity.PublicKey, bool) { k, ok := keys[name]; return k, ok }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	envelope := func(k *identity.Key, from string, ts time.Time, data string) []byte {
+		e := signedMsg{Data: []byte(data), TS: ts.UnixMilli()}
+		e.Sig = k.Sign(signedInput("app.x", from, "bob", "", e.TS, e.Data))
+		b, _ := json.Marshal(e)
+		return b
+	}
+	// Signed five minutes ago, inside the window, before bob's daemon began.
+	if _, err := rx.OpenSigned("alice", "", "app.x", envelope(alice, "alice", time.Now().Add(-5*time.Minute), "old")); err == nil {
+		t.Fatal("a message from before the daemon started was taken")
+	}
+	first := envelope(alice, "alice", time.Now(), "hi")
+	if _, err := rx.OpenSigned("alice", "", "app.x", first); err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxSeenPerSender + 10 {
+		if _, err := rx.OpenSigned("mallory", "", "app.x", envelope(mallory, "mallory", time.Now(), fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := rx.OpenSigned("alice", "", "app.x", first); err == nil {
+		t.Fatal("after mallory's flood, alice's message was taken a second time")
+	}
 }
