@@ -232,6 +232,11 @@ func TestRoomChangesMissed(t *testing.T) {
 
 	// alice, the offerer, is offline while bob removes carol.
 	id := offer()
+	later, err := w.alice.d.C.Offer(bg, "alice", api.OfferRequest{Service: "echo", Room: "r2", LaterMembers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	carol.ev.MustWait("carol is offered the later-members tube", isEvent(api.EventNewTube, later.ID))
 	if _, err := w.alice.d.C.Disconnect(bg, "alice"); err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +252,11 @@ func TestRoomChangesMissed(t *testing.T) {
 	if forged, err := forgeStream(t, carol, "alice", w.alice, id); err != nil || !strings.Contains(forged, "refused") {
 		t.Errorf("carol's forged stream after a removal (and a new join) alice missed ended with %q, %v; want a refusal", forged, err)
 	}
+	// The join alice missed counts for the later-members tube: carol, a
+	// member again, is offered it again.
+	carol.ev.MustWait("carol, back, is offered the later-members tube again", func(e api.Event) bool {
+		return isEvent(api.EventNewTube, later.ID)(e) && countEvents(carol.ev, api.EventNewTube, later.ID) == 2
+	})
 
 	// alice leaves r2 (bob's): her own tube ends, not only carol's.
 	id = offer()

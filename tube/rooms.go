@@ -215,6 +215,24 @@ func (m *Manager) Resync(ctx context.Context) {
 		for n := range gone {
 			m.OnRoomEvent(room, n, false, false, false)
 		}
+		// Joins missed: members the later-members tubes were not offered
+		// to get them now (OnRoomEvent offers only those).
+		joined := map[string]bool{}
+		m.mu.Lock()
+		for _, t := range m.tubes {
+			if t.room != room || !t.outgoing || !t.laterMembers || t.only != "" {
+				continue
+			}
+			for n := range joins {
+				if n != m.cfg.Account && !t.members[n] {
+					joined[n] = true
+				}
+			}
+		}
+		m.mu.Unlock()
+		for n := range joined {
+			m.OnRoomEvent(room, n, true, false, false)
+		}
 	}
 }
 
