@@ -15,6 +15,7 @@ import (
 
 	"github.com/tubes-dev/tubes/activation"
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/ucred"
 	"github.com/tubes-dev/tubes/registry"
 )
@@ -138,6 +139,10 @@ func (d *Daemon) serveLocal(act *activated, desc *registry.Descriptor) error {
 	}
 	act.local, act.socket = ln, path
 	go func() {
+		ln := serve.Resilient{Listener: ln, OnError: func(err error) {
+			d.log.Warn("accept failed; trying again", "listener", "activation", "service", desc.Name, "err", err)
+			d.metrics.acceptError("activation")
+		}}
 		for {
 			c, err := ln.Accept()
 			if err != nil {

@@ -8,7 +8,8 @@ import (
 
 // metrics are the daemon's Prometheus metrics; nil records nothing.
 type metrics struct {
-	changes *prometheus.CounterVec
+	changes      *prometheus.CounterVec
+	acceptErrors *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
@@ -20,6 +21,10 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 			Name: "tube_daemon_status_changes_total",
 			Help: "Account status changes by new status.",
 		}, []string{"status"}),
+		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tubes_accept_errors_total",
+			Help: "Accept errors ridden out (out of descriptors, aborted connections), by listener.",
+		}, []string{"listener"}),
 	}
 	accounts := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tube_daemon_accounts_connected",
@@ -47,12 +52,19 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 		}
 		return float64(n)
 	})
-	reg.MustRegister(m.changes, accounts, forged)
+	reg.MustRegister(m.changes, m.acceptErrors, accounts, forged)
 	return m
 }
 
 func (m *metrics) status(_ string, s connection.Status) {
 	if m != nil {
 		m.changes.WithLabelValues(s.String()).Inc()
+	}
+}
+
+// acceptError counts an accept error a listener rode out.
+func (m *metrics) acceptError(listener string) {
+	if m != nil {
+		m.acceptErrors.WithLabelValues(listener).Inc()
 	}
 }

@@ -155,8 +155,9 @@ func (a *account) newTubes() error {
 		Generate: func(ctx context.Context, client string, req tube.ParamsRequest) (map[string]api.Value, error) {
 			return a.d.generate(ctx, a.name, client, req)
 		},
-		TURN:      a.turnConfig,
-		Published: func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
+		TURN:        a.turnConfig,
+		Published:   func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
+		AcceptError: func(listener string, _ error) { a.d.metrics.acceptError(listener) },
 		PinnedKey: func(name string) (identity.PublicKey, bool) {
 			cur, ok := a.pins.get(name)
 			if !ok {

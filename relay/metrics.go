@@ -10,6 +10,7 @@ type metrics struct {
 	bytes        *prometheus.CounterVec
 	refused      prometheus.Counter
 	authFailures prometheus.Counter
+	acceptErrors *prometheus.CounterVec
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -35,9 +36,12 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tubes_turn_auth_failures_total", Help: "TURN requests with refused credentials.",
 		}),
+		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tubes_accept_errors_total", Help: "Accept errors ridden out (out of descriptors, aborted connections), by listener.",
+		}, []string{"listener"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.allocations, m.pending, m.relayed, m.relayedTotal, m.bytes, m.refused, m.authFailures)
+		reg.MustRegister(m.allocations, m.pending, m.relayed, m.relayedTotal, m.bytes, m.refused, m.authFailures, m.acceptErrors)
 	}
 	return m
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/pion/transport/v5/reuseport"
 	"github.com/pion/turn/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"golang.org/x/time/rate"
 )
 
@@ -183,7 +184,7 @@ func Start(cfg Config) (*Server, error) {
 			PacketConn: &guardPacketConn{PacketConn: s.udp, s: s}, RelayAddressGenerator: gen, PermissionHandler: perm,
 		}},
 		ListenerConfigs: []turn.ListenerConfig{{
-			Listener: &guardListener{Listener: s.tcp, s: s}, RelayAddressGenerator: gen, PermissionHandler: perm,
+			Listener: &guardListener{Listener: s.resilient(s.tcp, "turn-tcp"), s: s}, RelayAddressGenerator: gen, PermissionHandler: perm,
 		}},
 	})
 	if err != nil {
@@ -353,7 +354,7 @@ func (g *generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listene
 	}
 	a := *ln.Addr().(*net.TCPAddr)
 	a.IP = g.s.extIP
-	return &peerListener{Listener: ln, s: g.s, user: c.UserID, port: a.Port}, &a, nil
+	return &peerListener{Listener: g.s.resilient(ln, "turn-peer"), s: g.s, user: c.UserID, port: a.Port}, &a, nil
 }
 
 func (g *generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
@@ -484,3 +485,13 @@ func (l *slogLogger) Warn(msg string)           { l.log.Warn(msg) }
 func (l *slogLogger) Warnf(f string, a ...any)  { l.log.Warn(fmt.Sprintf(f, a...)) }
 func (l *slogLogger) Error(msg string)          { l.log.Warn(msg) }
 func (l *slogLogger) Errorf(f string, a ...any) { l.log.Warn(fmt.Sprintf(f, a...)) }
+
+// resilient wraps a listener handed to pion: pion's accept loops return
+// on any error, so a burst that exhausted the relay's descriptors left
+// TURN over TCP (or an allocation's relayed port) dead until a restart.
+func (s *Server) resilient(ln net.Listener, name string) net.Listener {
+	return serve.Resilient{Listener: ln, OnError: func(err error) {
+		s.metrics.acceptErrors.WithLabelValues(name).Inc()
+		s.log.Warn("accept failed; trying again", "listener", name, "err", err)
+	}}
+}

@@ -120,7 +120,12 @@ func (m *Manager) accept(ctx context.Context, id string, req api.AcceptRequest, 
 	}
 	t.local, t.path, t.handler = ls, l.path, handlerClient
 	m.setState(t, Open)
-	go ls.serve(m.log, func(c net.Conn) { m.openLocal(t, c) })
+	go ls.serve(m.log, func(c net.Conn) { m.openLocal(t, c) }, func(err error) {
+		m.log.Warn("accept failed; trying again", "listener", "tube-local", "tube", t.id, "err", err)
+		if m.cfg.AcceptError != nil {
+			m.cfg.AcceptError("tube-local", err)
+		}
+	})
 	m.log.Info("accepted a tube", "tube", id, "service", t.service, "from", t.peer, "address", ls.addr, "access", ls.access, "path", l.path)
 	return t.view(m.cfg.Account), nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -68,6 +69,7 @@ func (m *Manager) Start(ctx context.Context) error {
 }
 
 func (m *Manager) acceptLinks(ln net.Listener) {
+	ln = m.resilient(ln, "peer-link")
 	for {
 		raw, err := ln.Accept()
 		if err != nil {
@@ -381,4 +383,15 @@ func (h *linkHandler) Ctrl(msg []byte) {
 		return
 	}
 	h.m.onAccepted(h.peer, h.path, c.Tube)
+}
+
+// resilient keeps an accept loop alive through transient errors (out of
+// descriptors: a burst of idle connects used to end it for good).
+func (m *Manager) resilient(ln net.Listener, name string) net.Listener {
+	return serve.Resilient{Listener: ln, OnError: func(err error) {
+		m.log.Warn("accept failed; trying again", "listener", name, "err", err)
+		if m.cfg.AcceptError != nil {
+			m.cfg.AcceptError(name, err)
+		}
+	}}
 }

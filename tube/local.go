@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/ucred"
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -199,9 +200,10 @@ func (s *localSocket) admit(c net.Conn) error {
 
 // serve accepts connections until the socket closes, handing admitted
 // ones to open.
-func (s *localSocket) serve(log *slog.Logger, open func(net.Conn)) {
+func (s *localSocket) serve(log *slog.Logger, open func(net.Conn), onError func(error)) {
+	ln := serve.Resilient{Listener: s.l, OnError: onError}
 	for {
-		c, err := s.l.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
 				continue

@@ -122,6 +122,9 @@ type Config struct {
 	// incoming messages are checked against it. Without it (or before a
 	// key is pinned) the key comes from Signaller.Keys.
 	PinnedKey func(name string) (identity.PublicKey, bool)
+	// AcceptError counts an accept error the peer-link or a local
+	// socket's listener rode out (optional).
+	AcceptError func(listener string, err error)
 }
 
 // Manager holds one account's exports, tubes and peer links.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +20,7 @@ import (
 // Loop runs handle, in its own goroutine, on every connection ln
 // accepts, closing the connection after, until ln is closed.
 func Loop(ln net.Listener, handle func(net.Conn)) {
+	ln = Resilient{Listener: ln}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -89,4 +91,50 @@ func ActivatedMain() {
 		os.Exit(3)
 	}
 	os.Exit(0)
+}
+
+// Resilient is a listener whose Accept rides out the errors a busy
+// process meets (out of descriptors or memory, a connection aborted
+// before it was taken): it counts each in OnError, backs off from 5 ms
+// doubling to 1 s as net/http does, and tries again, so that a burst that
+// exhausts the process's descriptors does not end the accept loop (before,
+// such a loop returned and the listener stayed dead until a restart). It
+// returns an error only when the listener is closed or fails for good.
+type Resilient struct {
+	net.Listener
+	OnError func(error) // optional
+}
+
+func (l Resilient) Accept() (net.Conn, error) {
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err == nil {
+			return c, nil
+		}
+		if !Transient(err) {
+			return nil, err
+		}
+		if l.OnError != nil {
+			l.OnError(err)
+		}
+		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+		time.Sleep(delay)
+	}
+}
+
+// Transient reports whether an Accept error will pass: the process or
+// system is out of descriptors, buffers or memory, or the connection was
+// aborted or timed out before it was taken.
+func Transient(err error) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EINTR, unix.EAGAIN, unix.EPROTO, unix.EPERM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
