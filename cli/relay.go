@@ -41,6 +41,7 @@ type relayOpts struct {
 	turnOnly                                        bool
 	turnBandwidth                                   string
 	turnMaxConns                                    int
+	turnAuthDeadline                                time.Duration
 }
 
 func relayCmd(e *env) *cobra.Command {
@@ -87,6 +88,7 @@ under --data when not given; --turn-user adds static credentials;
 	f.BoolVar(&o.turnOnly, "turn-only", false, "run the TURN server alone, without the rendezvous")
 	f.StringVar(&o.turnBandwidth, "turn-bandwidth", "", "cap on each TURN user's relayed bytes per second, e.g. 20M (default: none)")
 	f.IntVar(&o.turnMaxConns, "turn-max-connections", relay.DefaultMaxConnections, "most peer connections one TURN TCP allocation holds at once")
+	f.DurationVar(&o.turnAuthDeadline, "turn-auth-deadline", relay.DefaultAuthDeadline, "how long a TCP connection to the TURN port may stay unauthenticated")
 	logFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(relayUserCmd(e), relayNATSConfigCmd(e))
 	return cmd
@@ -205,11 +207,14 @@ func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay
 	if err != nil {
 		return nil, err
 	}
+	if o.turnAuthDeadline <= 0 {
+		return nil, usagef("--turn-auth-deadline must be positive, not %s", o.turnAuthDeadline)
+	}
 	if o.turnMaxConns < 1 {
 		return nil, usagef("--turn-max-connections must be at least 1, not %d", o.turnMaxConns)
 	}
 	return node.StartTURN(node.TURNConfig{Listen: listen, External: o.turnExternal, Realm: o.turnRealm,
-		Secret: secret, Users: users, AllowPeers: o.allowPeers, Bandwidth: bw, MaxConnections: o.turnMaxConns,
+		Secret: secret, Users: users, AllowPeers: o.allowPeers, Bandwidth: bw, MaxConnections: o.turnMaxConns, AuthDeadline: o.turnAuthDeadline,
 		Logger: log, Registerer: reg})
 }
 

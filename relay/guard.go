@@ -208,6 +208,10 @@ func (l *guardListener) Accept() (net.Conn, error) {
 		return c, nil
 	}
 	tc.SetNoDelay(true)
+	// Until an authenticated Allocate or ConnectionBind succeeds (Write
+	// sees pion's answer), reads end at the deadline, and pion closes the
+	// connection.
+	tc.SetReadDeadline(time.Now().Add(l.s.cfg.AuthDeadline))
 	return &guardConn{TCPConn: tc, s: l.s, tuple: tupleKey(c.RemoteAddr(), c.LocalAddr())}, nil
 }
 
@@ -267,10 +271,15 @@ func (c *guardConn) Read(p []byte) (int, error) {
 // it handles the request.)
 func (c *guardConn) Write(p []byte) (int, error) {
 	if !c.raw.Load() && len(p) >= stunHeader && stun.IsMessage(p) {
-		if binary.BigEndian.Uint16(p[0:2]) == stun.NewType(methodBind, stun.ClassSuccessResponse).Value() {
+		switch binary.BigEndian.Uint16(p[0:2]) {
+		case stun.NewType(methodBind, stun.ClassSuccessResponse).Value():
+			c.TCPConn.SetReadDeadline(time.Time{})
 			c.bound()
 			c.raw.Store(true)
-		} else {
+		case stun.NewType(methodAllocate, stun.ClassSuccessResponse).Value():
+			c.TCPConn.SetReadDeadline(time.Time{}) // authenticated: a control connection now
+			c.noteOutgoing(p)
+		default:
 			c.noteOutgoing(p)
 		}
 	}

@@ -1108,3 +1108,37 @@ func TestCoturnClient(t *testing.T) {
 		})
 	}
 }
+
+// A TCP connection to the TURN port that does not authenticate within
+// the deadline is closed (idle connects used to pile up until the relay ran
+// out of descriptors); a wrong password does not stop the clock; a client
+// whose Allocate succeeded keeps its connection past the deadline, and a
+// data connection whose ConnectionBind succeeded keeps relaying.
+func TestTURNAuthDeadline(t *testing.T) {
+	const deadline = 300 * time.Millisecond
+	s := startRelay(t, relay.Config{AuthDeadline: deadline, AllowPeers: []string{"127.0.0.0/8"}})
+	idle, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	wrong := dialTCP(t, s, alice, "not the password")
+	wrong.expect(401, stun.MethodAllocate, transport(protoTCP))
+
+	good := dialTCP(t, s, alice, alicePass)
+	relayed, _ := good.allocate(protoTCP)
+	good.permit("127.0.0.1")
+	expectClosed(t, idle, 5*time.Second)
+	expectClosed(t, wrong, 5*time.Second)
+	expectOpen(t, good, 2*deadline) // past the deadline: authenticated
+	peer := dialPeer(t, relayed)
+	_, id := good.attempt()
+	data := bind(t, s, alice, alicePass, id)
+	expectOpen(t, data, 2*deadline)
+	io.WriteString(peer, "after the deadline")
+	buf := make([]byte, 18)
+	data.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(data, buf); err != nil || string(buf) != "after the deadline" {
+		t.Fatalf("the bound connection after the deadline: %q %v", buf, err)
+	}
+}

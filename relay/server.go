@@ -32,10 +32,11 @@ import (
 const (
 	DefaultRealm          = "tubes"
 	DefaultLifetime       = 600 * time.Second
-	MaxLifetime           = time.Hour // allocations live at most this long between refreshes
-	DefaultMaxAllocations = 32        // per user
-	DefaultMaxPending     = 64        // unbound peer connections per user
-	DefaultMaxConnections = 1024      // peer connections per TCP allocation
+	MaxLifetime           = time.Hour        // allocations live at most this long between refreshes
+	DefaultMaxAllocations = 32               // per user
+	DefaultMaxPending     = 64               // unbound peer connections per user
+	DefaultMaxConnections = 1024             // peer connections per TCP allocation
+	DefaultAuthDeadline   = 10 * time.Second // a TCP control connection's time to authenticate
 	connectTimeout        = 30 * time.Second
 )
 
@@ -72,9 +73,14 @@ type Config struct {
 	Bandwidth int64
 	// Lifetime is the default allocation lifetime (600 s; at most
 	// MaxLifetime). Clients may ask for more, up to MaxLifetime.
-	Lifetime   time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Lifetime time.Duration
+	// AuthDeadline is how long a TCP connection to the TURN port may stay
+	// without an authenticated Allocate or ConnectionBind succeeding
+	// (default 10 s, as OpenSSH's LoginGraceTime bounds a login): idle
+	// connects cannot pile up and hold the relay's descriptors.
+	AuthDeadline time.Duration
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
 }
 
 // Server is a running TURN server.
@@ -120,6 +126,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.AuthDeadline == 0 {
+		cfg.AuthDeadline = DefaultAuthDeadline
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
