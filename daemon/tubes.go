@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -89,19 +91,11 @@ func (s signaller) RoomJoins(ctx context.Context, room string) (map[string]time.
 }
 
 func (s signaller) RoomMembers(ctx context.Context, room string) ([]string, error) {
-	c, err := s.a.conn()
+	joins, err := s.RoomJoins(ctx, room)
 	if err != nil {
 		return nil, err
 	}
-	ms, err := c.RoomMembers(ctx, room)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, len(ms))
-	for i, m := range ms {
-		out[i] = m.Name
-	}
-	return out, nil
+	return slices.Sorted(maps.Keys(joins)), nil
 }
 
 // turnTTL is the lifetime of the REST credentials a daemon makes itself

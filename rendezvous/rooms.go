@@ -181,6 +181,9 @@ func (s *Service) opRoomJoin(ctx context.Context, me string, data []byte) (any, 
 
 // dropInvitation deletes any invitation of name to room, leftover or not.
 func (s *Service) dropInvitation(ctx context.Context, room, name string) {
+	if !s.store.view.hasInvitationRecord(room, name) {
+		return // nothing to delete: no write
+	}
 	if err := s.store.delete(ctx, "invitation."+room+"."+name); err != nil {
 		s.log.Warn("invitation not deleted", "room", room, "name", name, "err", err)
 	}

@@ -472,6 +472,15 @@ func (v *view) invitationValidLocked(rr roomRecord, name string, inv invitationR
 	return ok && m.Admin
 }
 
+// hasInvitationRecord reports whether an invitation record of name to
+// room is stored, valid or not.
+func (v *view) hasInvitationRecord(room, name string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, ok := v.invited[room][name]
+	return ok
+}
+
 // invitationsBy returns the invitations name made, as room → invitees.
 func (v *view) invitationsBy(name string) map[string][]string {
 	v.mu.Lock()
