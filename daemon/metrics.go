@@ -18,7 +18,7 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 	}
 	m := &metrics{
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tube_daemon_status_changes_total",
+			Name: "tubes_daemon_status_changes_total",
 			Help: "Account status changes by new status.",
 		}, []string{"status"}),
 		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -27,7 +27,7 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 		}, []string{"listener"}),
 	}
 	accounts := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "tube_daemon_accounts_connected",
+		Name: "tubes_daemon_accounts_connected",
 		Help: "Accounts currently connected to their relay.",
 	}, func() float64 {
 		n := 0
@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 		return float64(n)
 	})
 	forged := prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "tube_daemon_forged_messages_total",
+		Name: "tubes_daemon_forged_messages_total",
 		Help: "Tube and service messages dropped because they were not signed by their sender's pinned key.",
 	}, func() float64 {
 		d.mu.Lock()

@@ -162,7 +162,7 @@ func TestForgedOfferDropped(t *testing.T) {
 	if _, ok := bobEv.Wait(func(e api.Event) bool { return e.Type == api.EventNewTube && e.TubeID == "FORGEDFORGEDFORG" }, 0); ok {
 		t.Fatal("bob's daemon took the forged offer")
 	}
-	if got := counterValue(t, reg, "tube_daemon_forged_messages_total"); got != 3 {
+	if got := counterValue(t, reg, "tubes_daemon_forged_messages_total"); got != 3 {
 		t.Fatalf("forged messages counted: %v, want 3", got)
 	}
 	sub.Unsubscribe()
@@ -191,7 +191,7 @@ func TestForgedOfferDropped(t *testing.T) {
 	if n := countNewTube(bobEv.All(), real.ID); n != 1 {
 		t.Fatalf("bob was offered tube %s %d times: the replay was taken", real.ID, n)
 	}
-	if got := counterValue(t, reg, "tube_daemon_forged_messages_total"); got != 4 {
+	if got := counterValue(t, reg, "tubes_daemon_forged_messages_total"); got != 4 {
 		t.Fatalf("forged or replayed messages counted: %v, want 4", got)
 	}
 }

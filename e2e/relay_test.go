@@ -230,13 +230,13 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("%s: no %s in\n%s", addr, name, b)
 		return ""
 	}
-	if v := scrape(relayHTTP, "tube_rendezvous_online_accounts"); v != "1" {
+	if v := scrape(relayHTTP, "tubes_rendezvous_online_accounts"); v != "1" {
 		t.Fatalf("relay online accounts = %s", v)
 	}
-	if v := scrape(relayHTTP, "tube_rendezvous_accounts"); v != "1" {
+	if v := scrape(relayHTTP, "tubes_rendezvous_accounts"); v != "1" {
 		t.Fatalf("relay accounts = %s", v)
 	}
-	if v := scrape(daemonHTTP, "tube_daemon_accounts_connected"); v != "1" {
+	if v := scrape(daemonHTTP, "tubes_daemon_accounts_connected"); v != "1" {
 		t.Fatalf("daemon connected accounts = %s", v)
 	}
 }

@@ -20,15 +20,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		reg: reg,
 		auths: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tube_rendezvous_authorizations_total",
+			Name: "tubes_rendezvous_authorizations_total",
 			Help: "Connection authorizations by result (ok, refused).",
 		}, []string{"result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tube_rendezvous_requests_total",
+			Name: "tubes_rendezvous_requests_total",
 			Help: "Account service requests by operation and result (ok or the Telepathy error name).",
 		}, []string{"op", "result"}),
 		delivers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tube_rendezvous_messages_delivered_total",
+			Name: "tubes_rendezvous_messages_delivered_total",
 			Help: "Messages delivered into inboxes by send.",
 		}),
 	}
@@ -40,15 +40,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) bind(s *Service) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tube_rendezvous_accounts",
+			Name: "tubes_rendezvous_accounts",
 			Help: "Registered accounts.",
 		}, func() float64 { return float64(len(s.store.view.accountNames())) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tube_rendezvous_online_accounts",
+			Name: "tubes_rendezvous_online_accounts",
 			Help: "Accounts with at least one live connection.",
 		}, func() float64 { return float64(s.pres.onlineCount()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tube_rendezvous_relays",
+			Name: "tubes_rendezvous_relays",
 			Help: "Relay instances serving the cluster.",
 		}, func() float64 { return float64(s.pres.relayCount()) }),
 	)

@@ -159,7 +159,7 @@ func run(tube string, n, conc int) error {
 	wg.Wait()
 	elapsed := time.Since(t0)
 	time.Sleep(3 * time.Second) // idle
-	online := metric(httpAddr, "tube_rendezvous_online_accounts")
+	online := metric(httpAddr, "tubes_rendezvous_online_accounts")
 	full := rssKB(relay.Process.Pid)
 	heap := metric(httpAddr, "go_memstats_heap_inuse_bytes")
 	if prof := os.Getenv("RELAYLOAD_HEAP_PROFILE"); prof != "" {
