@@ -15,7 +15,14 @@ package peerlink
 // Stream ids are odd when opened by the side that dialed the link and
 // even when opened by the side that accepted it, so both may open
 // streams without coordinating. Stream id 0 is the link itself (ctrl,
-// ping, pong, goaway).
+// ping, pong, goaway, and window: credit for the whole link).
+//
+// Flow control has two levels, as in HTTP/2: a sender may have at most
+// initialWindow bytes of DATA in flight on one stream, and at most
+// linkWindow on the link, however many streams are open. Each receiver
+// grants credit back (WINDOW on the stream, WINDOW on stream 0 for the
+// link) as it writes data to its local sockets, so what one link can make
+// a receiver hold is linkWindow bytes (see Limits).
 
 // Frame types.
 const (
@@ -23,7 +30,7 @@ const (
 	frameOpen   byte = 1 // payload: opaque open metadata for the layer above
 	frameFin    byte = 2 // the sender will send no more data on the stream
 	frameRst    byte = 3 // abort; payload: 1-byte code, then a message
-	frameWindow byte = 4 // payload: 4-byte credit increment
+	frameWindow byte = 4 // payload: 4-byte credit increment (stream 0: the link's)
 	framePing   byte = 5 // payload: 8 opaque bytes, echoed in a pong
 	framePong   byte = 6
 	frameCtrl   byte = 7 // stream 0; payload: message for the layer above
@@ -41,4 +48,7 @@ const (
 	// sender may have in flight on one stream before the receiver has
 	// written them to its local socket.
 	initialWindow = 4 << 20
+	// linkWindow is each link's receive budget: the most bytes a sender
+	// may have in flight on all streams of the link together.
+	linkWindow = 16 << 20
 )

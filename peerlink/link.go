@@ -36,23 +36,72 @@ import (
 	"math/big"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tubes-dev/tubes/identity"
 )
 
-// ALPN protocol of Tubes links.
-const alpn = "tube/2"
+// ALPN protocol of Tubes links: tube/3 added the link's window (a
+// receive budget for all streams together).
+const alpn = "tube/3"
 
-// Identity is the local account a link speaks for.
+// Identity is the local account a link speaks for, and the limits its
+// links hold peers to.
 type Identity struct {
-	Name string
-	Key  *identity.Key
+	Name   string
+	Key    *identity.Key
+	Limits Limits
 
 	once sync.Once
 	cert tls.Certificate
 	err  error
+
+	held    atomic.Int64  // DATA bytes received on all links, not yet credited back
+	refused atomic.Uint64 // streams refused for being over Limits.Streams
 }
+
+// Limits bound what a peer can make this side hold. The receive budget
+// of a link is fixed by the protocol (linkWindow, 16 MiB).
+type Limits struct {
+	// Streams is the most streams a peer may have open on one link at
+	// once; a stream it opens over that is reset (Refused). Zero means
+	// DefaultStreams.
+	Streams int
+	// Handshake bounds a link's TLS handshake, the account check after
+	// it included. Zero means DefaultHandshake.
+	Handshake time.Duration
+}
+
+// Defaults of Limits.
+const (
+	DefaultStreams   = 256
+	DefaultHandshake = 10 * time.Second
+	// ReceiveBudget is what one link may make its receiver hold: DATA in
+	// flight on all its streams together (the protocol's link window).
+	ReceiveBudget = linkWindow
+)
+
+func (l Limits) streams() int {
+	if l.Streams > 0 {
+		return l.Streams
+	}
+	return DefaultStreams
+}
+
+func (l Limits) handshake() time.Duration {
+	if l.Handshake > 0 {
+		return l.Handshake
+	}
+	return DefaultHandshake
+}
+
+// HeldBytes is what the peers of this identity's links have sent and the
+// local sockets have not taken yet (at most ReceiveBudget per link).
+func (id *Identity) HeldBytes() int64 { return id.held.Load() }
+
+// RefusedStreams counts streams refused for being over Limits.Streams.
+func (id *Identity) RefusedStreams() uint64 { return id.refused.Load() }
 
 // certificate is a self-signed certificate for the account key; peers pin
 // the key, not the certificate, so it is made fresh at start.
@@ -115,11 +164,11 @@ func Client(ctx context.Context, raw net.Conn, self *Identity, peer string, peer
 			return nil
 		},
 	})
-	out, in, err := handshake(ctx, conn, true)
+	out, in, err := handshake(ctx, conn, true, self.Limits.handshake())
 	if err != nil {
 		return nil, err
 	}
-	return newSession(raw, out, in, true, h, log), nil
+	return newSession(raw, out, in, true, self, h, log), nil
 }
 
 // Verifier decides whether an account with a key may open a link to us.
@@ -155,7 +204,9 @@ func Server(ctx context.Context, raw net.Conn, self *Identity, verify Verifier, 
 			return err
 		},
 	})
-	out, in, err := handshake(ctx, conn, false)
+	ctx, cancel := context.WithTimeout(ctx, self.Limits.handshake())
+	defer cancel()
+	out, in, err := handshake(ctx, conn, false, self.Limits.handshake())
 	if err != nil {
 		return nil, "", err
 	}
@@ -166,14 +217,14 @@ func Server(ctx context.Context, raw net.Conn, self *Identity, verify Verifier, 
 		conn.Close() // a close_notify alert, then the end: the client reads a refusal
 		return nil, "", err
 	}
-	return newSession(raw, out, in, false, handlerFor(peer), log), peer, nil
+	return newSession(raw, out, in, false, self, handlerFor(peer), log), peer, nil
 }
 
 // handshake runs the TLS handshake and returns the record states for
 // this side's writes and reads. The TLS connection is not used after it:
 // the link's records go over the raw connection under it.
-func handshake(ctx context.Context, conn *tls.Conn, client bool) (out, in *cipherState, err error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+func handshake(ctx context.Context, conn *tls.Conn, client bool, limit time.Duration) (out, in *cipherState, err error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	if err := conn.HandshakeContext(ctx); err != nil {
 		conn.Close()

@@ -66,6 +66,10 @@ func (h funcHandler) Ctrl(m []byte) {
 	}
 }
 
+// testServerLimits are the limits of the accepting side of the next
+// newLink (newLimitedLink sets them).
+var testServerLimits Limits
+
 // link is a client and a server session over loopback TCP.
 type link struct {
 	client, server *Session
@@ -82,6 +86,7 @@ func newLink(t testing.TB, serverHandler Handler) link {
 func newLinkVia(t testing.TB, serverHandler Handler, via func(addr string) string) link {
 	t.Helper()
 	alice, bob := ident(t, "alice"), ident(t, "bob")
+	alice.Limits = testServerLimits
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

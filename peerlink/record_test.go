@@ -88,7 +88,8 @@ func readRecords(in *cipherState, input []byte) ([]string, error) {
 // driving read directly.
 func newSessionForRead(in, out *cipherState, h Handler) *Session {
 	return &Session{conn: discardConn{}, in: in, out: out, h: h, log: discardLog,
-		streams: map[uint32]*Stream{}, done: make(chan struct{}), nextID: 2}
+		streams: map[uint32]*Stream{}, done: make(chan struct{}), nextID: 2,
+		credit: linkWindow, wait: map[*Stream]struct{}{}}
 }
 
 func TestRecordRoundTrip(t *testing.T) {
@@ -332,12 +333,12 @@ func TestRecordNotReflected(t *testing.T) {
 	}
 }
 
-// A received record of a 16, 64 or 256 KiB payload (common local read
+// A received record of a 16, 32, ... 512 KiB payload (common local read
 // sizes) or of a full frame fits the class of its payload size, not the
-// next one up.
+// next one up; one just over a class takes less than twice its size.
 func TestBufferClasses(t *testing.T) {
 	prev := 0
-	for class, payload := range []int{16 << 10, 64 << 10, 256 << 10, maxData} {
+	for class, payload := range []int{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, maxData} {
 		for _, n := range []int{prev + 100, payload} {
 			if b := getBuf(n + trailerLen + tagLen); cap(b) != bufClasses[class] {
 				t.Errorf("the record of a %d-byte payload takes a buffer of %d, want %d", n, cap(b), bufClasses[class])

@@ -40,6 +40,7 @@ var ErrClosed = errors.New("peerlink: link closed")
 type Session struct {
 	conn   net.Conn // the network connection the records go over
 	client bool
+	id     *Identity // limits and counters; nil in tests that drive read
 	h      Handler
 	log    *slog.Logger
 
@@ -50,8 +51,19 @@ type Session struct {
 
 	mu      sync.Mutex // guards the fields below
 	streams map[uint32]*Stream
+	opened  int // streams in streams the peer opened
 	nextID  uint32
 	err     error // why the session ended
+
+	// The link's window (frame.go), under cmu: what this side may still
+	// send on all streams, the streams waiting for that to grow, and what
+	// it has received and not yet credited back (held, of which owed
+	// is written locally already).
+	cmu    sync.Mutex
+	credit int
+	wait   map[*Stream]struct{}
+	held   int
+	owed   int
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
 	ponging  atomic.Bool  // a pong is being sent
@@ -61,9 +73,10 @@ type Session struct {
 
 // newSession starts a session on conn, whose TLS handshake gave the
 // record states out and in.
-func newSession(conn net.Conn, out, in *cipherState, client bool, h Handler, log *slog.Logger) *Session {
-	s := &Session{conn: conn, out: out, in: in, client: client, h: h, log: log,
-		streams: map[uint32]*Stream{}, done: make(chan struct{})}
+func newSession(conn net.Conn, out, in *cipherState, client bool, id *Identity, h Handler, log *slog.Logger) *Session {
+	s := &Session{conn: conn, out: out, in: in, client: client, id: id, h: h, log: log,
+		streams: map[uint32]*Stream{}, done: make(chan struct{}),
+		credit: linkWindow, wait: map[*Stream]struct{}{}}
 	if client {
 		s.nextID = 1
 	} else {
@@ -182,6 +195,11 @@ func (s *Session) fail(err error, code Code) {
 	for _, st := range streams {
 		st.abort(&ResetError{Code: code, Message: "the link to the peer ended", Err: err}, false)
 	}
+	s.cmu.Lock()
+	held := s.held - s.owed
+	s.held, s.owed = 0, 0
+	s.cmu.Unlock()
+	s.countHeld(-int64(held))
 	close(s.done)
 }
 
@@ -196,8 +214,16 @@ func (s *Session) stream(id uint32) *Stream {
 
 func (s *Session) remove(st *Stream) {
 	s.mu.Lock()
-	delete(s.streams, st.id)
+	if s.streams[st.id] == st {
+		delete(s.streams, st.id)
+		if s.peerOpened(st.id) {
+			s.opened--
+		}
+	}
 	s.mu.Unlock()
+	s.cmu.Lock()
+	delete(s.wait, st)
+	s.cmu.Unlock()
 }
 
 func (s *Session) readLoop() {
@@ -265,12 +291,115 @@ func (s *Session) data(stream uint32, payload []byte) error {
 		putBuf(payload)
 		return fmt.Errorf("peerlink: an empty data frame on stream %d", stream)
 	}
+	if err := s.receive(len(payload)); err != nil {
+		putBuf(payload)
+		return err
+	}
 	st := s.stream(stream)
 	if st == nil { // data for a stream that was reset meanwhile
+		s.release(len(payload), false)
 		putBuf(payload)
 		return nil
 	}
 	return st.deliver(payload)
+}
+
+// peerOpened reports whether stream id is one the peer opens.
+func (s *Session) peerOpened(id uint32) bool { return (id%2 == 1) == !s.client }
+
+// receive counts n bytes of DATA against the link's window: a peer that
+// sends more than the window allows is breaking the protocol.
+func (s *Session) receive(n int) error {
+	s.cmu.Lock()
+	if s.held+n > linkWindow {
+		s.cmu.Unlock()
+		return errors.New("peerlink: the peer overran the link's window")
+	}
+	s.held += n
+	s.cmu.Unlock()
+	s.countHeld(int64(n))
+	return nil
+}
+
+// release gives the link's window back n bytes that were received and
+// are gone from this side (written locally, or dropped with their
+// stream); once a quarter of the window is owed, the peer gets it. With
+// wait false the caller may not block on the link (the reader), so
+// another goroutine sends the grant.
+func (s *Session) release(n int, wait bool) {
+	if n <= 0 {
+		return
+	}
+	s.countHeld(-int64(n))
+	s.cmu.Lock()
+	s.owed += n
+	grant := 0
+	if s.owed >= linkWindow/4 {
+		grant = s.owed
+		s.held -= grant
+		s.owed = 0
+	}
+	s.cmu.Unlock()
+	if grant == 0 {
+		return
+	}
+	var p [4]byte
+	binary.BigEndian.PutUint32(p[:], uint32(grant))
+	if wait {
+		s.writeSmall(frameWindow, 0, p[:])
+	} else {
+		go s.writeSmall(frameWindow, 0, p[:])
+	}
+}
+
+// countHeld keeps the identity's count of received bytes in memory.
+func (s *Session) countHeld(n int64) {
+	if s.id != nil && n != 0 {
+		s.id.held.Add(n)
+	}
+}
+
+// linkCredit is what this side may send on the link now; when it is
+// none, st is woken (creditCh) once the peer grants more.
+func (s *Session) linkCredit(st *Stream) int {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.credit <= 0 {
+		s.wait[st] = struct{}{}
+	}
+	return s.credit
+}
+
+// takeCredit takes n bytes of the link's window for st, waiting for the
+// peer to grant them; false means the stream ended meanwhile.
+func (s *Session) takeCredit(st *Stream, n int) bool {
+	for {
+		s.cmu.Lock()
+		if s.credit >= n {
+			s.credit -= n
+			s.cmu.Unlock()
+			return true
+		}
+		s.wait[st] = struct{}{}
+		s.cmu.Unlock()
+		<-st.creditCh
+		if st.dead() {
+			return false
+		}
+	}
+}
+
+// addCredit is the peer's grant of link window: every stream waiting for
+// it tries again.
+func (s *Session) addCredit(n int) {
+	s.cmu.Lock()
+	s.credit += n
+	wait := s.wait
+	s.wait = map[*Stream]struct{}{}
+	s.cmu.Unlock()
+	for st := range wait {
+		st.wake()
+	}
 }
 
 // frame acts on a frame other than DATA.
@@ -285,8 +414,19 @@ func (s *Session) frame(typ byte, stream uint32, payload []byte) error {
 			s.mu.Unlock()
 			return fmt.Errorf("peerlink: peer reopened stream %d", stream)
 		}
+		if s.id != nil && s.opened >= s.id.Limits.streams() {
+			// Over the cap: refused alone, the link and its other
+			// streams go on. DATA the peer sent meanwhile is dropped
+			// (and credited back) as for any reset stream.
+			s.mu.Unlock()
+			s.id.refused.Add(1)
+			p := append([]byte{byte(CodeRefused)}, "too many connections are open on this link"...)
+			go s.writeSmall(frameRst, stream, p)
+			return nil
+		}
 		st := newStream(s, stream)
 		s.streams[stream] = st
+		s.opened++
 		hd := s.h
 		s.mu.Unlock()
 		hd.Open(st, payload)
@@ -307,8 +447,11 @@ func (s *Session) frame(typ byte, stream uint32, payload []byte) error {
 		if len(payload) != 4 {
 			return fmt.Errorf("peerlink: malformed window frame")
 		}
-		if st := s.stream(stream); st != nil {
-			st.addCredit(int(binary.BigEndian.Uint32(payload)))
+		n := int(binary.BigEndian.Uint32(payload))
+		if stream == 0 {
+			s.addCredit(n)
+		} else if st := s.stream(stream); st != nil {
+			st.addCredit(n)
 		}
 	case framePing:
 		if len(payload) != 8 {
@@ -351,10 +494,12 @@ func (s *Session) keepalive() {
 	}
 }
 
-// Buffers for stream data, in size classes: a frame's buffer is the
-// smallest class that holds it, so a small message queued at a receiver
-// does not pin a megabyte.
-var bufClasses = [...]int{16<<10 + frameRoom, 64<<10 + frameRoom, 256<<10 + frameRoom, maxData + frameRoom}
+// Buffers for stream data, in size classes a factor of two apart: a
+// frame's buffer is the smallest class that holds it, so a small message
+// queued at a receiver does not pin a megabyte, and what a link's
+// receive budget holds takes at most twice its size in buffers.
+var bufClasses = [...]int{16<<10 + frameRoom, 32<<10 + frameRoom, 64<<10 + frameRoom, 128<<10 + frameRoom,
+	256<<10 + frameRoom, 512<<10 + frameRoom, maxData + frameRoom}
 
 var bufPools [len(bufClasses)]sync.Pool
 

@@ -170,17 +170,15 @@ func (st *Stream) abort(e *ResetError, tell bool) {
 	}
 	st.err = e
 	st.sendDone, st.recvDone = true, true
-	queue := st.queue
+	queue, queued := st.queue, st.queued
 	st.queue, st.queued = nil, 0
 	local := st.local
 	st.mu.Unlock()
 	for _, b := range queue {
 		putBuf(b)
 	}
-	select {
-	case st.creditCh <- struct{}{}:
-	default:
-	}
+	st.s.release(queued, false)
+	st.wake()
 	if tell {
 		p := append([]byte{byte(e.Code)}, e.Message...)
 		st.s.writeSmall(frameRst, st.id, p)
@@ -219,6 +217,7 @@ func (st *Stream) deliver(b []byte) error {
 	st.mu.Lock()
 	if st.err != nil || st.finRecv {
 		st.mu.Unlock()
+		st.s.release(len(b), false)
 		putBuf(b)
 		return nil
 	}
@@ -327,10 +326,22 @@ func (st *Stream) addCredit(n int) {
 	st.mu.Lock()
 	st.credit += n
 	st.mu.Unlock()
+	st.wake()
+}
+
+// wake tells the stream's pump that its credit, or the link's, changed.
+func (st *Stream) wake() {
 	select {
 	case st.creditCh <- struct{}{}:
 	default:
 	}
+}
+
+// dead reports whether the stream can send no more.
+func (st *Stream) dead() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.err != nil || st.sendDone
 }
 
 // drain writes queued data to the local socket, and after a received FIN
@@ -407,6 +418,7 @@ func (st *Stream) drain(wait bool) {
 			for _, b := range bufs {
 				putBuf(b)
 			}
+			st.s.release(total, false) // dropped with the stream
 			e := &ResetError{Code: CodeCancelled, Message: "the local connection closed before all data was delivered"}
 			if r := localReset(err); r.Code == CodeRefused {
 				e = r
@@ -419,6 +431,7 @@ func (st *Stream) drain(wait bool) {
 			return
 		}
 		rest := consumed(bufs, n)
+		st.s.release(n, wait)
 		st.mu.Lock()
 		st.owed += n
 		if len(rest) > 0 {
@@ -491,7 +504,7 @@ func (st *Stream) pump() {
 			dead := st.err != nil
 			st.credit -= n
 			st.mu.Unlock()
-			if dead {
+			if dead || !st.s.takeCredit(st, n) {
 				putBuf(buf)
 				return
 			}
@@ -542,8 +555,10 @@ func localReset(err error) *ResetError {
 	return &ResetError{Code: CodeCancelled, Message: "the local connection was reset", Err: err}
 }
 
-// waitCredit blocks until the peer has granted credit or the stream is
-// reset, returning the credit (0 when reset).
+// waitCredit blocks until the peer has granted credit on the stream and
+// on the link, or the stream is reset, returning the smaller of the two
+// (0 when reset). What it returns is not taken: another stream may take
+// the link's meanwhile (takeCredit waits for it again).
 func (st *Stream) waitCredit() int {
 	for {
 		st.mu.Lock()
@@ -551,12 +566,13 @@ func (st *Stream) waitCredit() int {
 			st.mu.Unlock()
 			return 0
 		}
-		if st.credit > 0 {
-			c := st.credit
-			st.mu.Unlock()
-			return c
-		}
+		c := st.credit
 		st.mu.Unlock()
+		if c > 0 {
+			if lc := st.s.linkCredit(st); lc > 0 {
+				return min(c, lc)
+			}
+		}
 		<-st.creditCh
 	}
 }

@@ -1,0 +1,197 @@
+package peerlink
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// stuckHandler splices every stream to one end of a pipe nobody reads:
+// whatever the peer sends stays in this side's memory. release resets
+// the streams it holds.
+type stuckHandler struct {
+	mu      sync.Mutex
+	streams []*Stream
+}
+
+func (h *stuckHandler) Open(st *Stream, _ []byte) {
+	local, _ := net.Pipe() // no kernel buffer: every byte is held here
+	h.mu.Lock()
+	h.streams = append(h.streams, st)
+	h.mu.Unlock()
+	st.Splice(local, nil)
+}
+
+func (h *stuckHandler) Ctrl([]byte) {}
+
+func (h *stuckHandler) release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, st := range h.streams {
+		st.Reset(CodeCancelled, "released")
+	}
+	h.streams = nil
+}
+
+// flood opens a stream and sends zeros on it until the stream ends.
+func flood(t *testing.T, s *Session) {
+	app, _ := openConn(t, s, "flood")
+	t.Cleanup(func() { app.Close() })
+	go io.Copy(app, zeroReader{})
+}
+
+// waitSettled waits until f stops changing (a reading that stays the same
+// for several looks; a zero reading counts only if zero is allowed), and
+// returns it.
+func waitSettled(t *testing.T, f func() int64, zero bool) int64 {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	last, same := f(), 0
+	for same < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still changing at %d", last)
+		}
+		time.Sleep(10 * time.Millisecond)
+		if v := f(); v == last && (v > 0 || zero) {
+			same++
+		} else {
+			last, same = v, 0
+		}
+	}
+	return last
+}
+
+// A peer that opens many streams to a service that does not read makes
+// this side hold at most the link's receive budget, not a window per
+// stream (12 streams × 4 MiB would be 48 MiB); the link is not broken by
+// it, and once the stuck streams end a new one carries data again.
+func TestLinkReceiveBudget(t *testing.T) {
+	h := &stuckHandler{}
+	l := newLink(t, h)
+	const streams = 12
+	for range streams {
+		flood(t, l.client)
+	}
+	held := waitSettled(t, l.server.id.HeldBytes, false)
+	if held > ReceiveBudget {
+		t.Fatalf("%d streams to a service that does not read hold %d bytes, over the link's budget of %d", streams, held, ReceiveBudget)
+	}
+	if held < ReceiveBudget/2 {
+		t.Fatalf("only %d bytes arrived before the senders stopped: the budget (%d) should be nearly used", held, ReceiveBudget)
+	}
+	if err := l.server.Err(); err != nil {
+		t.Fatalf("the link ended: %v", err)
+	}
+	h.release()
+	waitStreams(t, l.server, 0)
+	// Their writers give their buffers back as the pipes close.
+	if got := waitSettled(t, l.server.id.HeldBytes, true); got != 0 {
+		t.Fatalf("%d bytes still held after the streams ended", got)
+	}
+	// The credit of the dropped data came back: a new stream moves more
+	// than the whole budget.
+	l.server.SetHandler(serviceHandler(t, echo))
+	app, done := openConn(t, l.client, "after")
+	data := bytes.Repeat([]byte("after the flood "), 2*ReceiveBudget/16)
+	go func() {
+		app.Write(data)
+		app.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(app)
+	if err != nil || sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("after the flood: %d of %d bytes back, %v", len(got), len(data), err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the stream after the flood ended with %v", err)
+	}
+}
+
+// newLimitedLink is newLink with limits on the accepting side.
+func newLimitedLink(t *testing.T, serverHandler Handler, lim Limits) link {
+	t.Helper()
+	old := testServerLimits
+	testServerLimits = lim
+	defer func() { testServerLimits = old }()
+	return newLink(t, serverHandler)
+}
+
+// A peer may have Limits.Streams streams open on a link: one more is
+// refused with a reset, alone; the open ones keep working, and once one
+// ends a new stream is taken again.
+func TestLinkStreamCap(t *testing.T) {
+	const cap = 4
+	l := newLimitedLink(t, serviceHandler(t, echo), Limits{Streams: cap})
+	var apps []net.Conn
+	for i := range cap {
+		app, _ := openConn(t, l.client, "")
+		defer app.Close()
+		if _, err := app.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(app, b[:]); err != nil || b[0] != byte(i) {
+			t.Fatalf("stream %d: echo %v, %v", i, b, err)
+		}
+		apps = append(apps, app)
+	}
+	over, done := openConn(t, l.client, "")
+	defer over.Close()
+	var re *ResetError
+	if err := <-done; !errors.As(err, &re) || re.Code != CodeRefused || !re.Remote {
+		t.Fatalf("the stream over the cap ended with %v, want a refusal", err)
+	}
+	if _, err := readToError(over); !isReset(err) {
+		t.Fatalf("the application of the refused stream saw %v, want a reset", err)
+	}
+	if n := l.server.id.RefusedStreams(); n != 1 {
+		t.Fatalf("%d streams counted as refused, want 1", n)
+	}
+	// The open streams are untouched.
+	for i, app := range apps {
+		app.Write([]byte("x"))
+		var b [1]byte
+		if _, err := io.ReadFull(app, b[:]); err != nil || b[0] != 'x' {
+			t.Fatalf("stream %d after the refusal: %v", i, err)
+		}
+	}
+	apps[0].(*net.TCPConn).CloseWrite()
+	io.ReadAll(apps[0])
+	waitStreams(t, l.server, cap-1)
+	again, _ := openConn(t, l.client, "")
+	defer again.Close()
+	again.Write([]byte("y"))
+	var b [1]byte
+	if _, err := io.ReadFull(again, b[:]); err != nil || b[0] != 'y' {
+		t.Fatalf("a stream after one ended: %v", err)
+	}
+}
+
+// A peer that sends more than the link's window on all streams together
+// (each stream within its own) is breaking the protocol: the link ends.
+func TestLinkWindowOverrun(t *testing.T) {
+	out, in := directionStates(t, tls.TLS_AES_128_GCM_SHA256)
+	var wire []byte
+	chunk := make([]byte, maxData)
+	sent := 0
+	for id := uint32(1); sent <= linkWindow; id += 2 {
+		wire = append(wire, sealed(t, out, frameOpen, id, []byte{0})...) // kept, never attached
+		for range initialWindow / maxData {
+			wire = append(wire, sealed(t, out, frameData, id, chunk)...)
+			sent += maxData
+		}
+	}
+	s := newSessionForRead(in, out, &ctrlRecorder{})
+	err := s.read(bufio.NewReader(bytes.NewReader(wire)))
+	if err == nil || !strings.Contains(err.Error(), "overran the link's window") {
+		t.Fatalf("%d bytes on %d-byte windows: the reader stopped with %v", sent, initialWindow, err)
+	}
+	s.fail(err, CodeLost)
+}
