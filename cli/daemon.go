@@ -12,7 +12,9 @@ import (
 	"github.com/tubes-dev/tubes/daemon"
 	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/localclient"
+	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/relay"
+	"github.com/tubes-dev/tubes/tube"
 )
 
 func daemonCmd(e *env) *cobra.Command {
@@ -22,6 +24,7 @@ func daemonCmd(e *env) *cobra.Command {
 		turnAddr, turnUser      string
 		turnSecret              string
 		systemServices          string
+		limits                  daemon.Limits
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -53,9 +56,13 @@ it issues; --turn names another one (an operator's coturn, say) with
 			if err != nil {
 				return err
 			}
+			if limits.LinkStreams < 1 || limits.HandshakesPerSource < 1 || limits.EventBytes < 64<<10 ||
+				limits.LinkHandshake <= 0 || limits.EventWriteTimeout <= 0 {
+				return usagef("--link-streams and --link-handshakes-per-source must be at least 1, --event-buffer at least 65536, and the timeouts positive")
+			}
 			reg := node.NewRegistry()
 			d, err := node.StartDaemon(ctx, node.DaemonConfig{StateDir: state, Socket: socket, Logger: log, Registerer: reg,
-				PeerListen: peerListen, TURN: turn, SystemServices: systemServices})
+				PeerListen: peerListen, TURN: turn, SystemServices: systemServices, Limits: limits})
 			if err != nil {
 				return err
 			}
@@ -83,6 +90,11 @@ it issues; --turn names another one (an operator's coturn, say) with
 	cmd.Flags().StringVar(&turnAddr, "turn", "", "HOST:PORT of a TURN server to relay through instead of the relay's own")
 	cmd.Flags().StringVar(&turnUser, "turn-user", "", "with --turn: long-term credential USER:PASSWORD")
 	cmd.Flags().StringVar(&turnSecret, "turn-secret", "", "with --turn: the server's TURN REST shared secret")
+	cmd.Flags().IntVar(&limits.LinkStreams, "link-streams", peerlink.DefaultStreams, "most connections a contact may have open on one peer link")
+	cmd.Flags().DurationVar(&limits.LinkHandshake, "link-handshake-timeout", peerlink.DefaultHandshake, "how long a peer link's handshake may take")
+	cmd.Flags().IntVar(&limits.HandshakesPerSource, "link-handshakes-per-source", tube.DefaultHandshakesPerSource, "most peer-link handshakes in progress from one IPv4 address or IPv6 /64")
+	cmd.Flags().IntVar(&limits.EventBytes, "event-buffer", daemon.DefaultEventBytes, "most bytes of events queued for one event-stream client before it is cut off")
+	cmd.Flags().DurationVar(&limits.EventWriteTimeout, "event-write-timeout", daemon.DefaultEventWriteTimeout, "how long a write to an event-stream client may block before it is dropped")
 	logFlags(cmd, &logLevel, &logFormat)
 	return cmd
 }

@@ -42,6 +42,7 @@ type relayOpts struct {
 	turnBandwidth                                   string
 	turnMaxConns                                    int
 	turnAuthDeadline                                time.Duration
+	turnUnauthPerSource, turnUnauthTotal            int
 }
 
 func relayCmd(e *env) *cobra.Command {
@@ -89,6 +90,8 @@ under --data when not given; --turn-user adds static credentials;
 	f.StringVar(&o.turnBandwidth, "turn-bandwidth", "", "cap on each TURN user's relayed bytes per second, e.g. 20M (default: none)")
 	f.IntVar(&o.turnMaxConns, "turn-max-connections", relay.DefaultMaxConnections, "most peer connections one TURN TCP allocation holds at once")
 	f.DurationVar(&o.turnAuthDeadline, "turn-auth-deadline", relay.DefaultAuthDeadline, "how long a TCP connection to the TURN port may stay unauthenticated")
+	f.IntVar(&o.turnUnauthPerSource, "turn-unauth-per-source", relay.DefaultUnauthPerSource, "most unauthenticated TCP connections to the TURN port from one IPv4 address or IPv6 /64")
+	f.IntVar(&o.turnUnauthTotal, "turn-unauth-total", relay.DefaultUnauthTotal, "most unauthenticated TCP connections to the TURN port from all sources")
 	logFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(relayUserCmd(e), relayNATSConfigCmd(e))
 	return cmd
@@ -210,11 +213,15 @@ func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay
 	if o.turnAuthDeadline <= 0 {
 		return nil, usagef("--turn-auth-deadline must be positive, not %s", o.turnAuthDeadline)
 	}
+	if o.turnUnauthPerSource < 1 || o.turnUnauthTotal < 1 {
+		return nil, usagef("--turn-unauth-per-source and --turn-unauth-total must be at least 1")
+	}
 	if o.turnMaxConns < 1 {
 		return nil, usagef("--turn-max-connections must be at least 1, not %d", o.turnMaxConns)
 	}
 	return node.StartTURN(node.TURNConfig{Listen: listen, External: o.turnExternal, Realm: o.turnRealm,
 		Secret: secret, Users: users, AllowPeers: o.allowPeers, Bandwidth: bw, MaxConnections: o.turnMaxConns, AuthDeadline: o.turnAuthDeadline,
+		UnauthPerSource: o.turnUnauthPerSource, UnauthTotal: o.turnUnauthTotal,
 		Logger: log, Registerer: reg})
 }
 

@@ -20,9 +20,11 @@ import (
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/connection"
 	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/registry"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
+	"github.com/tubes-dev/tubes/tube"
 )
 
 // Config configures a daemon.
@@ -41,7 +43,46 @@ type Config struct {
 	// SystemServices is the system scope's service registry file
 	// (default /var/lib/tube/services.json; only root may change it).
 	SystemServices string
+	// Limits bound what contacts and local clients can make the daemon
+	// hold; zero values are the defaults.
+	Limits Limits
 }
+
+// Limits bound what others can make the daemon hold. Zero values are the
+// defaults named beside them.
+type Limits struct {
+	LinkStreams         int           // streams a contact may have open on one link (peerlink.DefaultStreams)
+	LinkHandshake       time.Duration // a peer link's TLS handshake and account check (peerlink.DefaultHandshake)
+	HandshakesPerSource int           // peer-link handshakes in progress per source address (tube.DefaultHandshakesPerSource)
+	EventBytes          int           // JSON bytes queued for one event-stream client (DefaultEventBytes)
+	EventWriteTimeout   time.Duration // how long one write to an event-stream client may block (DefaultEventWriteTimeout)
+}
+
+// DefaultEventWriteTimeout is Limits.EventWriteTimeout's default.
+const DefaultEventWriteTimeout = 10 * time.Second
+
+// withDefaults fills in the zero values.
+func (l Limits) withDefaults() Limits {
+	if l.LinkStreams <= 0 {
+		l.LinkStreams = peerlink.DefaultStreams
+	}
+	if l.LinkHandshake <= 0 {
+		l.LinkHandshake = peerlink.DefaultHandshake
+	}
+	if l.HandshakesPerSource <= 0 {
+		l.HandshakesPerSource = tube.DefaultHandshakesPerSource
+	}
+	if l.EventBytes <= 0 {
+		l.EventBytes = DefaultEventBytes
+	}
+	if l.EventWriteTimeout <= 0 {
+		l.EventWriteTimeout = DefaultEventWriteTimeout
+	}
+	return l
+}
+
+// Limits are the limits the daemon runs with, defaults filled in.
+func (d *Daemon) Limits() Limits { return d.cfg.Limits }
 
 // TURNServer is an external TURN server: static long-term credentials
 // (User, Password) or a TURN REST shared secret.
@@ -85,11 +126,13 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 30 * time.Second
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	st, err := openStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger.With("component", "daemon"), store: st, accounts: map[string]*account{}, paramReqs: map[string]paramReq{}}
+	d.bus.MaxBytes = cfg.Limits.EventBytes
 	d.metrics = newMetrics(cfg.Registerer, d)
 	if err := d.openServices(); err != nil {
 		return nil, err

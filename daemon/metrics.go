@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tubes-dev/tubes/connection"
+	"github.com/tubes-dev/tubes/tube"
 )
 
 // metrics are the daemon's Prometheus metrics; nil records nothing.
@@ -53,7 +54,48 @@ func newMetrics(reg prometheus.Registerer, d *Daemon) *metrics {
 		return float64(n)
 	})
 	reg.MustRegister(m.changes, m.acceptErrors, accounts, forged)
+	reg.MustRegister(limitMetrics(d)...)
 	return m
+}
+
+// limitMetrics are the counts behind the daemon's limits (README's
+// table): peer links and event streams.
+func limitMetrics(d *Daemon) []prometheus.Collector {
+	links := func(f func(tube.LinkStats) float64) func() float64 {
+		return func() float64 {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			var n float64
+			for _, a := range d.accounts {
+				if a.tubes != nil {
+					n += f(a.tubes.LinkStats())
+				}
+			}
+			return n
+		}
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	return []prometheus.Collector{
+		gauge("tubes_link_receive_bytes", "Bytes contacts sent over peer links that local sockets have not taken yet (at most the receive budget per link).",
+			links(func(s tube.LinkStats) float64 { return float64(s.ReceiveHeld) })),
+		counter("tubes_link_streams_refused_total", "Connections a contact opened over the per-link stream cap, refused.",
+			links(func(s tube.LinkStats) float64 { return float64(s.StreamsRefused) })),
+		gauge("tubes_link_handshakes", "Peer-link handshakes in progress on the peer-link listener.",
+			links(func(s tube.LinkStats) float64 { return float64(s.Handshakes) })),
+		counter("tubes_link_handshakes_refused_total", "Connections to the peer-link listener reset at once: their source (or everyone) was at the handshake limit.",
+			links(func(s tube.LinkStats) float64 { return float64(s.HandshakesRefused) })),
+		gauge("tubes_links", "Peer links open, replaced ones still carrying connections included.",
+			links(func(s tube.LinkStats) float64 { return float64(s.Links) })),
+		gauge("tubes_daemon_event_subscribers", "Event-stream clients connected.",
+			func() float64 { return float64(d.bus.Subscribers()) }),
+		counter("tubes_daemon_event_subscribers_cut_total", "Event-stream clients cut off for falling behind (their queue was over its bytes or events).",
+			func() float64 { return float64(d.bus.Cut()) }),
+	}
 }
 
 func (m *metrics) status(_ string, s connection.Status) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/relay"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
@@ -149,9 +150,11 @@ func (a *account) newTubes() error {
 		Generate: func(ctx context.Context, client string, req tube.ParamsRequest) (map[string]api.Value, error) {
 			return a.d.generate(ctx, a.name, client, req)
 		},
-		TURN:        a.turnConfig,
-		Published:   func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
-		AcceptError: func(listener string, _ error) { a.d.metrics.acceptError(listener) },
+		TURN:                a.turnConfig,
+		Published:           func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
+		AcceptError:         func(listener string, _ error) { a.d.metrics.acceptError(listener) },
+		LinkLimits:          peerlink.Limits{Streams: a.d.cfg.Limits.LinkStreams, Handshake: a.d.cfg.Limits.LinkHandshake},
+		HandshakesPerSource: a.d.cfg.Limits.HandshakesPerSource,
 		PinnedKey: func(name string) (identity.PublicKey, bool) {
 			cur, ok := a.pins.get(name)
 			if !ok {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os/exec"
 	"strings"
@@ -29,8 +30,11 @@ func TestTURNSurvivesDescriptorExhaustion(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for range 100 {
-		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	// From four sources of their own, each under the per-source cap of
+	// unauthenticated connections: together they are over the 64
+	// descriptors.
+	for i := range 100 {
+		c, err := dialFrom(fmt.Sprintf("127.0.0.%d", 2+i%4), addr)
 		if err != nil {
 			break // the backlog is full too
 		}
@@ -49,4 +53,75 @@ func TestTURNSurvivesDescriptorExhaustion(t *testing.T) {
 		t.Fatalf("allocating over TCP after the burst: %v", err)
 	}
 	c.Close()
+}
+
+// One source holding idle connections to the TURN port is cut off at its
+// cap of unauthenticated connections (the rest are closed at once, not
+// left to their authentication deadline); a client from another address
+// allocates meanwhile; once the attacker leaves, its address is served
+// again, with no restart.
+func TestTURNUnauthenticatedPerSource(t *testing.T) {
+	const perSource, attack = 8, 40
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	relay := start(t, nil, "relay", "--turn-only", "--turn-listen", "127.0.0.1:0", "--turn-user", "op:pw",
+		"--allow-peer", "127.0.0.0/8", "--http", httpAddr, "--turn-unauth-per-source", fmt.Sprint(perSource),
+		"--turn-auth-deadline", "10m") // only the cap can close them during the test
+	addr := strings.TrimSpace(relay.waitLine("turn: "))
+	relay.waitLine("metrics: ")
+
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for range attack {
+		c, err := dialFrom("127.0.0.2", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	waitMetric(t, httpAddr, "tubes_turn_unauthenticated_refused_total", equal(attack-perSource))
+	if v, _ := metric(t, httpAddr, "tubes_turn_unauthenticated_connections"); v != perSource {
+		t.Fatalf("%v unauthenticated connections held, want the cap of %d", v, perSource)
+	}
+	// The attacker sees its connection over the cap end.
+	last := idle[len(idle)-1]
+	last.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := last.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("the connection over the cap is still open: %v", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	allocate := func(who string) {
+		t.Helper()
+		c, err := turnclient.Allocate(ctx, turnclient.Config{Server: addr, Username: "op", Password: "pw"})
+		if err != nil {
+			t.Fatalf("%s: allocating over TCP: %v", who, err)
+		}
+		c.Close()
+	}
+	allocate("another address, during the attack")
+
+	for _, c := range idle {
+		c.Close()
+	}
+	idle = nil
+	waitMetric(t, httpAddr, "tubes_turn_unauthenticated_connections", equal(0))
+	c, err := dialFrom("127.0.0.2", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitMetric(t, httpAddr, "tubes_turn_unauthenticated_connections", equal(1))
+	if v, _ := metric(t, httpAddr, "tubes_turn_unauthenticated_refused_total"); v != attack-perSource {
+		t.Fatalf("the attacker's address was refused after it left (%v refusals)", v)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }

@@ -490,36 +490,38 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
+	// Each write has a deadline: a client that stops reading is dropped
+	// once its socket stays full that long, and its events stop being
+	// queued for it (the bus cuts it off) long before.
+	rc := http.NewResponseController(w)
+	timeout := s.d.Limits().EventWriteTimeout
+	flush := func() bool { return rc.Flush() == nil }
+	deadline := func() { rc.SetWriteDeadline(time.Now().Add(timeout)) }
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-keepalive.C:
+			deadline()
 			io.WriteString(w, ": keepalive\n\n")
-			fl.Flush()
-		case e, ok := <-sub.C():
-			if !ok {
-				if sub.Overflowed() {
-					io.WriteString(w, "event: Overflow\ndata: {\"message\":\"this client fell too far behind; reconnect\"}\n\n")
-					fl.Flush()
-				}
+			if !flush() {
 				return
 			}
-			if !wanted(e) {
-				continue
-			}
-			writeEvent(w, e)
-			// Write whatever else is queued before flushing.
-			for n := len(sub.C()); n > 0; n-- {
-				e, ok := <-sub.C()
-				if !ok {
-					break
-				}
-				if wanted(e) {
-					writeEvent(w, e)
+		case <-sub.Ready():
+			events, open := sub.Take()
+			deadline()
+			for _, e := range events {
+				if wanted(e.Event) {
+					fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.Type, e.JSON)
 				}
 			}
-			fl.Flush()
+			if !open && sub.Overflowed() {
+				// The last word, where it still fits in the socket.
+				io.WriteString(w, "event: Overflow\ndata: {\"message\":\"this client fell too far behind; reconnect\"}\n\n")
+			}
+			if !flush() || !open {
+				return
+			}
 		}
 	}
 }

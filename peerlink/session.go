@@ -51,7 +51,8 @@ type Session struct {
 
 	mu      sync.Mutex // guards the fields below
 	streams map[uint32]*Stream
-	opened  int // streams in streams the peer opened
+	opened  int  // streams in streams the peer opened
+	retired bool // close the link once its last stream ends (Retire)
 	nextID  uint32
 	err     error // why the session ended
 
@@ -168,6 +169,19 @@ func (s *Session) OpenStream(meta []byte) (*Stream, error) {
 	return st, nil
 }
 
+// Retire closes the link once the streams open on it have ended, at once
+// if there are none: another link has taken its place, and the
+// connections it carries finish undisturbed.
+func (s *Session) Retire() {
+	s.mu.Lock()
+	s.retired = true
+	idle := len(s.streams) == 0 && s.err == nil
+	s.mu.Unlock()
+	if idle {
+		s.Close(CodeCancelled)
+	}
+}
+
 // SendCtrl sends a link-level message to the peer's handler.
 func (s *Session) SendCtrl(msg []byte) error { return s.writeSmall(frameCtrl, 0, msg) }
 
@@ -220,7 +234,11 @@ func (s *Session) remove(st *Stream) {
 			s.opened--
 		}
 	}
+	idle := s.retired && len(s.streams) == 0 && s.err == nil
 	s.mu.Unlock()
+	if idle {
+		go s.Close(CodeCancelled)
+	}
 	s.cmu.Lock()
 	delete(s.wait, st)
 	s.cmu.Unlock()

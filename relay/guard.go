@@ -199,20 +199,31 @@ type guardListener struct {
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			return c, nil
+		}
+		// A source at its limit of unauthenticated connections loses
+		// this one at once (a reset: nothing is kept for it); the
+		// listener goes on for everyone else.
+		release, ok := l.s.unauth.Take(c.RemoteAddr())
+		if !ok {
+			tc.SetLinger(0)
+			tc.Close()
+			continue
+		}
+		tc.SetNoDelay(true)
+		// Until an authenticated Allocate or ConnectionBind succeeds (Write
+		// sees pion's answer), reads end at the deadline, and pion closes the
+		// connection.
+		tc.SetReadDeadline(time.Now().Add(l.s.cfg.AuthDeadline))
+		return &guardConn{TCPConn: tc, s: l.s, tuple: tupleKey(c.RemoteAddr(), c.LocalAddr()), unauth: release}, nil
 	}
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return c, nil
-	}
-	tc.SetNoDelay(true)
-	// Until an authenticated Allocate or ConnectionBind succeeds (Write
-	// sees pion's answer), reads end at the deadline, and pion closes the
-	// connection.
-	tc.SetReadDeadline(time.Now().Add(l.s.cfg.AuthDeadline))
-	return &guardConn{TCPConn: tc, s: l.s, tuple: tupleKey(c.RemoteAddr(), c.LocalAddr())}, nil
 }
 
 // guardConn gives pion one whole frame per Read until pion accepts a
@@ -223,6 +234,9 @@ type guardConn struct {
 	s     *Server
 	tuple string
 	raw   atomic.Bool // a data connection now
+	// unauth gives back the connection's place among its source's
+	// unauthenticated ones (once it authenticates, or closes).
+	unauth func()
 
 	mu      sync.Mutex
 	pending []byte
@@ -274,10 +288,12 @@ func (c *guardConn) Write(p []byte) (int, error) {
 		switch binary.BigEndian.Uint16(p[0:2]) {
 		case stun.NewType(methodBind, stun.ClassSuccessResponse).Value():
 			c.TCPConn.SetReadDeadline(time.Time{})
+			c.authenticated()
 			c.bound()
 			c.raw.Store(true)
 		case stun.NewType(methodAllocate, stun.ClassSuccessResponse).Value():
 			c.TCPConn.SetReadDeadline(time.Time{}) // authenticated: a control connection now
+			c.authenticated()
 			c.noteOutgoing(p)
 		default:
 			c.noteOutgoing(p)
@@ -356,4 +372,17 @@ func (c *guardPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
 // tupleKey names a 5-tuple; a UDP and a TCP client may share addresses.
 func tupleKey(src, dst net.Addr) string {
 	return fmt.Sprintf("%s:%s>%s", src.Network(), src, dst)
+}
+
+// authenticated gives back the connection's unauthenticated place.
+func (c *guardConn) authenticated() {
+	if c.unauth != nil {
+		c.unauth()
+	}
+}
+
+// Close closes the connection and gives back its unauthenticated place.
+func (c *guardConn) Close() error {
+	c.authenticated()
+	return c.TCPConn.Close()
 }

@@ -13,6 +13,19 @@ type metrics struct {
 	acceptErrors *prometheus.CounterVec
 }
 
+// unauthMetrics are the gauge and counter of unauthenticated TCP
+// connections, read from the server's per-source count.
+func unauthMetrics(s *Server) []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tubes_turn_unauthenticated_connections", Help: "TCP connections to the TURN port not yet authenticated.",
+		}, func() float64 { return float64(s.unauth.Held()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tubes_turn_unauthenticated_refused_total", Help: "TCP connections to the TURN port closed at once: their source (or everyone) was at the unauthenticated limit.",
+		}, func() float64 { return float64(s.unauth.Refused()) }),
+	}
+}
+
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		allocations: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -42,6 +55,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.allocations, m.pending, m.relayed, m.relayedTotal, m.bytes, m.refused, m.authFailures, m.acceptErrors)
+		reg.MustRegister(unauthMetrics(s)...)
 	}
 	return m
 }

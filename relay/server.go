@@ -24,20 +24,23 @@ import (
 	"github.com/pion/transport/v5/reuseport"
 	"github.com/pion/turn/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tubes-dev/tubes/internal/limit"
 	"github.com/tubes-dev/tubes/internal/serve"
 	"golang.org/x/time/rate"
 )
 
 // Defaults.
 const (
-	DefaultRealm          = "tubes"
-	DefaultLifetime       = 600 * time.Second
-	MaxLifetime           = time.Hour        // allocations live at most this long between refreshes
-	DefaultMaxAllocations = 32               // per user
-	DefaultMaxPending     = 64               // unbound peer connections per user
-	DefaultMaxConnections = 1024             // peer connections per TCP allocation
-	DefaultAuthDeadline   = 10 * time.Second // a TCP control connection's time to authenticate
-	connectTimeout        = 30 * time.Second
+	DefaultRealm           = "tubes"
+	DefaultLifetime        = 600 * time.Second
+	MaxLifetime            = time.Hour        // allocations live at most this long between refreshes
+	DefaultMaxAllocations  = 32               // per user
+	DefaultMaxPending      = 64               // unbound peer connections per user
+	DefaultMaxConnections  = 1024             // peer connections per TCP allocation
+	DefaultAuthDeadline    = 10 * time.Second // a TCP control connection's time to authenticate
+	DefaultUnauthPerSource = 32               // unauthenticated TCP connections per source address
+	DefaultUnauthTotal     = 4096             // unauthenticated TCP connections, all sources
+	connectTimeout         = 30 * time.Second
 )
 
 // Config configures a TURN server.
@@ -79,8 +82,14 @@ type Config struct {
 	// (default 10 s, as OpenSSH's LoginGraceTime bounds a login): idle
 	// connects cannot pile up and hold the relay's descriptors.
 	AuthDeadline time.Duration
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// UnauthPerSource is the most TCP connections one source (an IPv4
+	// address, an IPv6 /64) may hold open before they authenticate
+	// (default 32), and UnauthTotal the most for all sources together
+	// (default 4096): one more is closed at once, and only that source
+	// is refused while the others' connections are taken.
+	UnauthPerSource, UnauthTotal int
+	Logger                       *slog.Logger
+	Registerer                   prometheus.Registerer
 }
 
 // Server is a running TURN server.
@@ -107,6 +116,7 @@ type Server struct {
 	perUser    map[string]int           // allocations
 	pending    map[string]int           // unbound peer connections
 	conns      map[int]int              // relayed port → its peer connections
+	unauth     *limit.PerSource         // TCP connections not yet authenticated
 }
 
 // Start listens and serves until Close.
@@ -130,6 +140,12 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.AuthDeadline == 0 {
 		cfg.AuthDeadline = DefaultAuthDeadline
 	}
+	if cfg.UnauthPerSource == 0 {
+		cfg.UnauthPerSource = DefaultUnauthPerSource
+	}
+	if cfg.UnauthTotal == 0 {
+		cfg.UnauthTotal = DefaultUnauthTotal
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -149,6 +165,7 @@ func Start(cfg Config) (*Server, error) {
 		perUser: map[string]int{},
 		pending: map[string]int{},
 		conns:   map[int]int{},
+		unauth:  limit.NewPerSource(cfg.UnauthPerSource, cfg.UnauthTotal),
 	}
 	s.metrics = newMetrics(s, cfg.Registerer)
 

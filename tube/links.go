@@ -78,10 +78,22 @@ func (m *Manager) acceptLinks(ln net.Listener) {
 			}
 			return
 		}
+		// Until its handshake proves an account, a connection is a
+		// stranger's: one source gets a few at a time, and one over
+		// that is reset at once, leaving the others' alone.
+		release, ok := m.handshakes.Take(raw.RemoteAddr())
+		if !ok {
+			if tc, isTCP := raw.(*net.TCPConn); isTCP {
+				tc.SetLinger(0)
+			}
+			raw.Close()
+			continue
+		}
 		go func() {
 			s, peer, err := peerlink.Server(m.ctx, raw, m.self, m.verify, func(peer string) peerlink.Handler {
 				return &linkHandler{m: m, peer: peer, path: peerlink.PathDirect}
 			}, m.log)
+			release()
 			if err != nil {
 				m.log.Debug("peer link refused", "from", raw.RemoteAddr().String(), "err", err)
 				return
@@ -113,6 +125,11 @@ func (m *Manager) verify(ctx context.Context, name string, key identity.PublicKe
 // addLink makes l the link new streams to peer use (under key: the
 // peer, or peer|path for a link dialed for one path), and forgets it when
 // it ends.
+//
+// A link it replaces is retired: it takes no new connections of ours and
+// closes once those it carries end. A contact that keeps opening links
+// holds at most LinksPerPeer: beyond that its oldest retired link is
+// closed, connections and all.
 func (m *Manager) addLink(key string, l *link) {
 	m.mu.Lock()
 	if m.closed {
@@ -120,18 +137,44 @@ func (m *Manager) addLink(key string, l *link) {
 		l.s.Close(peerlink.CodeLost)
 		return
 	}
+	var retire, evict []*link
+	if old := m.links[key]; old != nil && old != l {
+		retire = append(retire, old)
+		r := append(m.retired[key], old)
+		for len(r) > LinksPerPeer-1 {
+			evict = append(evict, r[0])
+			r = r[1:]
+		}
+		m.retired[key] = r
+	}
 	m.links[key] = l
 	m.mu.Unlock()
+	for _, old := range retire {
+		old.s.Retire()
+	}
+	for _, old := range evict {
+		m.log.Info("peer link closed: the contact opened too many", "peer", key, "limit", LinksPerPeer)
+		old.s.Close(peerlink.CodeCancelled)
+	}
 	go func() {
 		<-l.s.Done()
 		m.mu.Lock()
-		if m.links[key] == l {
+		current := m.links[key] == l
+		if current {
 			delete(m.links, key)
+		}
+		if r := m.retired[key]; !current {
+			r = slices.DeleteFunc(r, func(x *link) bool { return x == l })
+			if len(r) == 0 {
+				delete(m.retired, key)
+			} else {
+				m.retired[key] = r
+			}
 		}
 		closed := m.closed
 		m.mu.Unlock()
 		m.log.Info("peer link ended", "peer", key, "path", l.path, "err", l.s.Err())
-		if l.dialed && !closed {
+		if l.dialed && current && !closed {
 			peer, _, _ := strings.Cut(key, "|")
 			go m.relink(peer, l.want)
 		}

@@ -53,6 +53,7 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/internal/limit"
 	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/tperr"
 	"github.com/tubes-dev/tubes/turnclient"
@@ -125,7 +126,25 @@ type Config struct {
 	// AcceptError counts an accept error the peer-link or a local
 	// socket's listener rode out (optional).
 	AcceptError func(listener string, err error)
+	// LinkLimits bound what a contact's link can make this side hold
+	// (streams, handshake time); zero values are peerlink's defaults.
+	LinkLimits peerlink.Limits
+	// HandshakesPerSource is the most peer-link handshakes one source
+	// (an IPv4 address, an IPv6 /64) may have in progress on the
+	// peer-link listener, and HandshakesTotal for all sources (defaults
+	// DefaultHandshakesPerSource, DefaultHandshakesTotal).
+	HandshakesPerSource, HandshakesTotal int
 }
+
+// Defaults of Config's limits.
+const (
+	DefaultHandshakesPerSource = 8
+	DefaultHandshakesTotal     = 128
+	// LinksPerPeer is the most links one contact's daemon may have with
+	// this one at once: the current one, and replaced ones still
+	// carrying connections (the oldest of those is closed beyond it).
+	LinksPerPeer = 4
+)
 
 // Manager holds one account's exports, tubes and peer links.
 type Manager struct {
@@ -138,11 +157,14 @@ type Manager struct {
 	needMu sync.Mutex // serialises Need calls
 	need   [2]bool    // last rooms, contacts given to Need
 
+	handshakes *limit.PerSource // peer-link handshakes in progress, by source
+
 	mu       sync.Mutex // guards the fields below
 	ln       net.Listener
 	exports  map[string]*export
 	tubes    map[string]*tube
 	links    map[string]*link
+	retired  map[string][]*link // replaced links still carrying connections, by link key
 	dialing  map[string]*dialCall
 	handlers map[string]*handler
 	opens    map[string]*pendingOpen
@@ -163,6 +185,29 @@ type Manager struct {
 // Forged counts the tube messages dropped because they were not signed
 // by their sender's pinned key.
 func (m *Manager) Forged() uint64 { return m.forged.Load() }
+
+// LinkStats are the counts behind the peer-link limits.
+type LinkStats struct {
+	ReceiveHeld       int64  // bytes contacts sent that local sockets have not taken
+	StreamsRefused    uint64 // streams over the per-link cap
+	Handshakes        int    // peer-link handshakes in progress
+	HandshakesRefused uint64 // connections over the per-source or total handshake cap
+	Links             int    // links open, replaced ones included
+}
+
+// LinkStats returns the manager's peer-link counts.
+func (m *Manager) LinkStats() LinkStats {
+	m.mu.Lock()
+	n := len(m.links)
+	for _, r := range m.retired {
+		n += len(r)
+	}
+	m.mu.Unlock()
+	return LinkStats{
+		ReceiveHeld: m.self.HeldBytes(), StreamsRefused: m.self.RefusedStreams(),
+		Handshakes: m.handshakes.Held(), HandshakesRefused: m.handshakes.Refused(), Links: n,
+	}
+}
 
 // tube is one tube, either direction.
 type tube struct {
@@ -214,13 +259,20 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Need == nil {
 		cfg.Need = func(bool, bool) {}
 	}
+	if cfg.HandshakesPerSource == 0 {
+		cfg.HandshakesPerSource = DefaultHandshakesPerSource
+	}
+	if cfg.HandshakesTotal == 0 {
+		cfg.HandshakesTotal = DefaultHandshakesTotal
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{
 		started: time.Now(),
 		cfg:     cfg, log: cfg.Logger.With("account", cfg.Account),
-		self: &peerlink.Identity{Name: cfg.Account, Key: cfg.Key},
-		ctx:  ctx, cancel: cancel,
-		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{},
+		self:       &peerlink.Identity{Name: cfg.Account, Key: cfg.Key, Limits: cfg.LinkLimits},
+		handshakes: limit.NewPerSource(cfg.HandshakesPerSource, cfg.HandshakesTotal),
+		ctx:        ctx, cancel: cancel,
+		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{}, retired: map[string][]*link{},
 		dialing: map[string]*dialCall{}, handlers: map[string]*handler{}, opens: map[string]*pendingOpen{},
 		permits: map[string]chan permittedMsg{},
 	}, nil
@@ -409,8 +461,14 @@ func (m *Manager) Close() {
 	for _, t := range m.tubes {
 		m.endTube(t, tperr.Cancelled, "account "+m.cfg.Account+" stopped")
 	}
-	links := m.links
-	m.links = map[string]*link{}
+	var links []*link
+	for _, l := range m.links {
+		links = append(links, l)
+	}
+	for _, r := range m.retired {
+		links = append(links, r...)
+	}
+	m.links, m.retired = map[string]*link{}, map[string][]*link{}
 	m.mu.Unlock()
 	for _, l := range links {
 		l.s.Close(peerlink.CodeLost)

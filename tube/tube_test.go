@@ -632,23 +632,7 @@ func writeCredByte(c *net.UnixConn) error {
 // stream ended.
 func forgeStream(t *testing.T, from *peer, targetName string, target *peer, id string) (string, error) {
 	t.Helper()
-	key, err := identity.Load(filepath.Join(from.state, "keys", from.name+".key"))
-	if err != nil {
-		return "", err
-	}
-	acct, err := target.d.C.Account(bg, targetName)
-	if err != nil {
-		return "", err
-	}
-	tkey, err := identity.ParsePublicKey(acct.Key)
-	if err != nil {
-		return "", err
-	}
-	raw, err := net.Dial("tcp", target.peerAddr)
-	if err != nil {
-		return "", err
-	}
-	s, err := peerlink.Client(bg, raw, &peerlink.Identity{Name: from.name, Key: key}, targetName, tkey, nopHandler{}, tubetest.Logger())
+	s, err := dialLinkAs(from, targetName, target)
 	if err != nil {
 		return "", err
 	}
@@ -671,6 +655,29 @@ func forgeStream(t *testing.T, from *peer, targetName string, target *peer, id s
 	case <-time.After(10 * time.Second):
 		return "", errors.New("the forged stream was neither refused nor closed")
 	}
+}
+
+// dialLinkAs opens a peer link of its own to target's account
+// targetName, as from (with from's real key), the way from's daemon
+// would.
+func dialLinkAs(from *peer, targetName string, target *peer) (*peerlink.Session, error) {
+	key, err := identity.Load(filepath.Join(from.state, "keys", from.name+".key"))
+	if err != nil {
+		return nil, err
+	}
+	acct, err := target.d.C.Account(bg, targetName)
+	if err != nil {
+		return nil, err
+	}
+	tkey, err := identity.ParsePublicKey(acct.Key)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := net.Dial("tcp", target.peerAddr)
+	if err != nil {
+		return nil, err
+	}
+	return peerlink.Client(bg, raw, &peerlink.Identity{Name: from.name, Key: key}, targetName, tkey, nopHandler{}, tubetest.Logger())
 }
 
 type nopHandler struct{}

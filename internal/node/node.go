@@ -71,6 +71,7 @@ type DaemonConfig struct {
 	// SystemServices is the system scope's registry file (default
 	// daemon.DefaultSystemServices).
 	SystemServices string
+	Limits         daemon.Limits
 }
 
 // Daemon is a running daemon serving its local API.
@@ -103,6 +104,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 		TURN:       cfg.TURN,
 
 		SystemServices: cfg.SystemServices,
+		Limits:         cfg.Limits,
 	})
 	if err != nil {
 		return nil, err
