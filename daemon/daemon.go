@@ -81,6 +81,12 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// EventStats are the event streams' counts: clients subscribed now, and
+// those cut off so far for falling behind.
+func (d *Daemon) EventStats() (subscribers int, cut uint64) {
+	return d.bus.Subscribers(), d.bus.Cut()
+}
+
 // Limits are the limits the daemon runs with, defaults filled in.
 func (d *Daemon) Limits() Limits { return d.cfg.Limits }
 

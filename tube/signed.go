@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/tperr"
 )
 
 // Signed messages: the relay carries every tube.* message, and could
@@ -28,6 +29,11 @@ import (
 // maxSignedLen bounds a signed envelope (the largest body is an offer
 // with sealed parameters).
 const maxSignedLen = maxSealedLen + 16<<10
+
+// MaxMessageBody is the largest message body one account can send
+// another (SendSigned): what a signed envelope carries, in base64, with
+// room for its other fields.
+const MaxMessageBody = (maxSignedLen - 1024) / 4 * 3
 
 type signedMsg struct {
 	Body json.RawMessage `json:"body,omitempty"` // a tube message (JSON)
@@ -137,6 +143,11 @@ func (m *Manager) sendEnvelope(ctx context.Context, to, room, kind string, env s
 	b, err := json.Marshal(env)
 	if err != nil {
 		return nil, err
+	}
+	if len(b) > maxSignedLen {
+		// Recipients drop anything larger: refuse it here, where the
+		// sender hears why.
+		return nil, tperr.New(tperr.InvalidArgument, "the message is %d bytes; a message carries at most %d", len(payload), MaxMessageBody)
 	}
 	return m.cfg.Signaller.Send(ctx, to, room, kind, b)
 }
