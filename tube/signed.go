@@ -147,7 +147,7 @@ func (m *Manager) sendEnvelope(ctx context.Context, to, room, kind string, env s
 	if len(b) > maxSignedLen {
 		// Recipients drop anything larger: refuse it here, where the
 		// sender hears why.
-		return nil, tperr.New(tperr.InvalidArgument, "the message is %d bytes; a message carries at most %d", len(payload), MaxMessageBody)
+		return nil, tperr.New(tperr.InvalidArgument, "the message is %d bytes signed; recipients take at most %d", len(b), maxSignedLen)
 	}
 	return m.cfg.Signaller.Send(ctx, to, room, kind, b)
 }
@@ -223,6 +223,9 @@ func (m *Manager) senderKey(from string) (identity.PublicKey, error) {
 // SendSigned sends a message of another kind (the service framework's
 // catalogs) signed as tube messages are.
 func (m *Manager) SendSigned(ctx context.Context, to, room, kind string, body []byte) ([]string, error) {
+	if len(body) > MaxMessageBody {
+		return nil, tperr.New(tperr.InvalidArgument, "the message is %d bytes; a message carries at most %d", len(body), MaxMessageBody)
+	}
 	return m.sendEnvelope(ctx, to, room, kind, signedMsg{Data: body}, body)
 }
 
