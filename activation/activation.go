@@ -51,8 +51,15 @@ type Config struct {
 	// 30 s); StartTimeout how long a new connection may wait for the
 	// service to accept it (default 10 s).
 	Idle, StartTimeout time.Duration
-	Logger             *slog.Logger
+	// MaxInstances bounds the per-client instances running at once
+	// (default DefaultMaxInstances); a connection over it is refused.
+	MaxInstances int
+	Logger       *slog.Logger
 }
+
+// DefaultMaxInstances is Config.MaxInstances' default (systemd's
+// MaxConnections is 64 for the same thing; a tube's contacts are fewer).
+const DefaultMaxInstances = 32
 
 // Status is what a unit is doing, and what went wrong last.
 type Status struct {
@@ -64,8 +71,12 @@ type Status struct {
 	Clients   int       `json:"clients"`
 	Starts    int       `json:"starts"`
 	LastError string    `json:"last_error,omitempty"`
+	Refused   int       `json:"refused,omitempty"` // connections over max-instances
 	LastStart time.Time `json:"last_start,omitzero"`
 }
+
+// errTooMany is why a connection over MaxInstances was refused.
+var errTooMany = errors.New("activation: max-instances reached")
 
 // ErrRefused wraps every reason a connection could not be handed over.
 var ErrRefused = errors.New("activation: the service did not take the connection")
@@ -91,7 +102,9 @@ type Unit struct {
 // instance is one process of the service.
 type instance struct {
 	cmd   *exec.Cmd
-	inner *net.TCPListener // a shared instance's listening socket
+	inner *net.UnixListener // a shared instance's listening socket (acceptq.go)
+	ino   uint64            // its inode, to ask about its accept queue
+	dir   string            // the private directory it is in
 	// exited is closed once the process has ended and err says how
 	// (nil for exit status 0).
 	exited chan struct{}
@@ -119,6 +132,9 @@ func New(cfg Config) *Unit {
 	}
 	if cfg.Name == "" {
 		cfg.Name = "service"
+	}
+	if cfg.MaxInstances <= 0 {
+		cfg.MaxInstances = DefaultMaxInstances
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -195,7 +211,7 @@ func (u *Unit) connectShared() (net.Conn, *instance, error) {
 	in := u.shared
 	u.mu.Unlock()
 
-	c, err := net.DialTCP("tcp", nil, in.inner.Addr().(*net.TCPAddr))
+	c, err := net.DialUnix("unix", nil, in.inner.Addr().(*net.UnixAddr))
 	if err == nil {
 		err = u.waitAccepted(in)
 	} else {
@@ -218,25 +234,43 @@ func (u *Unit) connectShared() (net.Conn, *instance, error) {
 	return c, in, nil
 }
 
-// startShared starts the shared instance on a new inner listener.
-// Callers hold u.mu.
+// startShared starts the shared instance on a new inner listener: a
+// Unix socket in a fresh directory of mode 0700, which only this user
+// (the daemon) can connect to. Callers hold u.mu.
 func (u *Unit) startShared() error {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if _, err := queues(); err != nil {
+		return u.fail("inner listener: %v", err)
+	}
+	dir, err := os.MkdirTemp("", "tube-inner-")
 	if err != nil {
 		return u.fail("inner listener: %v", err)
 	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unix"})
+	if err != nil {
+		os.RemoveAll(dir)
+		return u.fail("inner listener: %v", err)
+	}
+	ln.SetUnlinkOnClose(true)
 	f, err := ln.File()
 	if err != nil {
 		ln.Close()
+		os.RemoveAll(dir)
 		return u.fail("inner listener: %v", err)
 	}
 	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		ln.Close()
+		os.RemoveAll(dir)
+		return u.fail("inner listener: %v", err)
+	}
 	in, err := u.start(f)
 	if err != nil {
 		ln.Close()
+		os.RemoveAll(dir)
 		return err
 	}
-	in.inner = ln
+	in.inner, in.ino, in.dir = ln, st.Ino, dir
 	u.shared = in
 	u.status.Running, u.status.PID = true, in.cmd.Process.Pid
 	go u.reap(in)
@@ -349,6 +383,7 @@ func (u *Unit) reap(in *instance) {
 	close(in.exited)
 	if in.inner != nil {
 		in.inner.Close()
+		os.RemoveAll(in.dir)
 	}
 	u.log.Info("on-demand service ended", "pid", in.cmd.Process.Pid, "err", err)
 }
@@ -412,10 +447,6 @@ func exiting(pid int) bool {
 // waitAccepted waits until the inner listener's accept queue is empty:
 // the service has taken our connection (and any before it).
 func (u *Unit) waitAccepted(in *instance) error {
-	rc, err := in.inner.SyscallConn()
-	if err != nil {
-		return err
-	}
 	deadline := time.Now().Add(u.cfg.StartTimeout)
 	// An empty queue means accepted once our connection was seen in it;
 	// seen empty at once, look again shortly: the handshake's last ACK
@@ -434,18 +465,9 @@ func (u *Unit) waitAccepted(in *instance) error {
 			return u.endedEarly(in)
 		default:
 		}
-		var queued uint32
-		var gerr error
-		cerr := rc.Control(func(fd uintptr) {
-			var info *unix.TCPInfo
-			info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-			if gerr == nil {
-				queued = info.Unacked // a listener's accept queue length
-			}
-		})
 		// An error means the listener closed: the service is gone, which
 		// the next look at exited says.
-		if cerr == nil && gerr == nil {
+		if queued, err := queueLength(in.ino); err == nil {
 			if queued > 0 {
 				seen = true
 			} else if zeros++; seen || zeros >= 2 {
@@ -574,6 +596,10 @@ func (u *Unit) startPerClient(conn net.Conn) (*instance, error) {
 	if u.closed {
 		return nil, fmt.Errorf("%w: the unit is closed", ErrRefused)
 	}
+	if len(u.perClient) >= u.cfg.MaxInstances {
+		u.status.Refused++
+		return nil, &RefusedError{Reason: fmt.Sprintf("the service runs its most instances at once (%d)", u.cfg.MaxInstances), Err: errTooMany}
+	}
 	in, err := u.start(f)
 	if err != nil {
 		return nil, err
@@ -611,6 +637,7 @@ func (u *Unit) Close() error {
 	if u.idle != nil {
 		u.idle.Stop()
 	}
+
 	if u.shared != nil {
 		u.stop(u.shared)
 	}

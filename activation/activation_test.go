@@ -30,6 +30,15 @@ func TestMain(m *testing.M) {
 		service(mode)
 		return
 	}
+	if path := os.Getenv("ACTIVATION_DIAL"); path != "" { // as another user
+		if c, err := net.Dial("unix", path); err != nil {
+			fmt.Println("refused:", err)
+		} else {
+			c.Close()
+			fmt.Println("connected")
+		}
+		return
+	}
 	os.Exit(m.Run())
 }
 
@@ -541,4 +550,47 @@ func TestStopSignalsOnlyUnreapedGroups(t *testing.T) {
 			t.Fatalf("the service ended with %v, want killed by SIGKILL", in.err)
 		}
 	})
+}
+
+// A shared instance's inner socket is reachable by this user only: it is
+// a Unix socket in a directory of mode 0700 (a loopback TCP port would
+// let any local user past the daemon's checks). Accepting still works
+// as on TCP: the connection waits for the service to take it.
+func TestSharedInnerSocketPrivate(t *testing.T) {
+	testenv.MustHaveRoot(t)
+	u := unit(t, Shared, "echo", Config{})
+	defer u.Close()
+	conn, err := u.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	u.mu.Lock()
+	inner := u.shared.inner.Addr().String()
+	u.mu.Unlock()
+	fi, err := os.Stat(filepath.Dir(inner))
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("the inner socket's directory: %v, %v; want mode 0700", fi.Mode(), err)
+	}
+	// uid 65534 runs a copy of this binary that dials it.
+	dir, err := os.MkdirTemp("", "tube-activation-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	exe, _ := os.Executable()
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "dial.test")
+	os.WriteFile(bin, b, 0o755)
+	cmd := exec.Command(bin)
+	cmd.Env = []string{"ACTIVATION_DIAL=" + inner}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "refused") || !strings.Contains(string(out), "permission denied") {
+		t.Fatalf("another user dialing the inner socket: %s (%v)", out, err)
+	}
 }

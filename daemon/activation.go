@@ -28,13 +28,14 @@ import (
 // any of its interfaces chooses the instance mode ("instance": shared or
 // per-client), the idle stop of a shared one ("idle": seconds) and how
 // long a connection waits for a shared one to accept it
-// ("start-timeout": seconds).
+// ("start-timeout": seconds), and how many per-client ones run at once
+// ("max-instances").
 
 // localProperties are the custom properties that tell this daemon how to
 // run a service (above) and who may reach its local socket: settings of
 // this machine, not part of what the service offers, so they are not
 // published.
-var localProperties = []string{"instance", "idle", "start-timeout", "allow-uid", "allow-gid"}
+var localProperties = []string{"instance", "idle", "start-timeout", "max-instances", "allow-uid", "allow-gid"}
 
 type activated struct {
 	unit   *activation.Unit
@@ -47,6 +48,7 @@ type activations struct {
 	sync  sync.Mutex // one syncActivations at a time, so none undoes a newer one
 	mu    sync.Mutex
 	units map[string]*activated // service (lower case) → unit
+	dir   string                // where the local sockets are (localSocketDir), once made
 }
 
 // activated returns the local socket of service d, started on demand,
@@ -72,6 +74,9 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 		if s, err := strconv.Atoi(in.Properties["start-timeout"]); err == nil && s > 0 {
 			cfg.StartTimeout = time.Duration(s) * time.Second
 		}
+		if n, err := strconv.Atoi(in.Properties["max-instances"]); err == nil && n > 0 {
+			cfg.MaxInstances = n
+		}
 	}
 	act := &activated{unit: activation.New(cfg), path: desc.FilePath}
 	if err := d.serveLocal(act, desc); err != nil {
@@ -96,22 +101,44 @@ func (a *activated) close() {
 // localSocketDir holds the local sockets of on-demand services: a
 // directory of this uid (and daemon: named after its state directory)
 // that other users may enter; the sockets' uid and gid filter decides
-// who gets in. tube services activations shows the sockets.
+// who gets in. tube services activations shows the sockets. The name is
+// predictable, so another user may have made it first: then the daemon
+// takes a fresh one of its own (a random name) and logs why. Callers
+// hold d.acts.mu.
 func (d *Daemon) localSocketDir() (string, error) {
+	if d.acts.dir != "" {
+		return d.acts.dir, nil
+	}
 	sum := sha256.Sum256([]byte(d.cfg.StateDir))
 	dir := filepath.Join(os.TempDir(), fmt.Sprintf("tube-%d-services-%x", os.Getuid(), sum[:4]))
 	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
 		return "", err
 	}
+	if err := ownDir(dir); err != nil {
+		d.log.Warn("on-demand sockets go to a fresh directory", "taken", dir, "err", err)
+		if dir, err = os.MkdirTemp("", fmt.Sprintf("tube-%d-services-", os.Getuid())); err != nil {
+			return "", err
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return "", err
+		}
+	}
+	d.acts.dir = dir
+	return dir, nil
+}
+
+// ownDir checks that dir is a directory (not a link) of this uid that
+// no one else can write.
+func ownDir(dir string) error {
 	fi, err := os.Lstat(dir)
 	if err != nil {
-		return "", err
+		return err
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o022 != 0 {
-		return "", fmt.Errorf("%s is not a directory of ours that only we can write", dir)
+		return fmt.Errorf("%s is not a directory of ours that only we can write", dir)
 	}
-	return dir, nil
+	return nil
 }
 
 // serveLocal gives an on-demand service a Unix socket for local clients:

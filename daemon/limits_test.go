@@ -1,0 +1,133 @@
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/tubetest"
+)
+
+// A per-client on-demand service runs at most max-instances processes:
+// a connection over it is refused (a reset, counted), the ones running
+// are served, and once one ends a new connection is taken again.
+func TestMaxInstances(t *testing.T) {
+	ctx := context.Background()
+	script := tubetest.ActivatedScript(t, t.TempDir(), "service")
+	alice, bob := contacts(t)
+	xml := `<SFW version="1.1"><service><name>Capped</name><filepath>` + script + `</filepath>
+<interface><name>org.example.Capped</name><version>1.0</version><customproperty key="instance">per-client</customproperty>
+<customproperty key="max-instances">2</customproperty></interface></service></SFW>`
+	if _, err := alice.C.AddService(ctx, xml, "capped.xml", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Capped", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Capped@1.0"})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	dial := func(i int) net.Conn {
+		c, err := net.Dial("tcp", tb.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprintf(c, "connection %d", i)
+		return c
+	}
+	answer := func(c net.Conn) (string, error) {
+		c.(*net.TCPConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	first, second := dial(0), dial(1)
+	for deadline := time.Now().Add(10 * time.Second); statusOf(t, alice, "Capped").Starts < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("two connections did not start two instances: %+v", statusOf(t, alice, "Capped"))
+		}
+	}
+	third := dial(2)
+	if got, err := answer(third); err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("the connection over max-instances got %q, %v; want a reset", got, err)
+	}
+	if st := statusOf(t, alice, "Capped"); st.Refused != 1 || st.Starts != 2 {
+		t.Fatalf("activation status %+v, want 2 starts and 1 refused", st)
+	}
+	for i, c := range []net.Conn{first, second} {
+		if got, err := answer(c); err != nil || !strings.HasPrefix(got, "activated ") {
+			t.Fatalf("connection %d under the limit: %q, %v", i, got, err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); statusOf(t, alice, "Capped").Clients > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the instances did not end: %+v", statusOf(t, alice, "Capped"))
+		}
+	}
+	if got, err := answer(dial(3)); err != nil || !strings.HasPrefix(got, "activated ") {
+		t.Fatalf("a connection after the others ended: %q, %v", got, err)
+	}
+}
+
+// Another user who makes the predictable directory of on-demand sockets
+// first does not disable on-demand services: the daemon takes a fresh
+// directory of its own.
+func TestLocalSocketDirTaken(t *testing.T) {
+	testenvRoot(t)
+	ctx := context.Background()
+	state := t.TempDir()
+	alice := tubetest.StartDaemon(t, state)
+	add := func(name string) string {
+		probe := tubetest.ActivatedScript(t, t.TempDir(), name)
+		xml := `<SFW version="1.1"><service><name>` + name + `</name><filepath>` + probe + `</filepath>
+<interface><name>org.example.` + name + `</name><version>1.0</version></interface></service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, name+".xml", ""); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if s := statusOf(t, alice, name).Socket; s != "" {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has no local socket", name)
+			}
+		}
+	}
+	// The name the daemon uses, made first by uid 65534 this time.
+	predictable := filepath.Dir(add("First"))
+	alice.Close()
+	os.RemoveAll(predictable)
+	if err := os.Mkdir(predictable, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(predictable)
+	os.Chmod(predictable, 0o777)
+	os.Chown(predictable, 65534, 65534)
+
+	again := tubetest.StartDaemon(t, state)
+	alice = again
+	sock := add("Second")
+	if filepath.Dir(sock) == predictable {
+		t.Fatalf("the socket went into %s, a directory another user owns", predictable)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	c.(*net.UnixConn).CloseWrite()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, _ := io.ReadAll(c); !strings.HasPrefix(string(b), "activated ") {
+		t.Fatalf("the service through the fresh directory: %q", b)
+	}
+}
