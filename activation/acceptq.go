@@ -52,7 +52,6 @@ func newAcceptQueue() (*acceptQueue, error) {
 	return &acceptQueue{fd: fd}, nil
 }
 
-
 // length returns how many connections wait in the accept queue of the
 // listening Unix socket with inode ino.
 func (q *acceptQueue) length(ino uint64) (uint32, error) {
