@@ -48,8 +48,7 @@ func waitMetric(t *testing.T, addr, name string, ok func(float64) bool) float64 
 	}
 }
 
-func atLeast(n float64) func(float64) bool { return func(v float64) bool { return v >= n } }
-func equal(n float64) func(float64) bool   { return func(v float64) bool { return v == n } }
+func equal(n float64) func(float64) bool { return func(v float64) bool { return v == n } }
 
 // dialFrom connects to addr from a source address of the loopback
 // network (127.0.0.0/8 is all loopback on Linux), so that an attacker in
