@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 )
 
@@ -19,22 +18,10 @@ import (
 // a connection over it is refused (a reset, counted), the ones running
 // are served, and once one ends a new connection is taken again.
 func TestMaxInstances(t *testing.T) {
-	ctx := context.Background()
 	script := tubetest.ActivatedScript(t, t.TempDir(), "service")
 	alice, bob := contacts(t)
-	xml := `<SFW version="1.1"><service><name>Capped</name><filepath>` + script + `</filepath>
-<interface><name>org.example.Capped</name><version>1.0</version><customproperty key="instance">per-client</customproperty>
-<customproperty key="max-instances">2</customproperty></interface></service></SFW>`
-	if _, err := alice.C.AddService(ctx, xml, "capped.xml", ""); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Capped", To: "bob"}); err != nil {
-		t.Fatal(err)
-	}
-	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.Capped@1.0"})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
+	tb := publishAndOpen(t, alice, bob, "Capped", script,
+		`<customproperty key="instance">per-client</customproperty><customproperty key="max-instances">2</customproperty>`)
 	dial := func(i int) net.Conn {
 		c, err := net.Dial("tcp", tb.Address)
 		if err != nil {

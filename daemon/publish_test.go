@@ -368,21 +368,9 @@ func TestAutostartFailureRefused(t *testing.T) {
 // one process per connection: two connections at once through a tube
 // are answered by two processes, and the status counts two starts.
 func TestAutostartPerClient(t *testing.T) {
-	ctx := context.Background()
 	script := tubetest.ActivatedScript(t, t.TempDir(), "service")
 	alice, bob := contacts(t)
-	xml := `<SFW version="1.1"><service><name>PerClient</name><filepath>` + script + `</filepath>
-<interface><name>org.example.PerClient</name><version>1.0</version><customproperty key="instance">per-client</customproperty></interface></service></SFW>`
-	if _, err := alice.C.AddService(ctx, xml, "perclient.xml", ""); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "PerClient", To: "bob"}); err != nil {
-		t.Fatal(err)
-	}
-	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example.PerClient@1.0"})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
+	tb := publishAndOpen(t, alice, bob, "PerClient", script, `<customproperty key="instance">per-client</customproperty>`)
 	var conns []net.Conn
 	for i := range 2 {
 		c, err := net.Dial("tcp", tb.Address)
@@ -574,6 +562,27 @@ func contacts(t *testing.T) (alice, bob *tubetest.Daemon) {
 	bob.Register(t, "bob", relay)
 	tubetest.Befriend(t, alice, "alice", bob, "bob")
 	return alice, bob
+}
+
+// publishAndOpen adds service (executable script, one interface
+// org.example.<service> 1.0 with the custom properties props) at alice,
+// publishes it to bob, and returns the tube bob opens to it.
+func publishAndOpen(t *testing.T, alice, bob *tubetest.Daemon, service, script, props string) api.Tube {
+	t.Helper()
+	ctx := context.Background()
+	xml := `<SFW version="1.1"><service><name>` + service + `</name><filepath>` + script + `</filepath>
+<interface><name>org.example.` + service + `</name><version>1.0</version>` + props + `</interface></service></SFW>`
+	if _, err := alice.C.AddService(ctx, xml, strings.ToLower(service)+".xml", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: service, To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.example." + service + "@1.0"})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return tb
 }
 
 // tcpListeners counts the listening TCP sockets this process holds.

@@ -3,8 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -214,29 +212,21 @@ func TestMetrics(t *testing.T) {
 	env := []string{"TUBE_SOCKET=" + sock}
 	mustRun(t, env, "account", "add", "alice", "--server", url, "--register")
 
-	scrape := func(addr, name string) string {
+	scrape := func(addr, name string) float64 {
 		t.Helper()
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
+		v, ok := metric(t, addr, name)
+		if !ok {
+			t.Fatalf("%s serves no %s", addr, name)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, name+" ") {
-				return strings.TrimPrefix(l, name+" ")
-			}
-		}
-		t.Fatalf("%s: no %s in\n%s", addr, name, b)
-		return ""
+		return v
 	}
-	if v := scrape(relayHTTP, "tubes_rendezvous_online_accounts"); v != "1" {
-		t.Fatalf("relay online accounts = %s", v)
+	if v := scrape(relayHTTP, "tubes_rendezvous_online_accounts"); v != 1 {
+		t.Fatalf("relay online accounts = %v", v)
 	}
-	if v := scrape(relayHTTP, "tubes_rendezvous_accounts"); v != "1" {
-		t.Fatalf("relay accounts = %s", v)
+	if v := scrape(relayHTTP, "tubes_rendezvous_accounts"); v != 1 {
+		t.Fatalf("relay accounts = %v", v)
 	}
-	if v := scrape(daemonHTTP, "tubes_daemon_accounts_connected"); v != "1" {
-		t.Fatalf("daemon connected accounts = %s", v)
+	if v := scrape(daemonHTTP, "tubes_daemon_accounts_connected"); v != 1 {
+		t.Fatalf("daemon connected accounts = %v", v)
 	}
 }
