@@ -35,6 +35,11 @@ const (
 	framePong   byte = 6
 	frameCtrl   byte = 7 // stream 0; payload: message for the layer above
 	frameGoAway byte = 8 // stream 0; the sender is closing the link
+	// frameRetire (stream 0): the sender has another link to this peer
+	// and will close this one once its streams end; the receiver opens
+	// no more streams on it and answers with a retire of its own, after
+	// which the sender knows no open from it is still on the way.
+	frameRetire byte = 9
 )
 
 // Limits.

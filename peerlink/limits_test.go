@@ -195,3 +195,38 @@ func TestLinkWindowOverrun(t *testing.T) {
 	}
 	s.fail(err, CodeLost)
 }
+
+// A retired link takes the streams its peer opens until the peer has
+// answered, then closes once they end: the peer stops using it (Usable)
+// as soon as it hears, and no open is lost on the way.
+func TestRetire(t *testing.T) {
+	l := newLink(t, serviceHandler(t, echo))
+	app, done := openConn(t, l.client, "")
+	l.server.Retire()
+	for deadline := time.Now().Add(10 * time.Second); l.client.Usable(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the peer never heard the link was retired")
+		}
+	}
+	// Open before the retire arrived, and still served.
+	app.Write([]byte("ping"))
+	var b [4]byte
+	if _, err := io.ReadFull(app, b[:]); err != nil || string(b[:]) != "ping" {
+		t.Fatalf("a stream on the retired link: %q, %v", b, err)
+	}
+	select {
+	case <-l.server.Done():
+		t.Fatal("the retired link closed with a stream open")
+	default:
+	}
+	app.(*net.TCPConn).CloseWrite()
+	io.ReadAll(app)
+	if err := <-done; err != nil {
+		t.Fatalf("the stream ended with %v", err)
+	}
+	select {
+	case <-l.server.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the retired link stayed open after its last stream ended")
+	}
+}

@@ -174,7 +174,7 @@ func TestRecordRejects(t *testing.T) {
 		{"empty data frame", fresh(frame(frameCtrl, 0, "m0"), frame(frameData, 1, "")), "an empty data frame on stream 1", "m0"},
 		{"malformed ping", fresh(frame(frameCtrl, 0, "m0"), frame(framePing, 0, "abc")), "malformed ping frame", "m0"},
 		{"malformed window", fresh(frame(frameWindow, 1, "abc")), "malformed window frame", ""},
-		{"unknown type", fresh(frame(frameCtrl, 0, "m0"), frame(frameGoAway+1, 0, "")), "unknown frame type 9", "m0"},
+		{"unknown type", fresh(frame(frameCtrl, 0, "m0"), frame(frameRetire+1, 0, "")), "unknown frame type 10", "m0"},
 		{"open with the wrong parity", fresh(frame(frameOpen, 2, "\x00")), "wrong parity", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {

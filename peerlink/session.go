@@ -53,6 +53,9 @@ type Session struct {
 	streams map[uint32]*Stream
 	opened  int  // streams in streams the peer opened
 	retired bool // close the link once its last stream ends (Retire)
+	acked   bool // the peer answered our retire: it opens no more streams
+	// peerRetired: the peer retired the link; new streams go elsewhere.
+	peerRetired bool
 	nextID  uint32
 	err     error // why the session ended
 
@@ -169,16 +172,55 @@ func (s *Session) OpenStream(meta []byte) (*Stream, error) {
 	return st, nil
 }
 
-// Retire closes the link once the streams open on it have ended, at once
-// if there are none: another link has taken its place, and the
-// connections it carries finish undisturbed.
+// Retire closes the link once the streams open on it have ended and the
+// peer has answered (so none of its opens is still on the way): another
+// link has taken its place, and the connections this one carries finish
+// undisturbed.
 func (s *Session) Retire() {
 	s.mu.Lock()
+	if s.retired || s.err != nil {
+		s.mu.Unlock()
+		return
+	}
 	s.retired = true
-	idle := len(s.streams) == 0 && s.err == nil
+	s.acked = s.peerRetired // it retired the link first: it opens nothing more
+	idle := s.retiredIdle()
 	s.mu.Unlock()
+	s.writeSmall(frameRetire, 0, nil)
 	if idle {
 		s.Close(CodeCancelled)
+	}
+}
+
+// retiredIdle reports whether a retired link may close now (s.mu held).
+func (s *Session) retiredIdle() bool {
+	return s.retired && s.acked && len(s.streams) == 0 && s.err == nil
+}
+
+// Usable reports whether new streams may go on the link: it runs, and
+// neither side has retired it.
+func (s *Session) Usable() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err == nil && !s.retired && !s.peerRetired
+}
+
+// retire acts on the peer's retire frame: the answer to ours, or its own
+// retire, which we answer.
+func (s *Session) retire() {
+	s.mu.Lock()
+	answer := !s.retired && !s.peerRetired
+	if s.retired {
+		s.acked = true
+	}
+	s.peerRetired = true
+	idle := s.retiredIdle()
+	s.mu.Unlock()
+	if answer {
+		go s.writeSmall(frameRetire, 0, nil)
+	}
+	if idle {
+		go s.Close(CodeCancelled)
 	}
 }
 
@@ -234,7 +276,7 @@ func (s *Session) remove(st *Stream) {
 			s.opened--
 		}
 	}
-	idle := s.retired && len(s.streams) == 0 && s.err == nil
+	idle := s.retiredIdle()
 	s.mu.Unlock()
 	if idle {
 		go s.Close(CodeCancelled)
@@ -488,6 +530,8 @@ func (s *Session) frame(typ byte, stream uint32, payload []byte) error {
 		s.handler().Ctrl(payload)
 	case frameGoAway:
 		return errGoAway
+	case frameRetire:
+		s.retire()
 	default:
 		return fmt.Errorf("peerlink: unknown frame type %d", typ)
 	}

@@ -26,15 +26,6 @@ type link struct {
 	want   string
 }
 
-func (l *link) alive() bool {
-	select {
-	case <-l.s.Done():
-		return false
-	default:
-		return true
-	}
-}
-
 // dialCall is one link establishment others may wait on.
 type dialCall struct {
 	done chan struct{}
@@ -247,7 +238,7 @@ func wantPath(p string) string {
 // Callers hold m.mu.
 func (m *Manager) liveLink(peer, want string) *link {
 	for _, key := range []string{linkKey(peer, want), peer, linkKey(peer, peerlink.PathDirect), linkKey(peer, peerlink.PathRelay)} {
-		if l := m.links[key]; l != nil && l.alive() && (want == "" || l.path == want) {
+		if l := m.links[key]; l != nil && l.s.Usable() && (want == "" || l.path == want) {
 			return l
 		}
 	}
