@@ -56,8 +56,8 @@ type Session struct {
 	acked   bool // the peer answered our retire: it opens no more streams
 	// peerRetired: the peer retired the link; new streams go elsewhere.
 	peerRetired bool
-	nextID  uint32
-	err     error // why the session ended
+	nextID      uint32
+	err         error // why the session ended
 
 	// The link's window (frame.go), under cmu: what this side may still
 	// send on all streams, the streams waiting for that to grow, and what
