@@ -188,12 +188,12 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// daemon starts `tube daemon` and returns the environment that points
-// client commands at it.
-func daemon(t *testing.T) (*proc, []string) {
+// daemon starts `tube daemon` (with extra flags, if any) and returns the
+// environment that points client commands at it.
+func daemon(t *testing.T, flags ...string) (*proc, []string) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "daemon.sock")
-	p := start(t, nil, "daemon", "--state", dir, "--socket", sock)
+	p := start(t, nil, append([]string{"daemon", "--state", dir, "--socket", sock}, flags...)...)
 	p.waitLine("daemon: ")
 	return p, []string{"TUBE_SOCKET=" + sock}
 }

@@ -115,12 +115,13 @@ func TestTubeCLI(t *testing.T) {
 }
 
 // contacts starts a relay and two daemons whose accounts alice and bob
-// are mutual contacts; it returns alice's daemon and both environments.
-func contacts(t *testing.T) (*proc, []string, []string) {
+// are mutual contacts (alice's daemon with extra flags, if any); it
+// returns alice's daemon and both environments.
+func contacts(t *testing.T, aliceFlags ...string) (*proc, []string, []string) {
 	t.Helper()
 	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
-	aliceProc, alice := daemon(t)
+	aliceProc, alice := daemon(t, aliceFlags...)
 	_, bob := daemon(t)
 	mustRun(t, alice, "account", "add", "alice", "--server", url, "--register")
 	mustRun(t, bob, "account", "add", "bob", "--server", url, "--register")

@@ -117,9 +117,12 @@ func (m *Manager) verify(ctx context.Context, name string, key identity.PublicKe
 // peer, or peer|path for a link dialed for one path), and forgets it when
 // it ends.
 //
-// A link it replaces is retired: it takes no new connections of ours and
-// closes once those it carries end. A contact that keeps opening links
-// holds at most LinksPerPeer: beyond that its oldest retired link is
+// Which link to use is the dialer's choice. A link we dialed retires the
+// one it replaces: that takes no new connections and closes once those
+// it carries end. A link the peer opened leaves the others be: the peer
+// retires its own replaced links and closes the losers of its dial race,
+// and until it does we may still use them. Either way a contact holds at
+// most LinksPerPeer links under one key: beyond that the oldest is
 // closed, connections and all.
 func (m *Manager) addLink(key string, l *link) {
 	m.mu.Lock()
@@ -130,13 +133,15 @@ func (m *Manager) addLink(key string, l *link) {
 	}
 	var retire, evict []*link
 	if old := m.links[key]; old != nil && old != l {
-		retire = append(retire, old)
-		r := append(m.retired[key], old)
+		if l.dialed {
+			retire = append(retire, old)
+		}
+		r := append(m.others[key], old)
 		for len(r) > LinksPerPeer-1 {
 			evict = append(evict, r[0])
 			r = r[1:]
 		}
-		m.retired[key] = r
+		m.others[key] = r
 	}
 	m.links[key] = l
 	m.mu.Unlock()
@@ -151,21 +156,24 @@ func (m *Manager) addLink(key string, l *link) {
 		<-l.s.Done()
 		m.mu.Lock()
 		current := m.links[key] == l
+		r := slices.DeleteFunc(m.others[key], func(x *link) bool { return x == l })
 		if current {
+			// The newest of the others takes its place.
 			delete(m.links, key)
-		}
-		if r := m.retired[key]; !current {
-			r = slices.DeleteFunc(r, func(x *link) bool { return x == l })
-			if len(r) == 0 {
-				delete(m.retired, key)
-			} else {
-				m.retired[key] = r
+			if n := len(r); n > 0 {
+				m.links[key], r = r[n-1], r[:n-1]
 			}
 		}
+		if len(r) == 0 {
+			delete(m.others, key)
+		} else {
+			m.others[key] = r
+		}
+		usable := m.usableLink(key, "") != nil
 		closed := m.closed
 		m.mu.Unlock()
 		m.log.Info("peer link ended", "peer", key, "path", l.path, "err", l.s.Err())
-		if l.dialed && current && !closed {
+		if l.dialed && current && !usable && !closed {
 			peer, _, _ := strings.Cut(key, "|")
 			go m.relink(peer, l.want)
 		}
@@ -238,8 +246,25 @@ func wantPath(p string) string {
 // Callers hold m.mu.
 func (m *Manager) liveLink(peer, want string) *link {
 	for _, key := range []string{linkKey(peer, want), peer, linkKey(peer, peerlink.PathDirect), linkKey(peer, peerlink.PathRelay)} {
-		if l := m.links[key]; l != nil && l.s.Usable() && (want == "" || l.path == want) {
+		if l := m.usableLink(key, want); l != nil {
 			return l
+		}
+	}
+	return nil
+}
+
+// usableLink returns the link under key that new streams on the wanted
+// path ("" = any) may use: the current one, else the newest of the
+// others. Callers hold m.mu.
+func (m *Manager) usableLink(key, want string) *link {
+	ok := func(l *link) bool { return l != nil && l.s.Usable() && (want == "" || l.path == want) }
+	if l := m.links[key]; ok(l) {
+		return l
+	}
+	r := m.others[key]
+	for i := len(r) - 1; i >= 0; i-- {
+		if ok(r[i]) {
+			return r[i]
 		}
 	}
 	return nil

@@ -164,7 +164,7 @@ type Manager struct {
 	exports  map[string]*export
 	tubes    map[string]*tube
 	links    map[string]*link
-	retired  map[string][]*link // replaced links still carrying connections, by link key
+	others   map[string][]*link // by link key, oldest first: links beside the current one (replaced, or opened by the peer) still running
 	dialing  map[string]*dialCall
 	handlers map[string]*handler
 	opens    map[string]*pendingOpen
@@ -199,7 +199,7 @@ type LinkStats struct {
 func (m *Manager) LinkStats() LinkStats {
 	m.mu.Lock()
 	n := len(m.links)
-	for _, r := range m.retired {
+	for _, r := range m.others {
 		n += len(r)
 	}
 	m.mu.Unlock()
@@ -272,7 +272,7 @@ func New(cfg Config) (*Manager, error) {
 		self:       &peerlink.Identity{Name: cfg.Account, Key: cfg.Key, Limits: cfg.LinkLimits},
 		handshakes: limit.NewPerSource(cfg.HandshakesPerSource, cfg.HandshakesTotal),
 		ctx:        ctx, cancel: cancel,
-		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{}, retired: map[string][]*link{},
+		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{}, others: map[string][]*link{},
 		dialing: map[string]*dialCall{}, handlers: map[string]*handler{}, opens: map[string]*pendingOpen{},
 		permits: map[string]chan permittedMsg{},
 	}, nil
@@ -465,10 +465,10 @@ func (m *Manager) Close() {
 	for _, l := range m.links {
 		links = append(links, l)
 	}
-	for _, r := range m.retired {
+	for _, r := range m.others {
 		links = append(links, r...)
 	}
-	m.links, m.retired = map[string]*link{}, map[string][]*link{}
+	m.links, m.others = map[string]*link{}, map[string][]*link{}
 	m.mu.Unlock()
 	for _, l := range links {
 		l.s.Close(peerlink.CodeLost)
