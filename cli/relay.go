@@ -43,6 +43,7 @@ type relayOpts struct {
 	turnMaxConns                                    int
 	turnAuthDeadline                                time.Duration
 	turnUnauthPerSource, turnUnauthTotal            int
+	turnAllocsPerUser, turnAllocs                   int
 }
 
 func relayCmd(e *env) *cobra.Command {
@@ -92,6 +93,17 @@ under --data when not given; --turn-user adds static credentials;
 	f.DurationVar(&o.turnAuthDeadline, "turn-auth-deadline", relay.DefaultAuthDeadline, "how long a TCP connection to the TURN port may stay unauthenticated")
 	f.IntVar(&o.turnUnauthPerSource, "turn-unauth-per-source", relay.DefaultUnauthPerSource, "most unauthenticated TCP connections to the TURN port from one IPv4 address or IPv6 /64")
 	f.IntVar(&o.turnUnauthTotal, "turn-unauth-total", relay.DefaultUnauthTotal, "most unauthenticated TCP connections to the TURN port from all sources")
+	f.IntVar(&o.turnAllocsPerUser, "turn-allocations-per-user", relay.DefaultMaxAllocations, "most TURN allocations one user (an account, or a --turn-user) holds at once")
+	f.IntVar(&o.turnAllocs, "turn-allocations", relay.DefaultTotalAllocations, "most TURN allocations of all users together")
+	l := &o.cfg.Limits
+	f.IntVar(&l.InFlight, "account-requests-in-flight", rendezvous.DefaultInFlight, "most requests one account may have waiting for an answer")
+	f.Float64Var(&l.Rate, "account-request-rate", rendezvous.DefaultRate, "requests per second one account may make, sustained (twice that in a burst)")
+	f.Float64Var(&l.Messages, "account-message-rate", rendezvous.DefaultMessages, "messages per second one account may send, sustained (twice that in a burst)")
+	f.IntVar(&l.Rooms, "account-rooms", rendezvous.DefaultRooms, "most rooms one account may own")
+	f.IntVar(&l.ContactRequests, "account-contact-requests", rendezvous.DefaultContactRequests, "most unanswered contact requests one account may have")
+	f.IntVar(&l.Invitations, "account-invitations", rendezvous.DefaultInvitations, "most unanswered room invitations one account may have sent")
+	f.IntVar(&l.RegisterPerSource, "register-per-source", rendezvous.DefaultRegisterPerSource, "most accounts one IPv4 address or IPv6 /64 may register per hour")
+	f.IntVar(&l.RegisterPerMinute, "register-per-minute", rendezvous.DefaultRegisterPerMinute, "most accounts all sources together may register per minute")
 	logFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(relayUserCmd(e), relayNATSConfigCmd(e))
 	return cmd
@@ -103,6 +115,16 @@ func runRelay(ctx context.Context, e *env, o relayOpts) error {
 	}
 	if (o.cfg.TLSCert == "") != (o.cfg.TLSKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
+	}
+	l := o.cfg.Limits
+	for flag, v := range map[string]float64{
+		"account-requests-in-flight": float64(l.InFlight), "account-request-rate": l.Rate, "account-message-rate": l.Messages,
+		"account-rooms": float64(l.Rooms), "account-contact-requests": float64(l.ContactRequests), "account-invitations": float64(l.Invitations),
+		"register-per-source": float64(l.RegisterPerSource), "register-per-minute": float64(l.RegisterPerMinute),
+	} {
+		if v <= 0 {
+			return usagef("--%s must be positive, not %g", flag, v)
+		}
 	}
 	log, err := newLogger(e.stderr, o.logLevel, o.logFormat)
 	if err != nil {
@@ -219,9 +241,13 @@ func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay
 	if o.turnMaxConns < 1 {
 		return nil, usagef("--turn-max-connections must be at least 1, not %d", o.turnMaxConns)
 	}
+	if o.turnAllocsPerUser < 1 || o.turnAllocs < 1 {
+		return nil, usagef("--turn-allocations-per-user and --turn-allocations must be at least 1")
+	}
 	return node.StartTURN(node.TURNConfig{Listen: listen, External: o.turnExternal, Realm: o.turnRealm,
 		Secret: secret, Users: users, AllowPeers: o.allowPeers, Bandwidth: bw, MaxConnections: o.turnMaxConns, AuthDeadline: o.turnAuthDeadline,
 		UnauthPerSource: o.turnUnauthPerSource, UnauthTotal: o.turnUnauthTotal,
+		MaxAllocations: o.turnAllocsPerUser, TotalAllocations: o.turnAllocs,
 		Logger: log, Registerer: reg})
 }
 

@@ -11,6 +11,7 @@ type metrics struct {
 	refused      prometheus.Counter
 	authFailures prometheus.Counter
 	acceptErrors *prometheus.CounterVec
+	quota        *prometheus.CounterVec
 }
 
 // unauthMetrics are the gauge and counter of unauthenticated TCP
@@ -52,9 +53,12 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tubes_accept_errors_total", Help: "Accept errors ridden out (out of descriptors, aborted connections), by listener.",
 		}, []string{"listener"}),
+		quota: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tubes_turn_allocations_refused_total", Help: "Allocations refused for a quota, by quota (per_user, total).",
+		}, []string{"quota"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.allocations, m.pending, m.relayed, m.relayedTotal, m.bytes, m.refused, m.authFailures, m.acceptErrors)
+		reg.MustRegister(m.allocations, m.pending, m.relayed, m.relayedTotal, m.bytes, m.refused, m.authFailures, m.acceptErrors, m.quota)
 		reg.MustRegister(unauthMetrics(s)...)
 	}
 	return m

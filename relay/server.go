@@ -31,16 +31,17 @@ import (
 
 // Defaults.
 const (
-	DefaultRealm           = "tubes"
-	DefaultLifetime        = 600 * time.Second
-	MaxLifetime            = time.Hour        // allocations live at most this long between refreshes
-	DefaultMaxAllocations  = 32               // per user
-	DefaultMaxPending      = 64               // unbound peer connections per user
-	DefaultMaxConnections  = 1024             // peer connections per TCP allocation
-	DefaultAuthDeadline    = 10 * time.Second // a TCP control connection's time to authenticate
-	DefaultUnauthPerSource = 32               // unauthenticated TCP connections per source address
-	DefaultUnauthTotal     = 4096             // unauthenticated TCP connections, all sources
-	connectTimeout         = 30 * time.Second
+	DefaultRealm            = "tubes"
+	DefaultLifetime         = 600 * time.Second
+	MaxLifetime             = time.Hour        // allocations live at most this long between refreshes
+	DefaultMaxAllocations   = 32               // per user
+	DefaultTotalAllocations = 8192             // all users together
+	DefaultMaxPending       = 64               // unbound peer connections per user
+	DefaultMaxConnections   = 1024             // peer connections per TCP allocation
+	DefaultAuthDeadline     = 10 * time.Second // a TCP control connection's time to authenticate
+	DefaultUnauthPerSource  = 32               // unauthenticated TCP connections per source address
+	DefaultUnauthTotal      = 4096             // unauthenticated TCP connections, all sources
+	connectTimeout          = 30 * time.Second
 )
 
 // Config configures a TURN server.
@@ -63,6 +64,10 @@ type Config struct {
 	// MaxAllocations per user (default 32); MaxPending unbound peer
 	// connections per user (default 64).
 	MaxAllocations, MaxPending int
+	// TotalAllocations is the most allocations of all users together
+	// (default 8192): however many accounts a relay has, its ports and
+	// descriptors stay bounded.
+	TotalAllocations int
 	// MaxConnections is the most peer connections one TCP allocation
 	// holds at once, bound or not (default 1024). Each new connection
 	// costs pion a scan of its allocation's connections under a lock all
@@ -128,6 +133,9 @@ func Start(cfg Config) (*Server, error) {
 		cfg.Lifetime = DefaultLifetime
 	}
 	cfg.Lifetime = min(cfg.Lifetime, MaxLifetime)
+	if cfg.TotalAllocations <= 0 {
+		cfg.TotalAllocations = DefaultTotalAllocations
+	}
 	if cfg.MaxAllocations == 0 {
 		cfg.MaxAllocations = DefaultMaxAllocations
 	}
@@ -294,10 +302,16 @@ func (s *Server) authHandler(ra *turn.RequestAttributes) (string, []byte, bool) 
 
 func (s *Server) quota(user, realm string, src net.Addr) bool {
 	s.mu.Lock()
-	n := s.perUser[user]
+	n, total := s.perUser[user], len(s.allocs)
 	s.mu.Unlock()
 	if n >= s.cfg.MaxAllocations {
+		s.metrics.quota.WithLabelValues("per_user").Inc()
 		s.log.Info("TURN allocation quota reached", "user", user, "allocations", n, "from", src.String())
+		return false
+	}
+	if total >= s.cfg.TotalAllocations {
+		s.metrics.quota.WithLabelValues("total").Inc()
+		s.log.Warn("TURN allocations at the relay's limit", "allocations", total, "user", user, "from", src.String())
 		return false
 	}
 	return true

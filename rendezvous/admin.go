@@ -15,10 +15,8 @@ import (
 // Operator requests (service side): users added, listed and removed on a
 // relay with closed registration, over the service credentials.
 
-func (s *Service) handleAdmin(m *nats.Msg) {
+func (s *Service) handleAdmin(ctx context.Context, m *nats.Msg) {
 	op := strings.TrimPrefix(m.Subject, adminPrefix)
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
 	var result any
 	var err error
 	switch op {

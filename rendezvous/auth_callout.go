@@ -1,6 +1,7 @@
 package rendezvous
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -19,7 +20,7 @@ import (
 // client that names an account gets that account's permissions if the
 // key is the account's; a client that names none is a guest that may only
 // register or ask about a name.
-func (s *Service) handleAuth(m *nats.Msg) {
+func (s *Service) handleAuth(_ context.Context, m *nats.Msg) {
 	rc, err := jwt.DecodeAuthorizationRequestClaims(string(m.Data))
 	if err != nil {
 		s.log.Warn("malformed authorization request", "err", err)
@@ -68,6 +69,7 @@ func (s *Service) authorize(rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = s.cfg.Account
 	if co.Username == "" {
+		s.regs.guest(co.Nkey, rc.ClientInformation.Host)
 		uc.Name = "guest:" + co.Nkey
 		uc.Pub.Allow.Add(guestSubject(co.Nkey, opRegister), guestSubject(co.Nkey, opWhois))
 		uc.Sub.Allow.Add(guestReplyInbox(co.Nkey) + ".>")

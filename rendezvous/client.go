@@ -27,7 +27,10 @@ type DialConfig struct {
 	Key     *identity.Key
 	RootCAs *x509.CertPool // trusted for TLS relays; nil uses the system's
 	Timeout time.Duration  // connect timeout; default 5s
-	Logger  *slog.Logger
+	// LocalAddr is the IP address to connect from (default: the
+	// system's choice).
+	LocalAddr string
+	Logger    *slog.Logger
 	// OnMessage receives inbox deliveries: kind is one of the Kind…
 	// constants. Calls for one kind are sequential.
 	OnMessage func(kind string, data []byte)
@@ -110,6 +113,13 @@ func (cfg *DialConfig) options(user, inbox string, dialer *recordingDialer) ([]n
 		timeout = 5 * time.Second
 	}
 	dialer.Timeout = timeout
+	if cfg.LocalAddr != "" {
+		ip := net.ParseIP(cfg.LocalAddr)
+		if ip == nil {
+			return nil, fmt.Errorf("rendezvous: local address %q is not an IP address", cfg.LocalAddr)
+		}
+		dialer.LocalAddr = &net.TCPAddr{IP: ip}
+	}
 	opts := []nats.Option{
 		nats.SetCustomDialer(dialer),
 		nats.Nkey(pub, kp.Sign),

@@ -35,6 +35,8 @@ func Register(ctx context.Context, cfg DialConfig, invite string) error {
 		case tperr.RegistrationExists:
 			ce.Reason = connection.NameInUse
 		case tperr.InvalidArgument, tperr.PermissionDenied, tperr.AuthenticationFailed:
+		case tperr.ServiceBusy: // over a registration limit: try again later
+			ce.Reason = connection.NetworkError
 		default:
 			ce.Reason, ce.Name = connection.NetworkError, tperr.NetworkError
 		}

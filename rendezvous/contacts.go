@@ -49,6 +49,12 @@ func (s *Service) opContactRequest(ctx context.Context, me string, data []byte) 
 		return nil, err
 	}
 	before := s.store.view.pair(me, other).state(me)
+	if before == ContactNone {
+		if n := s.store.view.requestsBy(me); n >= s.cfg.Limits.ContactRequests {
+			s.m.refused("contact_requests")
+			return nil, tperr.New(tperr.PermissionDenied, "you have %d contact requests waiting for an answer, the most this relay allows; remove some first", n)
+		}
+	}
 	p, err := s.store.modifyPair(ctx, me, other, func(p *pairRecord) error { p.set(me, true); return nil })
 	if err != nil {
 		return nil, err

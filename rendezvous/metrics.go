@@ -13,6 +13,7 @@ type Metrics struct {
 	auths    *prometheus.CounterVec
 	requests *prometheus.CounterVec
 	delivers prometheus.Counter
+	refusals *prometheus.CounterVec
 }
 
 // NewMetrics registers the service's metrics with reg.
@@ -31,8 +32,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tubes_rendezvous_messages_delivered_total",
 			Help: "Messages delivered into inboxes by send.",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tubes_rendezvous_refused_total",
+			Help: "Requests refused for being over a limit, by limit (README's limits table).",
+		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.auths, m.requests, m.delivers)
+	reg.MustRegister(m.auths, m.requests, m.delivers, m.refusals)
 	return m
 }
 
@@ -47,6 +52,14 @@ func (m *Metrics) bind(s *Service) {
 			Name: "tubes_rendezvous_online_accounts",
 			Help: "Accounts with at least one live connection.",
 		}, func() float64 { return float64(s.pres.onlineCount()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tubes_rendezvous_active_accounts",
+			Help: "Accounts with requests in flight or their request buckets not full: those the per-account limits track.",
+		}, func() float64 { n, _ := s.acct.tracked(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tubes_rendezvous_requests_in_flight",
+			Help: "Account requests being answered, waiting ones included (at most the per-account limit each).",
+		}, func() float64 { _, n := s.acct.tracked(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tubes_rendezvous_relays",
 			Help: "Relay instances serving the cluster.",
@@ -72,6 +85,12 @@ func (m *Metrics) request(op string, err error) {
 		}
 	}
 	m.requests.WithLabelValues(op, result).Inc()
+}
+
+func (m *Metrics) refused(limit string) {
+	if m != nil {
+		m.refusals.WithLabelValues(limit).Inc()
+	}
 }
 
 func (m *Metrics) delivered(n int) {

@@ -14,14 +14,12 @@ import (
 // Guests (service side): registration and whois, for connections that
 // hold a key but no account yet.
 
-func (s *Service) handleGuest(m *nats.Msg) {
+func (s *Service) handleGuest(ctx context.Context, m *nats.Msg) {
 	tok := strings.Split(m.Subject, ".") // tube.guest.<nkey>.<op>
 	if len(tok) != 4 || !strings.HasPrefix(m.Reply, guestReplyInbox(tok[2])+".") {
 		return
 	}
 	nkey, op := tok[2], tok[3]
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
 	var result any
 	var err error
 	switch op {
@@ -61,6 +59,12 @@ func (s *Service) register(ctx context.Context, nkey string, data []byte) error 
 		}
 		if !inv.matches(req.Invite) {
 			return tperr.New(tperr.AuthenticationFailed, "the invitation code for %s is wrong", name)
+		}
+	}
+	if !invited {
+		if limit, err := s.regs.take(nkey); err != nil {
+			s.m.refused(limit)
+			return err
 		}
 	}
 	rec := accountRecord{Name: name, Key: nkey, Created: time.Now().UTC()}

@@ -87,6 +87,10 @@ func (s *Service) opRoomCreate(ctx context.Context, me string, data []byte) (any
 			}
 		}
 	}
+	if n := s.store.view.ownedBy(me); n >= s.cfg.Limits.Rooms {
+		s.m.refused("rooms")
+		return nil, tperr.New(tperr.PermissionDenied, "you own %d rooms, the most this relay allows; remove one first", n)
+	}
 	acct, _ := s.store.view.account(me)
 	r := roomRecord{Name: room, Owner: me, Created: time.Now().UTC(), Open: req.Open, ID: randomID(), OwnerKey: acct.Key}
 	if err := s.store.create(ctx, "room."+room, r); errors.Is(err, errConflict) {
@@ -117,6 +121,16 @@ func (s *Service) opRoomInvite(ctx context.Context, me string, data []byte) (any
 		return nil, tperr.New(tperr.PermissionDenied, "%s is not a contact of yours; you can invite only your contacts", req.Name)
 	case s.store.view.isMember(req.Room, req.Name):
 		return nil, tperr.New(tperr.AlreadyConnected, "%s is a member of room %s already", req.Name, req.Room)
+	}
+	if !s.store.view.hasInvitationRecord(req.Room, req.Name) {
+		n := 0
+		for _, invitees := range s.store.view.invitationsBy(me) {
+			n += len(invitees)
+		}
+		if n >= s.cfg.Limits.Invitations {
+			s.m.refused("invitations")
+			return nil, tperr.New(tperr.PermissionDenied, "you have %d invitations waiting for an answer, the most this relay allows; withdraw some first", n)
+		}
 	}
 	r, _ := s.store.view.room(req.Room)
 	invitee, _ := s.store.view.account(req.Name)

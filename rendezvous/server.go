@@ -57,6 +57,7 @@ type Config struct {
 	TLSCert, TLSKey string
 	// TURN issues credentials for the relay's TURN server (nil: none).
 	TURN       TURNIssuer
+	Limits     Limits // what one account or source can make the service do
 	Instance   string
 	Version    string
 	Logger     *slog.Logger
@@ -314,6 +315,7 @@ func (s *Server) startService(ctx context.Context) error {
 		Logger:       s.cfg.Logger,
 		Metrics:      m,
 		TURN:         s.cfg.TURN,
+		Limits:       s.cfg.Limits,
 	}, s.nc, s.sys)
 	if err != nil {
 		return err

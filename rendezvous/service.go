@@ -40,6 +40,8 @@ type ServiceConfig struct {
 	// TURN issues TURN credentials to accounts; nil when the relay has no
 	// TURN server.
 	TURN TURNIssuer
+	// Limits bound what one account or source can make the service do.
+	Limits Limits
 }
 
 // Service is the account service: it authorizes every NATS connection
@@ -56,10 +58,14 @@ type Service struct {
 	pres  *presence
 	m     *Metrics
 
-	wg      sync.WaitGroup // request handlers in flight
-	sema    chan struct{}  // bounds handlers in flight
-	stopMu  sync.Mutex     // orders wg.Add in dispatch before wg.Wait in Run
-	stopped bool           // Run is ending: requests still delivered are dropped
+	acct *accountLimits
+	regs *registrations
+
+	wg       sync.WaitGroup // request handlers in flight
+	sema     chan struct{}  // bounds request handlers in flight
+	authSema chan struct{}  // bounds logins being checked: capacity no request can take
+	stopMu   sync.Mutex     // orders wg.Add in dispatch before wg.Wait in Run
+	stopped  bool           // Run is ending: requests still delivered are dropped
 }
 
 // maxInFlight bounds concurrently handled requests per relay.
@@ -88,14 +94,18 @@ func NewService(ctx context.Context, cfg ServiceConfig, nc, sys *nats.Conn) (*Se
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	s := &Service{
-		cfg:  cfg,
-		log:  cfg.Logger.With("component", "rendezvous"),
-		nc:   nc,
-		sys:  sys,
-		pres: newPresence(),
-		m:    cfg.Metrics,
-		sema: make(chan struct{}, maxInFlight),
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "rendezvous"),
+		nc:       nc,
+		sys:      sys,
+		pres:     newPresence(),
+		m:        cfg.Metrics,
+		sema:     make(chan struct{}, maxInFlight),
+		authSema: make(chan struct{}, maxAuthInFlight),
+		acct:     newAccountLimits(cfg.Limits),
+		regs:     newRegistrations(cfg.Limits),
 	}
 	st, err := openStore(ctx, nc, cfg.Storage, cfg.Replicas, func(err error) { s.log.Warn("state", "err", err) })
 	if err != nil {
@@ -156,17 +166,19 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 
 	type route struct {
 		subject, queue string
-		handle         func(*nats.Msg)
+		handle         nats.MsgHandler
 	}
 	routes := []route{
-		{server.AuthCalloutSubject, "tube-auth", s.handleAuth},
-		{svcPrefix + "*.*", "tube-svc", s.handleAccount},
-		{guestPrefix + "*." + opRegister, "tube-svc", s.handleGuest},
-		{guestPrefix + "*." + opWhois, "tube-svc", s.handleGuest},
-		{adminPrefix + "*", "tube-svc", s.handleAdmin},
+		// Logins have handler capacity of their own, so that however
+		// busy the requests keep the others, a login is answered in time.
+		{server.AuthCalloutSubject, "tube-auth", s.dispatch(s.authSema, s.handleAuth)},
+		{svcPrefix + "*.*", "tube-svc", s.admitAccount},
+		{guestPrefix + "*." + opRegister, "tube-svc", s.dispatch(s.sema, s.handleGuest)},
+		{guestPrefix + "*." + opWhois, "tube-svc", s.dispatch(s.sema, s.handleGuest)},
+		{adminPrefix + "*", "tube-svc", s.dispatch(s.sema, s.handleAdmin)},
 	}
 	for _, r := range routes {
-		sub, err := s.nc.QueueSubscribe(r.subject, r.queue, s.dispatch(r.handle))
+		sub, err := s.nc.QueueSubscribe(r.subject, r.queue, r.handle)
 		if err != nil {
 			return fmt.Errorf("rendezvous: subscribe %s: %w", r.subject, err)
 		}
@@ -202,9 +214,11 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	}
 }
 
-// dispatch runs handle on its own goroutine, bounded by sema, so that one
-// slow request (a state write) does not hold up the others.
-func (s *Service) dispatch(handle func(*nats.Msg)) nats.MsgHandler {
+// dispatch runs handle on its own goroutine, holding one of sema's
+// slots, so that one slow request (a state write) does not hold up the
+// others. The handler's context lets it give the slot back while it waits
+// on something outside the service (waitOutside).
+func (s *Service) dispatch(sema chan struct{}, handle func(context.Context, *nats.Msg)) nats.MsgHandler {
 	return func(m *nats.Msg) {
 		s.stopMu.Lock()
 		if s.stopped {
@@ -213,12 +227,41 @@ func (s *Service) dispatch(handle func(*nats.Msg)) nats.MsgHandler {
 		}
 		s.wg.Add(1)
 		s.stopMu.Unlock()
-		s.sema <- struct{}{}
+		sema <- struct{}{}
 		go func() {
-			defer func() { <-s.sema; s.wg.Done() }()
-			handle(m)
+			defer func() { <-sema; s.wg.Done() }()
+			ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), slotKey{}, &slot{sema}), requestTimeout)
+			defer cancel()
+			handle(ctx, m)
 		}()
 	}
+}
+
+// admitAccount takes an account's request: over the account's limits it
+// is refused at once, before it waits for a handler slot.
+func (s *Service) admitAccount(m *nats.Msg) {
+	tok := strings.Split(m.Subject, ".") // tube.svc.<me>.<op>
+	if len(tok) != 4 {
+		return
+	}
+	me, op := tok[2], tok[3]
+	// Replies go only to the caller's own reply subjects, so that a
+	// request cannot make the service write into someone else's.
+	if !strings.HasPrefix(m.Reply, replyInbox(me)+".") {
+		s.log.Warn("request with a foreign reply subject dropped", "account", me, "op", op)
+		return
+	}
+	done, limit, err := s.acct.begin(me, op)
+	if err != nil {
+		s.m.request(op, err)
+		s.m.refused(limit)
+		m.Respond(encodeReply(nil, err))
+		return
+	}
+	s.dispatch(s.sema, func(ctx context.Context, m *nats.Msg) {
+		defer done()
+		s.handleAccount(ctx, m, me, op)
+	})(m)
 }
 
 // ---- account requests ----
@@ -253,20 +296,7 @@ func (s *Service) accountHandlers() map[string]handlerFunc {
 // requestTimeout bounds the work behind one request.
 const requestTimeout = 10 * time.Second
 
-func (s *Service) handleAccount(m *nats.Msg) {
-	tok := strings.Split(m.Subject, ".") // tube.svc.<me>.<op>
-	if len(tok) != 4 {
-		return
-	}
-	me, op := tok[2], tok[3]
-	// Replies go only to the caller's own reply subjects, so that a
-	// request cannot make the service write into someone else's.
-	if !strings.HasPrefix(m.Reply, replyInbox(me)+".") {
-		s.log.Warn("request with a foreign reply subject dropped", "account", me, "op", op)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
+func (s *Service) handleAccount(ctx context.Context, m *nats.Msg, me, op string) {
 	var result any
 	var err error
 	if _, ok := s.store.view.account(me); !ok {
@@ -292,8 +322,11 @@ func (s *Service) opHello(ctx context.Context, me string, data []byte) (any, err
 		return nil, err
 	}
 	if req.Server != "" {
+		// The wait is on a NATS server's report, so it holds no handler
+		// slot: a flood of hellos naming servers that never answer takes
+		// the account's own requests in flight, nobody else's.
 		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		s.pres.waitConn(wctx, connID{server: req.Server, cid: req.CID})
+		waitOutside(wctx, func() { s.pres.waitConn(wctx, connID{server: req.Server, cid: req.CID}) })
 		cancel()
 	}
 	acct, _ := s.store.view.account(me)

@@ -550,6 +550,30 @@ func (v *view) roomsOfAccount(name string) []roomRecord {
 	return out
 }
 
+// ownedBy counts the existing rooms name owns.
+func (v *view) ownedBy(name string) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n := 0
+	for _, r := range v.rooms {
+		if v.ownerLocked(r, name) {
+			n++
+		}
+	}
+	return n
+}
+
+// requestsBy counts name's contact requests still unanswered.
+func (v *view) requestsBy(name string) int {
+	n := 0
+	for _, p := range v.contactsOf(name) {
+		if p.state(name) == ContactRequested {
+			n++
+		}
+	}
+	return n
+}
+
 // peersOf returns every account that should hear about name's presence:
 // mutual contacts and fellow members of its rooms.
 func (v *view) peersOf(name string) []string {

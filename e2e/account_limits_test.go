@@ -1,0 +1,278 @@
+package e2e
+
+// The account service's limits attacked over the real relay binary: a
+// hello flood against everyone's logins, and registration, room, contact
+// request and message floods against their quotas.
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tubes-dev/tubes/identity"
+	"github.com/tubes-dev/tubes/rendezvous"
+	"github.com/tubes-dev/tubes/tperr"
+)
+
+// startRendezvous runs `tube relay` without TURN and returns its URL and
+// its metrics address.
+func startRendezvous(t *testing.T, flags ...string) (url, httpAddr string) {
+	t.Helper()
+	httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	relay := start(t, nil, append([]string{"relay", "--turn-listen", "off", "--http", httpAddr,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}, flags...)...)
+	url = strings.TrimSpace(relay.waitLine("rendezvous: "))
+	relay.waitLine("metrics: ")
+	return url, httpAddr
+}
+
+type testAccount struct {
+	name string
+	key  *identity.Key
+	c    *rendezvous.Client
+}
+
+func (a *testAccount) cfg(url, src string) rendezvous.DialConfig {
+	return rendezvous.DialConfig{Server: url, Account: a.name, Key: a.key, LocalAddr: src}
+}
+
+// registerFrom registers name from source address src ("" any) and
+// logs it in.
+func registerFrom(t *testing.T, url, name, src string) *testAccount {
+	t.Helper()
+	a := &testAccount{name: name, key: newKey(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := rendezvous.Register(ctx, a.cfg(url, src), ""); err != nil {
+		t.Fatalf("register %s: %v", name, err)
+	}
+	a.login(t, url)
+	return a
+}
+
+func (a *testAccount) login(t *testing.T, url string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := rendezvous.Dial(ctx, a.cfg(url, ""))
+	if err != nil {
+		t.Fatalf("log in %s: %v", a.name, err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatalf("hello %s: %v", a.name, err)
+	}
+	a.c = c
+}
+
+func newKey(t *testing.T) *identity.Key {
+	k, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// befriend makes a and b mutual contacts.
+func befriend(t *testing.T, a, b *testAccount) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := a.c.ContactRequest(ctx, b.name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.ContactApprove(ctx, a.name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// One account floods the relay with hellos naming a NATS server that
+// does not exist (each once held a handler slot for 3 s, and logins
+// shared those slots): everyone else's logins all succeed meanwhile. With
+// the default per-account limit the flood is refused at once beyond it;
+// with that limit raised out of the way, the hellos hold no slot while
+// they wait and logins have capacity of their own, so logins still all
+// succeed.
+func TestHelloFloodLeavesLogins(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		flags  []string
+		refuse bool
+	}{
+		{"per-account limit", []string{"--register-per-source", "100"}, true},
+		{"no per-account limit", []string{"--register-per-source", "100", "--account-requests-in-flight", "100000", "--account-request-rate", "100000"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url, httpAddr := startRendezvous(t, tc.flags...)
+			mallory := registerFrom(t, url, "mallory", "")
+			var others []*testAccount
+			for i := range 10 {
+				a := &testAccount{name: fmt.Sprintf("user%d", i), key: newKey(t)}
+				if err := rendezvous.Register(context.Background(), a.cfg(url, ""), ""); err != nil {
+					t.Fatal(err)
+				}
+				others = append(others, a)
+			}
+			nc := rawLogin(t, url, mallory)
+			const flood = 300
+			var wg sync.WaitGroup
+			var busy atomic.Int32
+			for range flood {
+				wg.Go(func() {
+					m, err := nc.Request("tube.svc.mallory.hello", []byte(`{"server":"NBOGUSSERVERIDTHATNEVERANSWERS","cid":7}`), 20*time.Second)
+					if err == nil && strings.Contains(string(m.Data), tperr.ServiceBusy) {
+						busy.Add(1)
+					}
+				})
+			}
+			// The flood is in: refused beyond the limit, or all of it
+			// waiting on the server that never answers.
+			if tc.refuse {
+				waitMetric(t, httpAddr, `tubes_rendezvous_refused_total{limit="in_flight"}`, func(v float64) bool { return v > 0 })
+			} else {
+				waitMetric(t, httpAddr, "tubes_rendezvous_requests_in_flight", func(v float64) bool { return v >= 250 })
+			}
+			for _, a := range others {
+				a.login(t, url) // fails the test if refused
+			}
+			wg.Wait()
+			if got := busy.Load(); tc.refuse && got < flood-rendezvous.DefaultInFlight-rendezvous.DefaultRate*2 {
+				t.Errorf("only %d of %d hellos over the limit were refused", got, flood)
+			} else if !tc.refuse && got != 0 {
+				t.Errorf("%d hellos refused with the limit raised", got)
+			}
+		})
+	}
+}
+
+// rawLogin logs a in over plain NATS, for requests the client library
+// would never make.
+func rawLogin(t *testing.T, url string, a *testAccount) *nats.Conn {
+	t.Helper()
+	kp, err := a.key.NKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	nc, err := nats.Connect(url, nats.Nkey(pub, kp.Sign), nats.UserInfo(a.name, ""), nats.CustomInboxPrefix("tube.reply."+a.name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Registrations from one source address stop at its quota, while
+// another address registers; rooms, contact requests and messages of one
+// account stop at theirs while other accounts are served.
+func TestAccountQuotas(t *testing.T) {
+	url, httpAddr := startRendezvous(t, "--register-per-source", "5", "--account-rooms", "3",
+		"--account-contact-requests", "4", "--account-message-rate", "5")
+	ctx := context.Background()
+
+	t.Run("registrations per source", func(t *testing.T) {
+		var refused error
+		for i := range 8 {
+			a := &testAccount{name: fmt.Sprintf("flood%d", i), key: newKey(t)}
+			err := rendezvous.Register(ctx, a.cfg(url, "127.0.0.2"), "")
+			if i < 5 && err != nil {
+				t.Fatalf("registration %d, under the quota: %v", i, err)
+			}
+			if i >= 5 {
+				if err == nil {
+					t.Fatalf("registration %d from one address, over its quota of 5, went through", i)
+				}
+				refused = err
+			}
+		}
+		if !strings.Contains(refused.Error(), "from your address") || tperr.Name(refused) != tperr.ServiceBusy {
+			t.Errorf("refusal: %v (%s)", refused, tperr.Name(refused))
+		}
+		registerFrom(t, url, "elsewhere", "127.0.0.3")
+		if v, _ := metric(t, httpAddr, `tubes_rendezvous_refused_total{limit="register_per_source"}`); v != 3 {
+			t.Errorf("%v registrations counted as refused, want 3", v)
+		}
+	})
+
+	alice := registerFrom(t, url, "alice", "")
+	bob := registerFrom(t, url, "bob", "")
+	befriend(t, alice, bob)
+
+	t.Run("rooms per account", func(t *testing.T) {
+		for i := range 3 {
+			if _, err := alice.c.RoomCreate(ctx, fmt.Sprint("room", i), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err := alice.c.RoomCreate(ctx, "room3", false)
+		if tperr.Name(err) != tperr.PermissionDenied || !strings.Contains(fmt.Sprint(err), "you own 3 rooms") {
+			t.Fatalf("a fourth room: %v", err)
+		}
+		if _, err := bob.c.RoomCreate(ctx, "bobs", false); err != nil {
+			t.Fatalf("another account's room: %v", err)
+		}
+		// Removing one makes room for another.
+		if err := alice.c.RoomLeave(ctx, "room0"); err != nil { // the owner leaving ends it
+			t.Fatal(err)
+		}
+		if _, err := alice.c.RoomCreate(ctx, "room3", false); err != nil {
+			t.Fatalf("a room after removing one: %v", err)
+		}
+	})
+
+	t.Run("contact requests per account", func(t *testing.T) {
+		for i := range 5 {
+			registerFrom(t, url, fmt.Sprint("stranger", i), "127.0.0.4")
+		}
+		for i := range 4 {
+			if _, err := alice.c.ContactRequest(ctx, fmt.Sprint("stranger", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err := alice.c.ContactRequest(ctx, "stranger4")
+		if tperr.Name(err) != tperr.PermissionDenied || !strings.Contains(fmt.Sprint(err), "4 contact requests") {
+			t.Fatalf("a fifth request: %v", err)
+		}
+		if _, err := bob.c.ContactRequest(ctx, "stranger4"); err != nil {
+			t.Fatalf("another account's request: %v", err)
+		}
+		// An answered request stops counting.
+		if err := alice.c.ContactRemove(ctx, "stranger0"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.c.ContactRequest(ctx, "stranger4"); err != nil {
+			t.Fatalf("a request after withdrawing one: %v", err)
+		}
+	})
+
+	t.Run("messages per second", func(t *testing.T) {
+		var busy int
+		var last error
+		for range 60 {
+			if _, err := alice.c.Send(ctx, "bob", "", "flood", []byte("x")); err != nil {
+				if tperr.Name(err) != tperr.ServiceBusy {
+					t.Fatal(err)
+				}
+				busy++
+				last = err
+			}
+		}
+		if busy == 0 {
+			t.Fatal("60 messages in a burst, none refused at 5 a second")
+		}
+		if !strings.Contains(last.Error(), "messages a second") {
+			t.Errorf("refusal: %v", last)
+		}
+		if _, err := bob.c.Send(ctx, "alice", "", "hello", []byte("y")); err != nil {
+			t.Fatalf("another account's message: %v", err)
+		}
+		if v, _ := metric(t, httpAddr, `tubes_rendezvous_refused_total{limit="messages"}`); v != float64(busy) {
+			t.Errorf("%v messages counted as refused, %d were", v, busy)
+		}
+	})
+}
