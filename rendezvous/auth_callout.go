@@ -96,8 +96,8 @@ func permissionsFor(uc *jwt.UserClaims, name string) {
 	uc.Pub.Allow.Add(svcPrefix + name + ".*")
 	uc.Sub.Allow.Add(inboxPrefix+name+".>", replyInbox(name)+".>")
 	uc.Limits.Subs = 256
-	uc.Limits.Payload = maxPayload
+	uc.Limits.Payload = MaxPayload
 }
 
-// maxPayload bounds one message from an account (a request or a Send).
-const maxPayload = 256 << 10
+// MaxPayload bounds one message from an account (a request or a Send).
+const MaxPayload = 256 << 10

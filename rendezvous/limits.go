@@ -43,9 +43,9 @@ const (
 	DefaultRegisterPerMinute = 60
 )
 
-// maxAuthInFlight bounds the logins (auth callouts) checked at once. They
+// MaxLoginsInFlight bounds the logins (auth callouts) checked at once. They
 // have capacity of their own: no request can take it.
-const maxAuthInFlight = 64
+const MaxLoginsInFlight = 64
 
 func (l Limits) withDefaults() Limits {
 	def := func(v *int, d int) {

@@ -176,7 +176,7 @@ func (s *Server) startEmbedded() error {
 			Account:   embeddedAccount,
 			AuthUsers: []string{serviceUser, systemUser},
 		},
-		MaxPayload: maxPayload + 4096,
+		MaxPayload: MaxPayload + 4096,
 		// Records of closed connections are for monitoring only; every
 		// registration closes a guest connection, so keep few.
 		MaxClosedClients: 64,

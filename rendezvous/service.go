@@ -103,7 +103,7 @@ func NewService(ctx context.Context, cfg ServiceConfig, nc, sys *nats.Conn) (*Se
 		pres:     newPresence(),
 		m:        cfg.Metrics,
 		sema:     make(chan struct{}, maxInFlight),
-		authSema: make(chan struct{}, maxAuthInFlight),
+		authSema: make(chan struct{}, MaxLoginsInFlight),
 		acct:     newAccountLimits(cfg.Limits),
 		regs:     newRegistrations(cfg.Limits),
 	}

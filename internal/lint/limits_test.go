@@ -11,6 +11,7 @@ import (
 	"github.com/tubes-dev/tubes/daemon"
 	"github.com/tubes-dev/tubes/peerlink"
 	"github.com/tubes-dev/tubes/relay"
+	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tube"
 )
 
@@ -56,9 +57,21 @@ func TestLimitsTable(t *testing.T) {
 		"event-buffer":               mib(daemon.DefaultEventBytes),
 		"event-write-timeout":        daemon.DefaultEventWriteTimeout.String(),
 		"max-instances":              fmt.Sprint(activation.DefaultMaxInstances),
-		"receive budget per peer link (all its streams together)":                          mib(peerlink.ReceiveBudget),
-		"links per contact (replaced ones close when idle; beyond this the oldest closes)": fmt.Sprint(tube.LinksPerPeer),
-		"message body (larger is refused to its sender)":                                   fmt.Sprintf("%d bytes", tube.MaxMessageBody),
+		"receive budget per peer link (all its streams together)":                                 mib(peerlink.ReceiveBudget),
+		"links per contact (the dialer retires those it replaces; beyond this the oldest closes)": fmt.Sprint(tube.LinksPerPeer),
+		"turn-allocations-per-user":  fmt.Sprint(relay.DefaultMaxAllocations),
+		"turn-allocations":           fmt.Sprint(relay.DefaultTotalAllocations),
+		"account-requests-in-flight": fmt.Sprint(rendezvous.DefaultInFlight),
+		"account-request-rate":       fmt.Sprint(rendezvous.DefaultRate),
+		"account-message-rate":       fmt.Sprint(rendezvous.DefaultMessages),
+		"account-rooms":              fmt.Sprint(rendezvous.DefaultRooms),
+		"account-contact-requests":   fmt.Sprint(rendezvous.DefaultContactRequests),
+		"account-invitations":        fmt.Sprint(rendezvous.DefaultInvitations),
+		"register-per-source":        fmt.Sprint(rendezvous.DefaultRegisterPerSource),
+		"register-per-minute":        fmt.Sprint(rendezvous.DefaultRegisterPerMinute),
+		"logins being checked at once (capacity of their own, that no request can take)": fmt.Sprint(rendezvous.MaxLoginsInFlight),
+		"one message from an account (a request, or a message it sends)":                 fmt.Sprintf("%d KiB", rendezvous.MaxPayload>>10),
+		"message body (larger is refused to its sender)":                                 fmt.Sprintf("%d bytes", tube.MaxMessageBody),
 	} {
 		if got, ok := rows[key]; !ok {
 			t.Errorf("the limits table has no row for %s", key)
