@@ -32,6 +32,11 @@ type Account struct {
 	SafetyNumber string   `json:"safety_number"` // the key's, for contacts to compare with what they pinned
 	AutoConnect  bool     `json:"auto_connect"`
 	NextRetry    string   `json:"next_retry,omitempty"` // RFC 3339, while waiting to reconnect
+	// Login, after a refused login: "refused" when the relay confirmed it
+	// (no such account, another key: the daemon waits for the user), or
+	// "unanswered" when it did not (a relay too busy to check logins
+	// reports the same refusal: the daemon tries again, slowly).
+	Login string `json:"login,omitempty"`
 }
 
 // Tube is one stream tube. The id is the same on both sides.

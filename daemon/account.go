@@ -146,6 +146,12 @@ func (a *account) snapshot() api.Account {
 	}
 	if a.lastErr != nil && a.status == connection.Disconnected {
 		acc.Error, acc.Message = a.lastErr.Name, a.lastErr.Message
+		if a.lastErr.Reason == connection.AuthenticationFailed {
+			acc.Login = "unanswered"
+			if a.lastErr.Refused {
+				acc.Login = "refused"
+			}
+		}
 	}
 	if !a.nextRetry.IsZero() && a.status == connection.Disconnected {
 		acc.NextRetry = a.nextRetry.UTC().Format(time.RFC3339)
@@ -299,11 +305,24 @@ func (a *account) dialConfig() rendezvous.DialConfig {
 	}
 }
 
-// retryable reports whether a failure is worth retrying on its own: only
-// network trouble is. Refused logins, certificate problems and being
-// replaced wait for the user.
+// retryable reports whether a failure is worth retrying on its own:
+// network trouble is, and so is a refused login the relay did not confirm
+// (an overloaded relay's login check times out into the same refusal).
+// Confirmed refusals, certificate problems and being replaced wait for
+// the user.
 func retryable(ce *rendezvous.ConnError) bool {
-	return ce.Reason == connection.NetworkError
+	return ce.Reason == connection.NetworkError || unconfirmedRefusal(ce)
+}
+
+func unconfirmedRefusal(ce *rendezvous.ConnError) bool {
+	return ce.Reason == connection.AuthenticationFailed && !ce.Refused
+}
+
+// slowBackoff is the wait after a refusal the relay did not confirm: it
+// may be overloaded, so the daemon does not add to it. It starts at ten
+// times the network back-off and grows to ten times its longest.
+func (a *account) slowBackoff(backoff time.Duration) time.Duration {
+	return min(max(2*backoff, 10*a.d.cfg.MinBackoff), 10*a.d.cfg.MaxBackoff)
 }
 
 // run is the account's connection loop: Connecting → Connected, and after
@@ -338,6 +357,12 @@ func (a *account) run(ctx context.Context) {
 			a.settle()
 			if !retryable(ce) {
 				a.setWanted(false)
+				continue
+			}
+			if unconfirmedRefusal(ce) {
+				backoff = a.slowBackoff(backoff)
+				a.log.Warn("the relay refused the login without confirming it; trying again later", "in", backoff)
+				a.backoff(ctx, backoff)
 				continue
 			}
 			a.backoff(ctx, backoff)

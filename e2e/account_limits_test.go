@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
@@ -275,4 +277,56 @@ func TestAccountQuotas(t *testing.T) {
 			t.Errorf("%v messages counted as refused, %d were", v, busy)
 		}
 	})
+}
+
+// A login that the relay's account service does not answer (it is down
+// or too busy: NATS reports the callout's timeout as a refusal) is not a
+// refusal: the daemon says the login went unanswered and tries again by
+// itself, slowly, and is connected once the service answers again. A
+// refusal the relay confirms (no such account) still waits for the user.
+func TestDaemonRetriesUnansweredLogin(t *testing.T) {
+	data := t.TempDir()
+	addr, flags := natsForRelay(t, data)
+	relayArgs := append([]string{"relay", "--turn-listen", "off"}, flags...)
+	relay := start(t, nil, relayArgs...)
+	relay.waitLine("rendezvous: ")
+	_, alice := daemon(t)
+	mustRun(t, alice, "account", "add", "alice", "--server", addr, "--register")
+
+	relay.kill()
+	mustRun(t, alice, "disconnect")
+	run(t, alice, "connect") // exits 1: not connected
+	acc := waitAccount(t, alice, "alice", func(a api.Account) bool { return a.Login != "" })
+	if acc.Login != "unanswered" || acc.Status != "Disconnected" || !acc.AutoConnect || acc.NextRetry == "" {
+		t.Fatalf("with the account service down: %+v", acc)
+	}
+	relay = start(t, nil, relayArgs...)
+	relay.waitLine("rendezvous: ")
+	waitAccount(t, alice, "alice", func(a api.Account) bool { return a.Status == "Connected" })
+
+	_, carol := daemon(t)
+	run(t, carol, "account", "add", "carol", "--server", addr) // not registered: refused
+	acc = waitAccount(t, carol, "carol", func(a api.Account) bool { return a.Login != "" })
+	if acc.Login != "refused" || acc.AutoConnect || acc.NextRetry != "" {
+		t.Fatalf("a confirmed refusal: %+v", acc)
+	}
+}
+
+// waitAccount waits until the daemon's account name satisfies ok.
+func waitAccount(t *testing.T, env []string, name string, ok func(api.Account) bool) api.Account {
+	t.Helper()
+	var last api.Account
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var st struct{ Accounts []api.Account }
+		json.Unmarshal([]byte(mustRun(t, env, "status", "--json")), &st)
+		for _, a := range st.Accounts {
+			if a.Name == name {
+				if last = a; ok(a) {
+					return a
+				}
+			}
+		}
+	}
+	t.Fatalf("account %s never got there: %+v", name, last)
+	return last
 }

@@ -124,22 +124,7 @@ listen: 127.0.0.1:%d
 jetstream { store_dir: %q }
 cluster { name: tubes, listen: 127.0.0.1:%d, routes: [ nats://127.0.0.1:%d ] }
 %s`, i, ports[i], t.TempDir(), routes[i], routes[1-i], strings.Replace(conf, "jetstream: enabled\n", "", 1))
-		path := filepath.Join(t.TempDir(), "nats.conf")
-		os.WriteFile(path, []byte(cfg), 0o600)
-		opts, err := server.ProcessConfigFile(path)
-		if err != nil {
-			t.Fatalf("the printed configuration does not load: %v\n%s", err, cfg)
-		}
-		opts.NoSigs, opts.NoLog = true, true
-		ns, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go ns.Start()
-		t.Cleanup(ns.Shutdown)
-		if !ns.ReadyForConnections(10 * time.Second) {
-			t.Fatal("nats server not ready")
-		}
+		startNATS(t, cfg)
 		urls = append(urls, fmt.Sprintf("127.0.0.1:%d", ports[i]))
 	}
 	relays := make([]*proc, 2)
@@ -182,6 +167,41 @@ cluster { name: tubes, listen: 127.0.0.1:%d, routes: [ nats://127.0.0.1:%d ] }
 	mustRun(t, alice, "connect")
 	waitOnline(bob, "alice")
 	sendAndReceive(t, alice, bob, "alice", "still here")
+}
+
+// startNATS runs a NATS server (the library, as nats-server runs it)
+// with the configuration cfg until the test ends.
+func startNATS(t *testing.T, cfg string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	os.WriteFile(path, []byte(cfg), 0o600)
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("the printed configuration does not load: %v\n%s", err, cfg)
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+}
+
+// natsForRelay runs a NATS server configured by `tube relay nats-config
+// --data data` and returns its address and the relay's --nats and
+// --nats-system flags for it.
+func natsForRelay(t *testing.T, data string) (addr string, flags []string) {
+	t.Helper()
+	conf := mustRun(t, nil, "relay", "nats-config", "--data", data)
+	conf = strings.ReplaceAll(conf, "CHANGE-ME-SVC", "svcpw")
+	conf = strings.ReplaceAll(conf, "CHANGE-ME-SYS", "syspw")
+	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startNATS(t, fmt.Sprintf("listen: %s\njetstream { store_dir: %q }\n%s", addr, t.TempDir(), strings.Replace(conf, "jetstream: enabled\n", "", 1)))
+	return addr, []string{"--nats", "nats://tube-svc:svcpw@" + addr, "--nats-system", "nats://tube-sys:syspw@" + addr, "--data", data}
 }
 
 // sendAndReceive has from's daemon deliver a message to the account of

@@ -60,6 +60,11 @@ type ConnError struct {
 	Name    string         // im.telepathy1.Error.…
 	Message string         // one sentence for users
 	Details map[string]any // debug-message, server-message, TLS details
+	// Refused is set on a refused login when the relay, asked as a guest,
+	// confirmed it: no such account, or another key. NATS reports a login
+	// check that timed out (an overloaded relay) as the same refusal, and
+	// then Refused stays false.
+	Refused bool
 	Err     error
 }
 

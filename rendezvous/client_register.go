@@ -64,9 +64,10 @@ func asGuest(ctx context.Context, cfg DialConfig, f func(nc *nats.Conn, nkey str
 }
 
 // diagnoseAuth asks the relay, as a guest, why our login was refused, so
-// the user reads "no account named alice" rather than a bare refusal.
+// the user reads "no account named alice" rather than a bare refusal, and
+// so the daemon tells a refusal from a relay too busy to check the login.
 func diagnoseAuth(ctx context.Context, cfg DialConfig, ce *ConnError) *ConnError {
-	_ = asGuest(ctx, cfg, func(nc *nats.Conn, nkey string) error {
+	err := asGuest(ctx, cfg, func(nc *nats.Conn, nkey string) error {
 		var w whoisResp
 		if err := request(ctx, nc, guestSubject(nkey, opWhois), nameReq{Name: cfg.Account}, &w); err != nil {
 			return err
@@ -74,12 +75,19 @@ func diagnoseAuth(ctx context.Context, cfg DialConfig, ce *ConnError) *ConnError
 		switch {
 		case !w.Exists:
 			ce.Message = fmt.Sprintf("there is no account named %s on the relay %s; register it with --register", cfg.Account, cfg.Server)
+			ce.Refused = true
 		case !w.KeyMatches:
 			ce.Message = fmt.Sprintf("the relay %s refused the key of %s: the account is registered with another key", cfg.Server, cfg.Account)
+			ce.Refused = true
+		default:
+			ce.Message = fmt.Sprintf("the relay %s did not let %s in although it knows its key: it may be too busy to check logins", cfg.Server, cfg.Account)
 		}
-		ce.Details["server-message"] = ce.Message
 		return nil
 	})
+	if err != nil {
+		ce.Message = fmt.Sprintf("the relay %s did not let %s in and did not answer why: it may be too busy to check logins", cfg.Server, cfg.Account)
+	}
+	ce.Details["server-message"] = ce.Message
 	return ce
 }
 
