@@ -90,6 +90,7 @@ func runDemo(ctx context.Context, e *env, keep bool) (err error) {
 		return fmt.Errorf("demo: start relay: %w", err)
 	}
 	defer relay.Close()
+	node.LinkTURN(relay, turn)
 	d.say("relay started: rendezvous on %s (embedded NATS, state in memory), TURN on %s", relay.URL(), turn.Addr())
 
 	people := map[string]*localclient.Client{}

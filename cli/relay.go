@@ -165,6 +165,9 @@ func runRelay(ctx context.Context, e *env, o relayOpts) error {
 		return err
 	}
 	defer srv.Close()
+	if turnSrv != nil {
+		node.LinkTURN(srv, turnSrv)
+	}
 	if o.cfg.NATS != "" {
 		fmt.Fprintf(e.stdout, "rendezvous: account service on NATS %s\n", srv.URL())
 	} else {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
+	"github.com/tubes-dev/tubes/turnclient"
 )
 
 // startRendezvous runs `tube relay` without TURN and returns its URL and
@@ -54,15 +56,18 @@ func registerFrom(t *testing.T, url, name, src string) *testAccount {
 	if err := rendezvous.Register(ctx, a.cfg(url, src), ""); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
-	a.login(t, url)
+	a.loginFrom(t, url, src)
 	return a
 }
 
-func (a *testAccount) login(t *testing.T, url string) {
+func (a *testAccount) login(t *testing.T, url string) { t.Helper(); a.loginFrom(t, url, "") }
+
+// loginFrom logs a in from source address src ("" any).
+func (a *testAccount) loginFrom(t *testing.T, url, src string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := rendezvous.Dial(ctx, a.cfg(url, ""))
+	c, err := rendezvous.Dial(ctx, a.cfg(url, src))
 	if err != nil {
 		t.Fatalf("log in %s: %v", a.name, err)
 	}
@@ -329,4 +334,53 @@ func waitAccount(t *testing.T, env []string, name string, ok func(api.Account) b
 	}
 	t.Fatalf("account %s never got there: %+v", name, last)
 	return last
+}
+
+// TURN credentials the relay issues to an account relay only to where
+// one of the account's contacts is connected from: not to another
+// account that is no contact, not to an address no account uses. A
+// static --turn-user keeps the general TURN behaviour.
+func TestTURNForAccountsOnly(t *testing.T) {
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--allow-peer", "127.0.0.0/8", "--turn-user", "op:pw",
+		"--http", httpAddr, "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	turnAddr := strings.TrimSpace(relay.waitLine("turn: "))
+	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
+	relay.waitLine("metrics: ")
+	alice := registerFrom(t, url, "alice", "127.0.0.1")
+	bob := registerFrom(t, url, "bob", "127.0.0.5")
+	registerFrom(t, url, "mallory", "127.0.0.6") // an account, no contact of alice's
+	befriend(t, alice, bob)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cred, err := alice.c.TURN(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocate := func(user, pass string) *turnclient.Client {
+		t.Helper()
+		c, err := turnclient.Allocate(ctx, turnclient.Config{Server: turnAddr, Username: user, Password: pass})
+		if err != nil {
+			t.Fatalf("allocate as %s: %v", user, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	issued := allocate(cred.Username, cred.Password)
+	if err := issued.Permit(ctx, netip.MustParseAddr("127.0.0.5")); err != nil {
+		t.Errorf("a permission for the contact's address: %v", err)
+	}
+	for _, ip := range []string{"127.0.0.6", "127.0.0.9"} {
+		if err := issued.Permit(ctx, netip.MustParseAddr(ip)); err == nil {
+			t.Errorf("the issued credential got a permission for %s, where no contact of alice's is", ip)
+		}
+	}
+	if v, _ := metric(t, httpAddr, "tubes_turn_foreign_peers_refused_total"); v != 2 {
+		t.Errorf("%v foreign peers counted, want 2", v)
+	}
+	static := allocate("op", "pw")
+	if err := static.Permit(ctx, netip.MustParseAddr("127.0.0.9")); err != nil {
+		t.Errorf("a static credential's permission: %v", err)
+	}
 }

@@ -12,6 +12,7 @@ type metrics struct {
 	authFailures prometheus.Counter
 	acceptErrors *prometheus.CounterVec
 	quota        *prometheus.CounterVec
+	foreign      prometheus.Counter
 }
 
 // unauthMetrics are the gauge and counter of unauthenticated TCP
@@ -53,12 +54,15 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tubes_accept_errors_total", Help: "Accept errors ridden out (out of descriptors, aborted connections), by listener.",
 		}, []string{"listener"}),
+		foreign: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tubes_turn_foreign_peers_refused_total", Help: "Peers refused to allocations of account credentials: no contact of the account is connected from there.",
+		}),
 		quota: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tubes_turn_allocations_refused_total", Help: "Allocations refused for a quota, by quota (per_user, total).",
 		}, []string{"quota"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.allocations, m.pending, m.relayed, m.relayedTotal, m.bytes, m.refused, m.authFailures, m.acceptErrors, m.quota)
+		reg.MustRegister(m.allocations, m.pending, m.relayed, m.relayedTotal, m.bytes, m.refused, m.authFailures, m.acceptErrors, m.quota, m.foreign)
 		reg.MustRegister(unauthMetrics(s)...)
 	}
 	return m

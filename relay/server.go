@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,18 +111,21 @@ type Server struct {
 	bindIP  netip.Addr
 	extIP   net.IP
 
+	accountPeers atomic.Pointer[func(account string, ip netip.Addr) bool]
+
 	mu     sync.Mutex
 	allocs map[string]string // control 5-tuple → "tcp" | "udp"
 	// pairing of data and peer connections (pair.go)
-	relayPorts map[string]int           // control 5-tuple → relayed port of its TCP allocation
-	peers      map[string]*relayConn    // peerKey → peer connection
-	cids       map[uint32]*relayConn    // CONNECTION-ID → peer connection, until bound
-	paired     atomic.Int64             // data connections relayed with splice(2)
-	limits     map[string]*rate.Limiter // per-user bandwidth (Config.Bandwidth)
-	perUser    map[string]int           // allocations
-	pending    map[string]int           // unbound peer connections
-	conns      map[int]int              // relayed port → its peer connections
-	unauth     *limit.PerSource         // TCP connections not yet authenticated
+	relayPorts  map[string]int           // control 5-tuple → relayed port of its TCP allocation
+	peers       map[string]*relayConn    // peerKey → peer connection
+	cids        map[uint32]*relayConn    // CONNECTION-ID → peer connection, until bound
+	paired      atomic.Int64             // data connections relayed with splice(2)
+	limits      map[string]*rate.Limiter // per-user bandwidth (Config.Bandwidth)
+	perUser     map[string]int           // allocations
+	clientUsers map[string]string        // allocation's client address → its user
+	pending     map[string]int           // unbound peer connections
+	conns       map[int]int              // relayed port → its peer connections
+	unauth      *limit.PerSource         // TCP connections not yet authenticated
 }
 
 // Start listens and serves until Close.
@@ -170,7 +174,7 @@ func Start(cfg Config) (*Server, error) {
 		allocs:     map[string]string{},
 		relayPorts: map[string]int{}, peers: map[string]*relayConn{}, cids: map[uint32]*relayConn{},
 		limits:  map[string]*rate.Limiter{},
-		perUser: map[string]int{},
+		perUser: map[string]int{}, clientUsers: map[string]string{},
 		pending: map[string]int{},
 		conns:   map[int]int{},
 		unauth:  limit.NewPerSource(cfg.UnauthPerSource, cfg.UnauthTotal),
@@ -204,8 +208,14 @@ func Start(cfg Config) (*Server, error) {
 		if !ok {
 			s.metrics.refused.Inc()
 			s.log.Info("TURN peer refused by the peer filter", "client", client.String(), "peer", peer.String())
+			return false
 		}
-		return ok
+		if acct, ok := s.accountOf(client); ok && !s.accountPeer(acct, peer) {
+			s.metrics.foreign.Inc()
+			s.log.Info("TURN peer refused: not where a contact of the account is connected from", "account", acct, "client", client.String(), "peer", peer.String())
+			return false
+		}
+		return true
 	}
 	s.turn, err = turn.NewServer(turn.ServerConfig{
 		Realm:              cfg.Realm,
@@ -266,6 +276,41 @@ func (s *Server) PublicAddr() string {
 
 // Realm is the long-term credential realm.
 func (s *Server) Realm() string { return s.cfg.Realm }
+
+// accountUser starts the TURN user of the credentials issued to a
+// rendezvous account (AccountCredentials).
+const accountUser = "account:"
+
+// AccountCredentials issues a REST credential for a rendezvous account,
+// valid for ttl. Its allocations relay only to peers where one of the
+// account's contacts or room co-members is connected from (SetAccountPeers):
+// credentials that anyone may register an account for do not make the
+// relay an open one.
+func (s *Server) AccountCredentials(account string, ttl time.Duration) (username, password string, err error) {
+	return s.Credentials(accountUser+account, ttl)
+}
+
+// SetAccountPeers gives the server the rendezvous's answer to "may
+// account's allocation relay to ip". Until it is set, account credentials
+// relay to nobody.
+func (s *Server) SetAccountPeers(f func(account string, ip netip.Addr) bool) {
+	s.accountPeers.Store(&f)
+}
+
+// accountOf returns the account whose issued credentials made the
+// allocation of client, if they did.
+func (s *Server) accountOf(client net.Addr) (string, bool) {
+	s.mu.Lock()
+	user := s.clientUsers[client.String()]
+	s.mu.Unlock()
+	return strings.CutPrefix(user, accountUser)
+}
+
+func (s *Server) accountPeer(account string, peer net.IP) bool {
+	f := s.accountPeers.Load()
+	ip, ok := netip.AddrFromSlice(peer)
+	return f != nil && ok && (*f)(account, ip.Unmap())
+}
 
 // Credentials issues a REST credential for user valid for ttl.
 func (s *Server) Credentials(user string, ttl time.Duration) (username, password string, err error) {
@@ -336,6 +381,7 @@ func (s *Server) events() turn.EventHandler {
 				s.relayPorts[tupleKey(src, dst)] = int(addrPortOf(relayAddr).Port())
 			}
 			s.perUser[user]++
+			s.clientUsers[src.String()] = user
 			s.mu.Unlock()
 			s.metrics.allocations.WithLabelValues(kind).Inc()
 			s.log.Debug("TURN allocation", "user", user, "client", src.String(), "relayed", relayAddr.String())
@@ -345,6 +391,7 @@ func (s *Server) events() turn.EventHandler {
 			kind, ok := s.allocs[tupleKey(src, dst)]
 			delete(s.allocs, tupleKey(src, dst))
 			delete(s.relayPorts, tupleKey(src, dst))
+			delete(s.clientUsers, src.String())
 			if ok {
 				if s.perUser[user]--; s.perUser[user] <= 0 {
 					delete(s.perUser, user)

@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -30,6 +31,17 @@ func (s *Service) opTURN(ctx context.Context, me string, data []byte) (any, erro
 		return nil, tperr.New(tperr.NotAvailable, "this relay runs no TURN server")
 	}
 	return s.cfg.TURN(me)
+}
+
+// peerConnectedFrom reports whether one of account's contacts or room
+// co-members is connected from ip.
+func (s *Service) peerConnectedFrom(account string, ip netip.Addr) bool {
+	for _, p := range s.store.view.peersOf(account) {
+		if s.pres.connectedFrom(p, ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Service) opKeys(ctx context.Context, me string, data []byte) (any, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ type connID struct {
 type presence struct {
 	mu     sync.Mutex                      // guards the fields below
 	conns  map[connID]string               // account connections → account
+	hosts  map[connID]netip.Addr           // account connections → the address the NATS server saw
 	byName map[string]map[connID]time.Time // account → its connections and their start
 	relays map[connID]string               // service connections → relay instance id
 	notify chan struct{}                   // closed and replaced whenever a connection is added
@@ -35,6 +37,7 @@ type presence struct {
 func newPresence() *presence {
 	return &presence{
 		conns:  map[connID]string{},
+		hosts:  map[connID]netip.Addr{},
 		byName: map[string]map[connID]time.Time{},
 		relays: map[connID]string{},
 		notify: make(chan struct{}),
@@ -53,9 +56,10 @@ const relayConnPrefix = "tube-relay:"
 // users, which no account or guest can log in as.
 func isServiceUser(user string) bool { return user == serviceUser || user == systemUser }
 
-// add records a connection. It returns whether the account just came
-// online, and its other (older) connections.
-func (p *presence) add(id connID, user, connName string, start time.Time) (cameOnline bool, older []connID) {
+// add records a connection (host: the client address the NATS server
+// saw). It returns whether the account just came online, and its other
+// (older) connections.
+func (p *presence) add(id connID, user, connName, host string, start time.Time) (cameOnline bool, older []connID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if isServiceUser(user) {
@@ -83,6 +87,9 @@ func (p *presence) add(id connID, user, connName string, start time.Time) (cameO
 	}
 	m[id] = start
 	p.conns[id] = user
+	if ip, err := netip.ParseAddr(host); err == nil {
+		p.hosts[id] = ip.Unmap()
+	}
 	close(p.notify)
 	p.notify = make(chan struct{})
 	return cameOnline, older
@@ -102,6 +109,7 @@ func (p *presence) remove(id connID) (user string, wentOffline bool) {
 		return "", false
 	}
 	delete(p.conns, id)
+	delete(p.hosts, id)
 	m := p.byName[user]
 	delete(m, id)
 	if len(m) == 0 {
@@ -109,6 +117,18 @@ func (p *presence) remove(id connID) (user string, wentOffline bool) {
 		return user, true
 	}
 	return user, false
+}
+
+// connectedFrom reports whether one of name's connections comes from ip.
+func (p *presence) connectedFrom(name string, ip netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.byName[name] {
+		if p.hosts[id] == ip {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *presence) online(name string) bool {
@@ -203,11 +223,11 @@ func (s *Service) handleConnEvent(ctx context.Context, m *nats.Msg) {
 	if ev.Client.Start != nil {
 		start = *ev.Client.Start
 	}
-	s.connected(ctx, id, ev.Client.User, ev.Client.Name, start)
+	s.connected(ctx, id, ev.Client.User, ev.Client.Name, ev.Client.Host, start)
 }
 
-func (s *Service) connected(ctx context.Context, id connID, user, connName string, start time.Time) {
-	online, older := s.pres.add(id, user, connName, start)
+func (s *Service) connected(ctx context.Context, id connID, user, connName, host string, start time.Time) {
+	online, older := s.pres.add(id, user, connName, host, start)
 	if !s.pres.leader(s.cfg.Instance) {
 		return
 	}
@@ -282,7 +302,7 @@ func (s *Service) snapshot(ctx context.Context) error {
 	}
 	apply := func(cz *server.Connz) {
 		for _, c := range cz.Conns {
-			s.pres.add(connID{server: cz.ID, cid: c.Cid}, c.AuthorizedUser, c.Name, c.Start)
+			s.pres.add(connID{server: cz.ID, cid: c.Cid}, c.AuthorizedUser, c.Name, c.IP, c.Start)
 		}
 	}
 	var errs []error

@@ -95,6 +95,13 @@ const (
 	systemUser      = "tube-sys"
 )
 
+// PeerConnectedFrom reports whether one of account's contacts or room
+// co-members is connected from ip, as the NATS servers saw it: where a
+// TURN allocation of account's may relay to.
+func (s *Server) PeerConnectedFrom(account string, ip netip.Addr) bool {
+	return s.svc.peerConnectedFrom(account, ip)
+}
+
 // Start starts the rendezvous and returns once it accepts daemons.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {

@@ -41,11 +41,11 @@ func TestLegacyRoomRecords(t *testing.T) {
 func TestRelayInstancesAreServiceConnections(t *testing.T) {
 	p := newPresence()
 	now := time.Now()
-	p.add(connID{"S", 1}, serviceUser, relayConnPrefix+"m-real", now)
-	p.add(connID{"S", 2}, "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NVRNUM", relayConnPrefix, now) // a guest
-	p.add(connID{"S", 3}, "mallory", relayConnPrefix+"a", now)                                              // an account
-	p.add(connID{"S", 4}, serviceUser, relayConnPrefix, now)                                                // no instance id
-	p.add(connID{"S", 5}, serviceUser, "tube-relay-admin", now)                                             // the operator's tool
+	p.add(connID{"S", 1}, serviceUser, relayConnPrefix+"m-real", "127.0.0.1", now)
+	p.add(connID{"S", 2}, "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NVRNUM", relayConnPrefix, "127.0.0.1", now) // a guest
+	p.add(connID{"S", 3}, "mallory", relayConnPrefix+"a", "127.0.0.1", now)                                              // an account
+	p.add(connID{"S", 4}, serviceUser, relayConnPrefix, "127.0.0.1", now)                                                // no instance id
+	p.add(connID{"S", 5}, serviceUser, "tube-relay-admin", "127.0.0.1", now)                                             // the operator's tool
 	if !p.leader("m-real") || p.relayCount() != 1 {
 		t.Fatalf("leader(m-real) = %v with %d relays: an impostor counts as a relay instance", p.leader("m-real"), p.relayCount())
 	}

@@ -161,10 +161,16 @@ func StartTURN(cfg TURNConfig) (*relay.Server, error) { return relay.Start(cfg) 
 // daemons stay valid (an allocation outliving them is made anew).
 const TURNCredentialTTL = 12 * time.Hour
 
-// TURNIssuer lets the rendezvous hand out credentials for s.
+// LinkTURN makes the rendezvous rv hand out credentials of the TURN
+// server ts to its accounts, and ts relay for those only where rv sees
+// one of the account's contacts or room co-members connected from. Call
+// it before rv serves (cfg.TURN = TURNIssuer(ts)) and once it runs.
+func LinkTURN(rv *rendezvous.Server, ts *relay.Server) { ts.SetAccountPeers(rv.PeerConnectedFrom) }
+
+// TURNIssuer lets the rendezvous hand out account credentials for s.
 func TURNIssuer(s *relay.Server) rendezvous.TURNIssuer {
 	return func(account string) (rendezvous.TURNCredential, error) {
-		u, p, err := s.Credentials(account, TURNCredentialTTL)
+		u, p, err := s.AccountCredentials(account, TURNCredentialTTL)
 		if err != nil {
 			return rendezvous.TURNCredential{}, err
 		}

@@ -72,7 +72,9 @@ func RelayWithTURN(t testing.TB, cfg rendezvous.Config) (*rendezvous.Server, *re
 	t.Helper()
 	ts := TURN(t)
 	cfg.TURN = node.TURNIssuer(ts)
-	return Relay(t, cfg), ts
+	rv := Relay(t, cfg)
+	node.LinkTURN(rv, ts)
+	return rv, ts
 }
 
 // Daemon is a daemon under test with a client of its local API.
