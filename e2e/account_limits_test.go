@@ -179,7 +179,7 @@ func rawLogin(t *testing.T, url string, a *testAccount) *nats.Conn {
 // account stop at theirs while other accounts are served.
 func TestAccountQuotas(t *testing.T) {
 	url, httpAddr := startRendezvous(t, "--register-per-source", "5", "--account-rooms", "3",
-		"--account-contact-requests", "4", "--account-message-rate", "5")
+		"--account-contact-requests", "4", "--account-invitations", "2", "--account-message-rate", "5")
 	ctx := context.Background()
 
 	t.Run("registrations per source", func(t *testing.T) {
@@ -254,6 +254,35 @@ func TestAccountQuotas(t *testing.T) {
 		}
 		if _, err := alice.c.ContactRequest(ctx, "stranger4"); err != nil {
 			t.Fatalf("a request after withdrawing one: %v", err)
+		}
+	})
+
+	t.Run("invitations per account", func(t *testing.T) {
+		var invitees []*testAccount
+		for i := range 3 {
+			a := registerFrom(t, url, fmt.Sprint("guest", i), "127.0.0.7")
+			befriend(t, a, alice) // alice is at her cap of requests: they ask
+			invitees = append(invitees, a)
+		}
+		for _, a := range invitees[:2] {
+			if _, err := alice.c.RoomInvite(ctx, "room1", a.name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err := alice.c.RoomInvite(ctx, "room1", "guest2")
+		if tperr.Name(err) != tperr.PermissionDenied || !strings.Contains(fmt.Sprint(err), "2 invitations") {
+			t.Fatalf("a third invitation: %v", err)
+		}
+		// Inviting someone invited already is no new invitation.
+		if _, err := alice.c.RoomInvite(ctx, "room1", "guest0"); err != nil {
+			t.Fatalf("inviting guest0 again: %v", err)
+		}
+		// An answered invitation stops counting.
+		if err := invitees[0].c.RoomDecline(ctx, "room1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.c.RoomInvite(ctx, "room1", "guest2"); err != nil {
+			t.Fatalf("an invitation after one was declined: %v", err)
 		}
 	})
 
@@ -382,5 +411,22 @@ func TestTURNForAccountsOnly(t *testing.T) {
 	static := allocate("op", "pw")
 	if err := static.Permit(ctx, netip.MustParseAddr("127.0.0.9")); err != nil {
 		t.Errorf("a static credential's permission: %v", err)
+	}
+}
+
+// Registrations from every source together stop at the relay's rate per
+// minute, each source under its own quota.
+func TestRegistrationsPerMinute(t *testing.T) {
+	url, httpAddr := startRendezvous(t, "--register-per-minute", "3")
+	for i := range 3 {
+		registerFrom(t, url, fmt.Sprint("early", i), fmt.Sprintf("127.0.0.%d", 10+i))
+	}
+	a := &testAccount{name: "late", key: newKey(t)}
+	err := rendezvous.Register(context.Background(), a.cfg(url, "127.0.0.20"), "")
+	if tperr.Name(err) != tperr.ServiceBusy || !strings.Contains(fmt.Sprint(err), "try again in a minute") {
+		t.Fatalf("a fourth registration in the minute, from a fresh address: %v", err)
+	}
+	if v, _ := metric(t, httpAddr, `tubes_rendezvous_refused_total{limit="register_per_minute"}`); v != 1 {
+		t.Errorf("%v registrations counted as refused, want 1", v)
 	}
 }

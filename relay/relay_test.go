@@ -841,6 +841,24 @@ func TestQuotas(t *testing.T) {
 		a3.allocate(protoTCP)
 	})
 
+	t.Run("allocations of everyone", func(t *testing.T) {
+		// Users under their own quota are refused together once the
+		// relay holds its total; an ended allocation makes room.
+		s := startRelay(t, relay.Config{AllowPeers: loopback, TotalAllocations: 2})
+		a1 := dialTCP(t, s, alice, alicePass)
+		a1.allocate(protoTCP)
+		dialTCP(t, s, bob, bobPass).allocate(protoTCP)
+		u, pw := relay.RESTCredentials(restSecret, "carol", time.Hour, time.Now())
+		carol := dialTCP(t, s, u, pw)
+		carol.expect(486, stun.MethodAllocate, transport(protoTCP))
+		a1.Close()
+		deadline := time.Now().Add(prompt)
+		for s.Allocations() != 1 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		carol.allocate(protoTCP)
+	})
+
 	t.Run("UDP and TCP from one port", func(t *testing.T) {
 		// A UDP and a TCP client on the same address and port have
 		// different 5-tuples: their allocations are counted apart.
