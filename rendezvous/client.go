@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -336,8 +337,26 @@ func (c *Client) Watching(kind string) bool {
 func (c *Client) ServerAddr() string { return c.nc.ConnectedAddr() }
 
 // call sends a request to the account service and decodes its answer.
+// A request refused for being over the account's rate or requests in
+// flight (ServiceBusy) is sent again after a pause that grows, until ctx
+// ends: a burst of ours (a room tube offered to every member) is spread
+// out rather than lost.
 func (c *Client) call(ctx context.Context, op string, req, resp any) error {
-	return request(ctx, c.nc, svcSubject(c.cfg.Account, op), req, resp)
+	pause := 50 * time.Millisecond
+	for {
+		err := request(ctx, c.nc, svcSubject(c.cfg.Account, op), req, resp)
+		if tperr.Name(err) != tperr.ServiceBusy {
+			return err
+		}
+		t := time.NewTimer(pause/2 + rand.N(pause))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
 
 // call makes a request of the account service and decodes its answer
