@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -329,6 +330,24 @@ func (a *account) slowBackoff(backoff time.Duration) time.Duration {
 // a network loss Disconnected/Network_Error → (backoff) → Connecting → …
 func (a *account) run(ctx context.Context) {
 	backoff := a.d.cfg.MinBackoff
+	var outage time.Time // when the relay was last lost or first not reached
+	// next is the wait before another attempt, and the back-off after it:
+	// doubling, capped at EarlyBackoff for the first EarlyOutage of an
+	// outage and at MaxBackoff after, with jitter (the wait is a random
+	// point in the back-off's upper half) so that the daemons of a relay
+	// that restarts do not all come back at once.
+	next := func() time.Duration {
+		if outage.IsZero() {
+			outage = time.Now()
+		}
+		limit := a.d.cfg.MaxBackoff
+		if time.Since(outage) < a.d.cfg.EarlyOutage {
+			limit = min(limit, a.d.cfg.EarlyBackoff)
+		}
+		wait := min(backoff, limit)
+		backoff = min(backoff*2, limit)
+		return wait/2 + rand.N(wait/2+1)
+	}
 	for ctx.Err() == nil {
 		a.mu.Lock()
 		removed := a.removed
@@ -365,11 +384,10 @@ func (a *account) run(ctx context.Context) {
 				a.backoff(ctx, backoff)
 				continue
 			}
-			a.backoff(ctx, backoff)
-			backoff = min(backoff*2, a.d.cfg.MaxBackoff)
+			a.backoff(ctx, next())
 			continue
 		}
-		backoff = a.d.cfg.MinBackoff
+		backoff, outage = a.d.cfg.MinBackoff, time.Time{}
 		a.connected(c)
 		// Contacts' keys are pinned before the attempt counts as done
 		// (ConnectWait), so that the first start after pinning came
@@ -386,8 +404,7 @@ func (a *account) run(ctx context.Context) {
 				continue
 			}
 			// Lost after being up: try again soon, then back off.
-			a.backoff(ctx, backoff)
-			backoff = min(backoff*2, a.d.cfg.MaxBackoff)
+			a.backoff(ctx, next())
 		}
 	}
 }

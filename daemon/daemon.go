@@ -27,6 +27,12 @@ import (
 	"github.com/tubes-dev/tubes/tube"
 )
 
+// Reconnection defaults (Config).
+const (
+	DefaultEarlyBackoff = 5 * time.Second
+	DefaultEarlyOutage  = 2 * time.Minute
+)
+
 // Config configures a daemon.
 type Config struct {
 	StateDir       string
@@ -35,8 +41,13 @@ type Config struct {
 	ConnectTimeout time.Duration         // one connection attempt; default 5s
 	MinBackoff     time.Duration         // first reconnect delay; default 500ms
 	MaxBackoff     time.Duration         // longest reconnect delay; default 30s
-	PeerListen     string                // where peer links are accepted (default ":0")
-	SocketDir      string                // where automatic tube sockets go (default <state>/sockets)
+	// EarlyBackoff is the longest reconnect delay in the first
+	// EarlyOutage of an outage (default 5s and 2 min): a relay that
+	// restarts is found again within seconds, and only a long outage
+	// backs off to MaxBackoff.
+	EarlyBackoff, EarlyOutage time.Duration
+	PeerListen                string // where peer links are accepted (default ":0")
+	SocketDir                 string // where automatic tube sockets go (default <state>/sockets)
 	// TURN, when set, is the TURN server every account relays through
 	// instead of the one its relay announces (an operator's coturn, say).
 	TURN *TURNServer
@@ -131,6 +142,12 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.EarlyBackoff == 0 {
+		cfg.EarlyBackoff = DefaultEarlyBackoff
+	}
+	if cfg.EarlyOutage == 0 {
+		cfg.EarlyOutage = DefaultEarlyOutage
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
 	st, err := openStore(cfg.StateDir)
