@@ -20,6 +20,7 @@ import (
 func daemonCmd(e *env) *cobra.Command {
 	var (
 		state, http, peerListen string
+		pprof                   bool
 		logLevel, logFormat     string
 		turnAddr, turnUser      string
 		turnSecret              string
@@ -68,7 +69,7 @@ it issues; --turn names another one (an operator's coturn, say) with
 			}
 			fmt.Fprintf(e.stdout, "daemon: %s\n", d.Socket)
 			if http != "" {
-				addr, err := node.Metrics(ctx, http, reg, log)
+				addr, err := node.Metrics(ctx, http, reg, pprof, log)
 				if err != nil {
 					d.Close()
 					return err
@@ -85,6 +86,7 @@ it issues; --turn names another one (an operator's coturn, say) with
 	}
 	cmd.Flags().StringVar(&state, "state", "", "state directory (default $XDG_STATE_HOME/tube or ~/.local/state/tube)")
 	cmd.Flags().StringVar(&http, "http", "", "HOST:PORT to serve Prometheus metrics on (/metrics)")
+	cmd.Flags().BoolVar(&pprof, "pprof", false, "with --http: serve Go profiles too (/debug/pprof/)")
 	cmd.Flags().StringVar(&peerListen, "peer-listen", "", "HOST:PORT where contacts' daemons reach this one directly for tubes (default: every address, a free port per account)")
 	cmd.Flags().StringVar(&systemServices, "system-services", "", "the system scope's service registry file (default "+daemon.DefaultSystemServices+")")
 	cmd.Flags().StringVar(&turnAddr, "turn", "", "HOST:PORT of a TURN server to relay through instead of the relay's own")

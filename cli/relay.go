@@ -34,6 +34,7 @@ func version() string { return node.Version }
 type relayOpts struct {
 	cfg                 rendezvous.Config
 	http                string
+	pprof               bool
 	logLevel, logFormat string
 
 	turnListen, turnExternal, turnRealm, turnSecret string
@@ -81,6 +82,7 @@ under --data when not given; --turn-user adds static credentials;
 	f.StringVar(&o.cfg.TLSCert, "tls-cert", "", "certificate file (PEM) for TLS on --listen")
 	f.StringVar(&o.cfg.TLSKey, "tls-key", "", "key file (PEM) for TLS on --listen")
 	f.StringVar(&o.http, "http", "", "HOST:PORT to serve Prometheus metrics on (/metrics)")
+	f.BoolVar(&o.pprof, "pprof", false, "with --http: serve Go profiles too (/debug/pprof/)")
 	f.StringVar(&o.turnListen, "turn-listen", "", `HOST:PORT of the TURN server, UDP and TCP (default: --listen's host, port 3478; "off": none)`)
 	f.StringVar(&o.turnExternal, "turn-external", "", "IP address clients reach the TURN server at, when it is behind a 1:1 NAT or listens on every address")
 	f.StringVar(&o.turnRealm, "turn-realm", relay.DefaultRealm, "realm of TURN long-term credentials")
@@ -148,7 +150,7 @@ func runRelay(ctx context.Context, e *env, o relayOpts) error {
 			return usagef("--turn-only needs a TURN server: drop --turn-listen off")
 		}
 		if o.http != "" {
-			addr, err := node.Metrics(ctx, o.http, reg, log)
+			addr, err := node.Metrics(ctx, o.http, reg, o.pprof, log)
 			if err != nil {
 				return err
 			}
@@ -174,7 +176,7 @@ func runRelay(ctx context.Context, e *env, o relayOpts) error {
 		fmt.Fprintf(e.stdout, "rendezvous: %s\n", srv.URL())
 	}
 	if o.http != "" {
-		addr, err := node.Metrics(ctx, o.http, reg, log)
+		addr, err := node.Metrics(ctx, o.http, reg, o.pprof, log)
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -239,6 +240,18 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("%s serves no %s", addr, name)
 		}
 		return v
+	}
+	// Profiles only when asked for (--pprof): a CPU profile costs the
+	// process, and --http is for metrics.
+	for _, addr := range []string{relayHTTP, daemonHTTP} {
+		resp, err := http.Get("http://" + addr + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s serves /debug/pprof/ without --pprof: %s", addr, resp.Status)
+		}
 	}
 	if v := scrape(relayHTTP, "tubes_rendezvous_online_accounts"); v != 1 {
 		t.Fatalf("relay online accounts = %v", v)

@@ -112,7 +112,7 @@ func run(tube string, n, conc int) error {
 	}
 
 	httpAddr := freeAddr()
-	relay, url, _, err := startTube(tube, "rendezvous: ", "relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"), "--http", httpAddr)
+	relay, url, _, err := startTube(tube, "rendezvous: ", "relay", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "relay"), "--http", httpAddr, "--pprof")
 	if err != nil {
 		return err
 	}

@@ -36,20 +36,22 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// Metrics serves /metrics (and /debug/pprof/) on addr until ctx ends. It returns the bound
-// address once listening.
-func Metrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) (string, error) {
+// Metrics serves /metrics on addr until ctx ends, and with profiles
+// /debug/pprof/ too (for operators investigating memory or CPU: a CPU
+// profile costs the process, so they are off unless asked for). It
+// returns the bound address once listening.
+func Metrics(ctx context.Context, addr string, reg *prometheus.Registry, profiles bool, log *slog.Logger) (string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("metrics listener: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	// Profiles for operators investigating memory or CPU (same port as
-	// metrics, which should not be exposed beyond the operator's network).
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	if profiles {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go hs.Serve(ln)
