@@ -380,11 +380,11 @@ func (u *Unit) reap(in *instance) {
 		}
 	}
 	u.mu.Unlock()
-	close(in.exited)
 	if in.inner != nil {
 		in.inner.Close()
 		os.RemoveAll(in.dir)
 	}
+	close(in.exited) // after the cleanup: Close waits for it
 	u.log.Info("on-demand service ended", "pid", in.cmd.Process.Pid, "err", err)
 }
 
@@ -629,20 +629,26 @@ func hold(conn net.Conn, in *instance) error {
 	return conn.Close()
 }
 
-// Close stops the service.
+// Close stops the service and returns once its processes have ended
+// (killed after the grace period) and their sockets are gone.
 func (u *Unit) Close() error {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	u.closed = true
 	if u.idle != nil {
 		u.idle.Stop()
 	}
-
+	var running []*instance
 	if u.shared != nil {
 		u.stop(u.shared)
+		running = append(running, u.shared)
 	}
 	for in := range u.perClient {
 		u.stop(in) // their clients see them end (reset, if killed)
+		running = append(running, in)
+	}
+	u.mu.Unlock()
+	for _, in := range running {
+		<-in.exited
 	}
 	return nil
 }

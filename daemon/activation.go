@@ -273,4 +273,10 @@ func (d *Daemon) closeActivations() {
 		a.close()
 		delete(d.acts.units, k)
 	}
+	// The directory of on-demand sockets goes with the daemon (the next
+	// one makes it again); one still holding a socket stays.
+	if d.acts.dir != "" {
+		os.Remove(d.acts.dir)
+		d.acts.dir = ""
+	}
 }

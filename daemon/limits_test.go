@@ -135,3 +135,46 @@ func TestLocalSocketDirTaken(t *testing.T) {
 		t.Fatalf("the service through the fresh directory: %q", b)
 	}
 }
+
+// A daemon that stops takes its on-demand sockets with it: the
+// directory of local sockets, and a running shared instance's private
+// inner socket (the instance is stopped first). Without the wait for the
+// instance, its directory outlived the daemon.
+func TestStopLeavesNoSockets(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	script := tubetest.ActivatedScript(t, t.TempDir(), "service")
+	alice, bob := contacts(t)
+	tb := publishAndOpen(t, alice, bob, "Lingering", script, "")
+	c, err := net.Dial("tcp", tb.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "hello")
+	for deadline := time.Now().Add(10 * time.Second); !statusOf(t, alice, "Lingering").Running; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the service never started: %+v", statusOf(t, alice, "Lingering"))
+		}
+	}
+	sockets := func() []string { // the daemon's, not the relay's
+		var names []string
+		left, _ := os.ReadDir(tmp)
+		for _, e := range left {
+			if strings.HasPrefix(e.Name(), "tube-inner-") || strings.Contains(e.Name(), "-services-") {
+				names = append(names, e.Name())
+			}
+		}
+		return names
+	}
+	if len(sockets()) != 2 {
+		t.Fatalf("under TMPDIR while the service runs: %v, want the socket directory and the inner one", sockets())
+	}
+	alice.C.Close()
+	if err := alice.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := sockets(); len(left) != 0 {
+		t.Fatalf("left behind in TMPDIR after the daemon stopped: %v", left)
+	}
+}
