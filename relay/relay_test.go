@@ -1167,3 +1167,58 @@ func TestTURNAuthDeadline(t *testing.T) {
 		t.Fatalf("the bound connection after the deadline: %q %v", buf, err)
 	}
 }
+
+// Account credentials get permissions only for peers the rendezvous
+// vouches for, whatever the allocation's transport, and one allocation
+// ending does not lift the check from another of the same address and
+// port (the record of which account made an allocation was once keyed by
+// the address alone, so closing a UDP allocation made its TCP twin an
+// open relay).
+func TestAccountPeers(t *testing.T) {
+	t.Parallel()
+	s := startRelay(t, relay.Config{AllowPeers: loopback})
+	s.SetAccountPeers(func(account string, ip netip.Addr) bool {
+		return account == "alice" && ip == netip.MustParseAddr("127.0.0.5")
+	})
+	user, pass, err := s.AccountCredentials("alice", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u, c *turnConn
+	for try := 0; c == nil; try++ {
+		u = dialTURN(t, "udp", s.Addr(), user, pass)
+		la := u.LocalAddr().(*net.UDPAddr)
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: la.IP, Port: la.Port}}
+		tc, err := d.Dial("tcp", s.Addr())
+		if err != nil && try < 10 {
+			continue // that TCP port is taken; another one
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		c = &turnConn{Conn: tc, t: t, tcp: true, user: user, pass: pass}
+	}
+	u.allocate(protoUDP)
+	c.allocate(protoTCP)
+	for _, tc := range []*turnConn{u, c} {
+		tc.permit("127.0.0.5")
+		tc.expect(403, stun.MethodCreatePermission, peerAddr(netip.MustParseAddrPort("127.0.0.9:1")))
+	}
+	u.expect(0, stun.MethodRefresh, lifetime(0)) // the UDP twin ends
+	deadline := time.Now().Add(prompt)
+	for s.Allocations() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.expect(403, stun.MethodCreatePermission, peerAddr(netip.MustParseAddrPort("127.0.0.9:1")))
+	c.permit("127.0.0.5")
+
+	// A static user keeps the general behaviour.
+	dialTCP(t, s, alice, alicePass).permitAfterAllocate(t, "127.0.0.9")
+}
+
+func (c *turnConn) permitAfterAllocate(t *testing.T, ip string) {
+	t.Helper()
+	c.allocate(protoTCP)
+	c.permit(ip)
+}

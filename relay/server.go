@@ -112,6 +112,9 @@ type Server struct {
 	extIP   net.IP
 
 	accountPeers atomic.Pointer[func(account string, ip netip.Addr) bool]
+	// logSome bounds the logs a client's refused requests make (their
+	// metrics count them all): a flood of refusals is no flood of logs.
+	logSome rate.Sometimes
 
 	mu     sync.Mutex
 	allocs map[string]string // control 5-tuple → "tcp" | "udp"
@@ -170,6 +173,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("part", "turn"), filter: filter,
+		logSome:    rate.Sometimes{First: 10, Interval: time.Second},
 		auth:       &authenticator{secret: cfg.Secret, users: cfg.Users, now: time.Now},
 		allocs:     map[string]string{},
 		relayPorts: map[string]int{}, peers: map[string]*relayConn{}, cids: map[uint32]*relayConn{},
@@ -207,12 +211,16 @@ func Start(cfg Config) (*Server, error) {
 		ok := s.filter.AllowedIP(peer)
 		if !ok {
 			s.metrics.refused.Inc()
-			s.log.Info("TURN peer refused by the peer filter", "client", client.String(), "peer", peer.String())
+			s.logSome.Do(func() {
+				s.log.Info("TURN peer refused by the peer filter", "client", client.String(), "peer", peer.String())
+			})
 			return false
 		}
 		if acct, ok := s.accountOf(client); ok && !s.accountPeer(acct, peer) {
 			s.metrics.foreign.Inc()
-			s.log.Info("TURN peer refused: not where a contact of the account is connected from", "account", acct, "client", client.String(), "peer", peer.String())
+			s.logSome.Do(func() {
+				s.log.Info("TURN peer refused: not where a contact of the account is connected from", "account", acct, "client", client.String(), "peer", peer.String())
+			})
 			return false
 		}
 		return true
@@ -301,10 +309,17 @@ func (s *Server) SetAccountPeers(f func(account string, ip netip.Addr) bool) {
 // allocation of client, if they did.
 func (s *Server) accountOf(client net.Addr) (string, bool) {
 	s.mu.Lock()
-	user := s.clientUsers[client.String()]
+	user, known := s.clientUsers[clientKey(client)]
 	s.mu.Unlock()
+	if !known {
+		return "", true // no allocation of ours: fail closed (no account has a peer there)
+	}
 	return strings.CutPrefix(user, accountUser)
 }
+
+// clientKey names an allocation's client: its transport and address (a
+// UDP and a TCP allocation may share an address and port).
+func clientKey(a net.Addr) string { return a.Network() + "/" + a.String() }
 
 func (s *Server) accountPeer(account string, peer net.IP) bool {
 	f := s.accountPeers.Load()
@@ -339,7 +354,9 @@ func (s *Server) authHandler(ra *turn.RequestAttributes) (string, []byte, bool) 
 			err = fmt.Errorf("wrong realm %q", ra.Realm)
 		}
 		s.metrics.authFailures.Inc()
-		s.log.Info("TURN credentials refused", "user", ra.Username, "from", ra.SrcAddr.String(), "err", err)
+		s.logSome.Do(func() {
+			s.log.Info("TURN credentials refused", "user", ra.Username, "from", ra.SrcAddr.String(), "err", err)
+		})
 		return "", nil, false
 	}
 	return user, turn.GenerateAuthKey(ra.Username, ra.Realm, password), true
@@ -351,12 +368,16 @@ func (s *Server) quota(user, realm string, src net.Addr) bool {
 	s.mu.Unlock()
 	if n >= s.cfg.MaxAllocations {
 		s.metrics.quota.WithLabelValues("per_user").Inc()
-		s.log.Info("TURN allocation quota reached", "user", user, "allocations", n, "from", src.String())
+		s.logSome.Do(func() {
+			s.log.Info("TURN allocation quota reached", "user", user, "allocations", n, "from", src.String())
+		})
 		return false
 	}
 	if total >= s.cfg.TotalAllocations {
 		s.metrics.quota.WithLabelValues("total").Inc()
-		s.log.Warn("TURN allocations at the relay's limit", "allocations", total, "user", user, "from", src.String())
+		s.logSome.Do(func() {
+			s.log.Warn("TURN allocations at the relay's limit", "allocations", total, "user", user, "from", src.String())
+		})
 		return false
 	}
 	return true
@@ -367,7 +388,9 @@ func (s *Server) events() turn.EventHandler {
 		OnAuth: func(src, _ net.Addr, _, username, _, method string, ok bool) {
 			if !ok { // a known user with the wrong password (unknown ones: authHandler)
 				s.metrics.authFailures.Inc()
-				s.log.Info("TURN credentials refused", "user", username, "from", src.String(), "method", method, "err", "wrong password")
+				s.logSome.Do(func() {
+					s.log.Info("TURN credentials refused", "user", username, "from", src.String(), "method", method, "err", "wrong password")
+				})
 			}
 		},
 		OnAllocationCreated: func(src, dst net.Addr, _, user, _ string, relayAddr net.Addr, _ int) {
@@ -381,7 +404,7 @@ func (s *Server) events() turn.EventHandler {
 				s.relayPorts[tupleKey(src, dst)] = int(addrPortOf(relayAddr).Port())
 			}
 			s.perUser[user]++
-			s.clientUsers[src.String()] = user
+			s.clientUsers[clientKey(src)] = user
 			s.mu.Unlock()
 			s.metrics.allocations.WithLabelValues(kind).Inc()
 			s.log.Debug("TURN allocation", "user", user, "client", src.String(), "relayed", relayAddr.String())
@@ -391,7 +414,7 @@ func (s *Server) events() turn.EventHandler {
 			kind, ok := s.allocs[tupleKey(src, dst)]
 			delete(s.allocs, tupleKey(src, dst))
 			delete(s.relayPorts, tupleKey(src, dst))
-			delete(s.clientUsers, src.String())
+			delete(s.clientUsers, clientKey(src))
 			if ok {
 				if s.perUser[user]--; s.perUser[user] <= 0 {
 					delete(s.perUser, user)
@@ -534,13 +557,17 @@ func (l *peerListener) Accept() (net.Conn, error) {
 			continue
 		}
 		if !l.s.takeConn(l.port) {
-			l.s.log.Info("TURN allocation connection quota reached; peer connection closed", "user", l.user, "peer", ra.String(), "max", l.s.cfg.MaxConnections)
+			l.s.logSome.Do(func() {
+				l.s.log.Info("TURN allocation connection quota reached; peer connection closed", "user", l.user, "peer", ra.String(), "max", l.s.cfg.MaxConnections)
+			})
 			abort(tc)
 			continue
 		}
 		if !l.s.takePending(l.user) {
 			l.s.releaseConn(l.port)
-			l.s.log.Info("TURN pending-connection quota reached; peer connection closed", "user", l.user, "peer", ra.String())
+			l.s.logSome.Do(func() {
+				l.s.log.Info("TURN pending-connection quota reached; peer connection closed", "user", l.user, "peer", ra.String())
+			})
 			abort(tc)
 			continue
 		}
