@@ -444,3 +444,21 @@ func TestRegistrationsPerMinute(t *testing.T) {
 		t.Errorf("%v registrations counted as refused, want 1", v)
 	}
 }
+
+// Operations a client makes up are counted under one label: their names
+// once became metric labels, and a flood of made-up names grew the
+// relay's memory without bound.
+func TestMadeUpOperationsOneLabel(t *testing.T) {
+	url, httpAddr := startRendezvous(t)
+	mallory := registerFrom(t, url, "mallory", "")
+	nc := rawLogin(t, url, mallory)
+	for i := range 5 {
+		if _, err := nc.Request(fmt.Sprintf("tube.svc.mallory.madeup%d", i), []byte(`{}`), 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric(t, httpAddr, `tubes_rendezvous_requests_total{op="unknown",result="NotImplemented"}`, equal(5))
+	if _, there := metric(t, httpAddr, `tubes_rendezvous_requests_total{op="madeup0",result="NotImplemented"}`); there {
+		t.Fatal("a made-up operation has a label of its own")
+	}
+}

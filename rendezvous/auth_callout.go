@@ -31,7 +31,9 @@ func (s *Service) handleAuth(_ context.Context, m *nats.Msg) {
 	resp.Audience = rc.Server.ID
 	if authErr != nil {
 		resp.Error = authErr.Error()
-		s.log.Info("connection refused", "user", rc.ConnectOptions.Username, "host", rc.ClientInformation.Host, "why", authErr)
+		s.logSome.Do(func() {
+			s.log.Info("connection refused", "user", rc.ConnectOptions.Username, "host", rc.ClientInformation.Host, "why", authErr)
+		})
 		s.m.auth("refused")
 	} else {
 		ujwt, err := user.Encode(s.cfg.Issuer)

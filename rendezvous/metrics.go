@@ -73,9 +73,23 @@ func (m *Metrics) auth(result string) {
 	}
 }
 
+// knownOps are the operations a request may name; any other is counted
+// as "unknown", so that the names a client makes up cannot grow the
+// metrics without bound.
+var knownOps = func() map[string]bool {
+	ops := map[string]bool{opRegister: true, opWhois: true, opUserAdd: true, opUserList: true, opUserRemove: true}
+	for op := range (&Service{}).accountHandlers() {
+		ops[op] = true
+	}
+	return ops
+}()
+
 func (m *Metrics) request(op string, err error) {
 	if m == nil {
 		return
+	}
+	if !knownOps[op] {
+		op = "unknown"
 	}
 	result := "ok"
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+	"golang.org/x/time/rate"
 
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -64,8 +65,12 @@ type Service struct {
 	wg       sync.WaitGroup // request handlers in flight
 	sema     chan struct{}  // bounds request handlers in flight
 	authSema chan struct{}  // bounds logins being checked: capacity no request can take
-	stopMu   sync.Mutex     // orders wg.Add in dispatch before wg.Wait in Run
-	stopped  bool           // Run is ending: requests still delivered are dropped
+
+	// logSome bounds the logs that refused requests and logins make
+	// (their metrics count them all): a flood of them is no log flood.
+	logSome rate.Sometimes
+	stopMu  sync.Mutex // orders wg.Add in dispatch before wg.Wait in Run
+	stopped bool       // Run is ending: requests still delivered are dropped
 }
 
 // maxInFlight bounds concurrently handled requests per relay.
@@ -102,6 +107,7 @@ func NewService(ctx context.Context, cfg ServiceConfig, nc, sys *nats.Conn) (*Se
 		sys:      sys,
 		pres:     newPresence(),
 		m:        cfg.Metrics,
+		logSome:  rate.Sometimes{First: 10, Interval: time.Second},
 		sema:     make(chan struct{}, maxInFlight),
 		authSema: make(chan struct{}, MaxLoginsInFlight),
 		acct:     newAccountLimits(cfg.Limits),
@@ -248,7 +254,7 @@ func (s *Service) admitAccount(m *nats.Msg) {
 	// Replies go only to the caller's own reply subjects, so that a
 	// request cannot make the service write into someone else's.
 	if !strings.HasPrefix(m.Reply, replyInbox(me)+".") {
-		s.log.Warn("request with a foreign reply subject dropped", "account", me, "op", op)
+		s.logSome.Do(func() { s.log.Warn("request with a foreign reply subject dropped", "account", me, "op", op) })
 		return
 	}
 	done, limit, err := s.acct.begin(me, op)
