@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -460,5 +461,53 @@ func TestMadeUpOperationsOneLabel(t *testing.T) {
 	waitMetric(t, httpAddr, `tubes_rendezvous_requests_total{op="unknown",result="NotImplemented"}`, equal(5))
 	if _, there := metric(t, httpAddr, `tubes_rendezvous_requests_total{op="madeup0",result="NotImplemented"}`); there {
 		t.Fatal("a made-up operation has a label of its own")
+	}
+}
+
+// Registrations count per login, and so per source: one guest key
+// registers one name (a second one once counted against a bucket all
+// unknown sources shared, which any guest could drain for everyone), and
+// one source may make GuestLoginsPerSource guest logins a minute, while
+// another source logs in.
+func TestGuestLimits(t *testing.T) {
+	url, httpAddr := startRendezvous(t)
+	ctx := context.Background()
+	a := &testAccount{name: "first", key: newKey(t)}
+	if err := rendezvous.Register(ctx, a.cfg(url, "127.0.0.30"), ""); err != nil {
+		t.Fatal(err)
+	}
+	a.name = "second"
+	err := rendezvous.Register(ctx, a.cfg(url, "127.0.0.30"), "")
+	if tperr.Name(err) != tperr.RegistrationExists || !strings.Contains(fmt.Sprint(err), "registered already, as first") {
+		t.Fatalf("a second name for one key: %v", err)
+	}
+
+	guest := func(src string) error {
+		kp, err := newKey(t).NKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, _ := kp.PublicKey()
+		nc, err := nats.Connect(url, nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix("tube.guest."+pub+".reply"),
+			nats.SetCustomDialer(&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}), nats.NoReconnect())
+		if err == nil {
+			nc.Close()
+		}
+		return err
+	}
+	refused := 0
+	for range rendezvous.GuestLoginsPerSource + 10 {
+		if guest("127.0.0.31") != nil {
+			refused++
+		}
+	}
+	if refused < 5 { // the bucket refills a little meanwhile
+		t.Fatalf("%d of %d guest logins from one source in a burst refused", refused, rendezvous.GuestLoginsPerSource+10)
+	}
+	if err := guest("127.0.0.32"); err != nil {
+		t.Fatalf("a guest login from another source: %v", err)
+	}
+	if v, _ := metric(t, httpAddr, `tubes_rendezvous_refused_total{limit="guest_logins"}`); v != float64(refused) {
+		t.Errorf("%v guest logins counted as refused, %d were", v, refused)
 	}
 }

@@ -71,7 +71,10 @@ func (s *Service) authorize(rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = s.cfg.Account
 	if co.Username == "" {
-		s.regs.guest(co.Nkey, rc.ClientInformation.Host)
+		if err := s.regs.guest(co.Nkey, rc.ClientInformation.Host); err != nil {
+			s.m.refused("guest_logins")
+			return nil, err
+		}
 		uc.Name = "guest:" + co.Nkey
 		uc.Pub.Allow.Add(guestSubject(co.Nkey, opRegister), guestSubject(co.Nkey, opWhois))
 		uc.Sub.Allow.Add(guestReplyInbox(co.Nkey) + ".>")

@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -136,15 +137,21 @@ func (a *accountLimits) tracked() (accounts, inFlight int) {
 	return len(a.m), inFlight
 }
 
-// registrations limits new accounts per source address and in all.
-// Sources are what the auth callout saw for each guest connection,
-// remembered here for as long as such a connection may take to register.
+// registrations limits new accounts per source address and in all, and
+// guest logins (which registrations need) per source address. Sources are
+// what the auth callout saw for each guest connection, remembered here
+// for as long as such a connection may take to register.
 type registrations struct {
 	perSource int
 	mu        sync.Mutex
 	global    *rate.Limiter
-	sources   map[netip.Prefix]*rate.Limiter
+	sources   map[netip.Prefix]*sourceUse
 	guests    map[string]guestSource // guest nkey → where it connected from
+}
+
+type sourceUse struct {
+	registrations *rate.Limiter // per hour
+	logins        *rate.Limiter // guest logins, per minute
 }
 
 type guestSource struct {
@@ -153,17 +160,23 @@ type guestSource struct {
 }
 
 // guestMemory is how long the source of a guest connection is kept for
-// its registration; maxGuests bounds how many are kept.
+// its registrations; maxGuests bounds how many are kept (the oldest go
+// first) and maxSources how many sources' buckets.
 const (
 	guestMemory = 2 * time.Minute
 	maxGuests   = 16384
+	maxSources  = 16384
 )
+
+// GuestLoginsPerSource is how many guest logins (registering, or asking
+// why a login was refused) one source address may make per minute.
+const GuestLoginsPerSource = 60
 
 func newRegistrations(l Limits) *registrations {
 	return &registrations{
 		perSource: l.RegisterPerSource,
 		global:    rate.NewLimiter(rate.Limit(float64(l.RegisterPerMinute)/60), l.RegisterPerMinute),
-		sources:   map[netip.Prefix]*rate.Limiter{},
+		sources:   map[netip.Prefix]*sourceUse{},
 		guests:    map[string]guestSource{},
 	}
 }
@@ -184,54 +197,77 @@ func sourceOf(host string) netip.Prefix {
 	return p
 }
 
-// guest remembers where the guest connection of nkey came from.
-func (r *registrations) guest(nkey, host string) {
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.guests) >= maxGuests {
-		for k, g := range r.guests {
-			if now.Sub(g.seen) > guestMemory {
-				delete(r.guests, k)
-			}
-		}
-		if len(r.guests) >= maxGuests {
-			return // the registration then counts against the unknown source
-		}
+// source returns src's buckets (r.mu held), forgetting sources whose
+// buckets are full again when there are too many.
+func (r *registrations) source(src netip.Prefix, now time.Time) *sourceUse {
+	u := r.sources[src]
+	if u != nil {
+		return u
 	}
-	r.guests[nkey] = guestSource{src: sourceOf(host), seen: now}
-}
-
-// take admits a registration by guest nkey, or says which limit refuses
-// it (its metric label, and the error). A guest whose source is not known here (another relay of the
-// cluster answered its login, or too many were kept) counts against the
-// zero prefix, which all such guests share.
-func (r *registrations) take(nkey string) (string, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	src := r.guests[nkey].src
-	lim := r.sources[src]
-	if lim == nil {
-		lim = rate.NewLimiter(rate.Limit(float64(r.perSource)/3600), r.perSource)
-		r.sources[src] = lim
-	}
-	now := time.Now()
-	// Sources whose buckets are full again are forgotten.
-	if len(r.sources) > maxGuests {
-		for p, l := range r.sources {
-			if l.TokensAt(now) >= float64(l.Burst()) {
+	if len(r.sources) >= maxSources {
+		for p, u := range r.sources {
+			if u.registrations.TokensAt(now) >= float64(u.registrations.Burst()) && u.logins.TokensAt(now) >= float64(u.logins.Burst()) {
 				delete(r.sources, p)
 			}
 		}
 	}
-	if lim.TokensAt(now) < 1 {
+	u = &sourceUse{
+		registrations: rate.NewLimiter(rate.Limit(float64(r.perSource)/3600), r.perSource),
+		logins:        rate.NewLimiter(rate.Limit(float64(GuestLoginsPerSource)/60), GuestLoginsPerSource),
+	}
+	r.sources[src] = u
+	return u
+}
+
+// guest admits the guest login of nkey from host and remembers where it
+// came from, or says why it is refused: its source is logging in as a
+// guest faster than GuestLoginsPerSource.
+func (r *registrations) guest(nkey, host string) error {
+	now := time.Now()
+	src := sourceOf(host)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.source(src, now).logins.AllowN(now, 1) {
+		return fmt.Errorf("more than %d guest logins a minute from %s", GuestLoginsPerSource, host)
+	}
+	if _, known := r.guests[nkey]; !known && len(r.guests) >= maxGuests {
+		oldest, at := "", now
+		for k, g := range r.guests {
+			if now.Sub(g.seen) > guestMemory {
+				delete(r.guests, k)
+			} else if g.seen.Before(at) {
+				oldest, at = k, g.seen
+			}
+		}
+		if len(r.guests) >= maxGuests {
+			delete(r.guests, oldest)
+		}
+	}
+	r.guests[nkey] = guestSource{src: src, seen: now}
+	return nil
+}
+
+// take admits a registration by guest nkey, or says which limit refuses
+// it (its metric label, and the error). A guest whose source is not
+// known here (in a cluster, another relay answered its login) counts
+// against the limit of all sources only.
+func (r *registrations) take(nkey string) (string, error) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var lim *rate.Limiter
+	if g, ok := r.guests[nkey]; ok {
+		lim = r.source(g.src, now).registrations
+	}
+	if lim != nil && lim.TokensAt(now) < 1 {
 		return "register_per_source", tperr.New(tperr.ServiceBusy, "%d accounts were registered from your address in the last hour, the most this relay allows; try again later", r.perSource)
 	}
 	if !r.global.AllowN(now, 1) {
 		return "register_per_minute", tperr.New(tperr.ServiceBusy, "this relay is registering accounts as fast as it allows; try again in a minute")
 	}
-	lim.AllowN(now, 1)
-	delete(r.guests, nkey)
+	if lim != nil {
+		lim.AllowN(now, 1)
+	}
 	return "", nil
 }
 

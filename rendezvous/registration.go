@@ -52,6 +52,11 @@ func (s *Service) register(ctx context.Context, nkey string, data []byte) error 
 		}
 		return tperr.New(tperr.RegistrationExists, "the name %s is already registered on this relay", name)
 	}
+	if other, ok := s.store.view.accountWithKey(nkey); ok {
+		// One key, one account: a key registers a name once, so that
+		// registrations count per login, and so per source.
+		return tperr.New(tperr.RegistrationExists, "this key is registered already, as %s; each account has a key of its own", other)
+	}
 	inv, invited := s.store.view.invite(name)
 	if s.cfg.Registration == RegistrationClosed || invited {
 		if !invited {

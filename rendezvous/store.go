@@ -550,6 +550,16 @@ func (v *view) roomsOfAccount(name string) []roomRecord {
 	return out
 }
 
+// accountWithKey returns the name of the account registered with key.
+func (v *view) accountWithKey(key string) (string, bool) {
+	for _, a := range v.accountNames() {
+		if a.Key == key {
+			return a.Name, true
+		}
+	}
+	return "", false
+}
+
 // ownedBy counts the existing rooms name owns.
 func (v *view) ownedBy(name string) int {
 	v.mu.Lock()

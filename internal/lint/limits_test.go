@@ -69,9 +69,10 @@ func TestLimitsTable(t *testing.T) {
 		"account-invitations":        fmt.Sprint(rendezvous.DefaultInvitations),
 		"register-per-source":        fmt.Sprint(rendezvous.DefaultRegisterPerSource),
 		"register-per-minute":        fmt.Sprint(rendezvous.DefaultRegisterPerMinute),
-		"logins being checked at once (capacity of their own, that no request can take)": fmt.Sprint(rendezvous.MaxLoginsInFlight),
-		"one message from an account (a request, or a message it sends)":                 fmt.Sprintf("%d KiB", rendezvous.MaxPayload>>10),
-		"message body (larger is refused to its sender)":                                 fmt.Sprintf("%d bytes", tube.MaxMessageBody),
+		"logins being checked at once (capacity of their own, that no request can take)":        fmt.Sprint(rendezvous.MaxLoginsInFlight),
+		"guest logins (to register, or to learn why a login was refused) per source per minute": fmt.Sprint(rendezvous.GuestLoginsPerSource),
+		"one message from an account (a request, or a message it sends)":                        fmt.Sprintf("%d KiB", rendezvous.MaxPayload>>10),
+		"message body (larger is refused to its sender)":                                        fmt.Sprintf("%d bytes", tube.MaxMessageBody),
 	} {
 		if got, ok := rows[key]; !ok {
 			t.Errorf("the limits table has no row for %s", key)
