@@ -167,7 +167,7 @@ func rawLogin(t *testing.T, url string, a *testAccount) *nats.Conn {
 		t.Fatal(err)
 	}
 	pub, _ := kp.PublicKey()
-	nc, err := nats.Connect(url, nats.Nkey(pub, kp.Sign), nats.UserInfo(a.name, ""), nats.CustomInboxPrefix("tube.reply."+a.name))
+	nc, err := nats.Connect(url, nats.Nkey(pub, kp.Sign), nats.UserInfo(a.name, ""), nats.CustomInboxPrefix("tube.reply."+a.name), nats.NoReconnect())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,5 +509,40 @@ func TestGuestLimits(t *testing.T) {
 	}
 	if v, _ := metric(t, httpAddr, `tubes_rendezvous_refused_total{limit="guest_logins"}`); v != float64(refused) {
 		t.Errorf("%v guest logins counted as refused, %d were", v, refused)
+	}
+}
+
+// An account that goes on flooding after it is told to slow down is shut
+// out: its connection is closed and its logins refused for a while,
+// while everyone else logs in and is served.
+func TestFlooderShutOut(t *testing.T) {
+	url, httpAddr := startRendezvous(t)
+	mallory := registerFrom(t, url, "mallory", "")
+	alice := registerFrom(t, url, "alice", "")
+	nc := rawLogin(t, url, mallory)
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	go func() {
+		for i := 0; i < 200000 && !nc.IsClosed(); i++ {
+			nc.PublishRequest("tube.svc.mallory.contacts", "tube.reply.mallory.flood", []byte(`{}`))
+		}
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the flooder's connection is still open")
+	}
+	if v, _ := metric(t, httpAddr, `tubes_rendezvous_refused_total{limit="banned"}`); v != 1 {
+		t.Errorf("%v bans counted, want 1", v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if c, err := rendezvous.Dial(ctx, mallory.cfg(url, "")); err == nil {
+		c.Close()
+		t.Fatal("the flooder logged in again at once")
+	}
+	alice.login(t, url)
+	if _, err := alice.c.Contacts(ctx); err != nil {
+		t.Fatalf("another account during the ban: %v", err)
 	}
 }

@@ -89,6 +89,9 @@ func (s *Service) authorize(rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims
 	if acct.Key != co.Nkey {
 		return nil, fmt.Errorf("wrong key for %q", co.Username)
 	}
+	if s.acct.isBanned(acct.Name) {
+		return nil, fmt.Errorf("%q is shut out for a while: it kept sending past its limits", acct.Name)
+	}
 	uc.Name = acct.Name
 	permissionsFor(uc, acct.Name)
 	return uc, nil

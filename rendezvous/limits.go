@@ -77,25 +77,79 @@ func burst(r float64) int { return max(1, int(2*r)) }
 // buckets. An account's entry goes once it is idle with full buckets, so
 // the map holds the accounts active lately, not every account.
 type accountLimits struct {
-	lim Limits
-	mu  sync.Mutex
-	m   map[string]*accountUse
+	lim    Limits
+	mu     sync.Mutex
+	m      map[string]*accountUse
+	banned map[string]time.Time // accounts shut out, until when
 }
 
 type accountUse struct {
 	inFlight int
 	requests *rate.Limiter
 	messages *rate.Limiter
+	// refused counts the refusals since since: an account that goes on
+	// sending at a rate the refusals say to stop is shut out.
+	refused int
+	since   time.Time
 }
 
+// An account refused more than maxRefusals times in a refusalWindow is
+// not slowing down as told (a client of ours waits and retries, well
+// under it): its connections are closed and its logins refused for
+// banTime. The ban ends by itself.
+const (
+	maxRefusals   = 5000
+	refusalWindow = time.Minute
+	banTime       = time.Minute
+)
+
 func newAccountLimits(l Limits) *accountLimits {
-	return &accountLimits{lim: l, m: map[string]*accountUse{}}
+	return &accountLimits{lim: l, m: map[string]*accountUse{}, banned: map[string]time.Time{}}
+}
+
+// refusal counts one refused request of u (a.mu held), and reports
+// whether the account has now earned a ban.
+func (a *accountLimits) refusal(me string, u *accountUse, now time.Time) bool {
+	if now.Sub(u.since) > refusalWindow {
+		u.refused, u.since = 0, now
+	}
+	u.refused++
+	if u.refused <= maxRefusals {
+		return false
+	}
+	u.refused = 0
+	a.banned[me] = now.Add(banTime)
+	return true
+}
+
+// isBanned reports whether account me is shut out now.
+func (a *accountLimits) isBanned(me string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	until, ok := a.banned[me]
+	if ok && time.Now().After(until) {
+		delete(a.banned, me)
+		return false
+	}
+	return ok
 }
 
 // begin admits one request of account me for op, or says which limit
-// refuses it (its metric label, and the error). done ends an admitted
-// request.
-func (a *accountLimits) begin(me, op string) (done func(), limit string, err error) {
+// refuses it (its metric label, and the error) and whether the account
+// has earned a ban by it. done ends an admitted request.
+func (a *accountLimits) begin(me, op string) (done func(), limit string, ban bool, err error) {
+	done, limit, err = a.take(me, op)
+	if err != nil {
+		a.mu.Lock()
+		if u := a.m[me]; u != nil {
+			ban = a.refusal(me, u, time.Now())
+		}
+		a.mu.Unlock()
+	}
+	return done, limit, ban, err
+}
+
+func (a *accountLimits) take(me, op string) (done func(), limit string, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	u := a.m[me]

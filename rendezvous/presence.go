@@ -52,6 +52,10 @@ func newPresence() *presence {
 // past the auth callout), named so.
 const relayConnPrefix = "tube-relay:"
 
+// authConnPrefix names a relay's connection for logins (the auth
+// callout), which is not a relay instance of its own.
+const authConnPrefix = "tube-relay-auth:"
+
 // isServiceUser reports whether user is one of the relay's own NATS
 // users, which no account or guest can log in as.
 func isServiceUser(user string) bool { return user == serviceUser || user == systemUser }
@@ -266,6 +270,19 @@ func (s *Service) announce(name string, online bool) {
 		if s.pres.online(peer) {
 			s.publish(peer, KindPresence, PresenceEvent{Name: name, Online: online})
 		}
+	}
+}
+
+// kickAll closes every connection of account name.
+func (s *Service) kickAll(name string) {
+	s.pres.mu.Lock()
+	var ids []connID
+	for id := range s.pres.byName[name] {
+		ids = append(ids, id)
+	}
+	s.pres.mu.Unlock()
+	for _, id := range ids {
+		s.kick(id)
 	}
 }
 

@@ -76,6 +76,7 @@ type Server struct {
 	log     *slog.Logger
 	ns      *server.Server // nil with an external cluster
 	nc, sys *nats.Conn
+	auth    *nats.Conn // the service user again: logins on a connection of their own
 	svc     *Service
 	url     string
 	tmpDir  string
@@ -226,6 +227,11 @@ func (s *Server) startEmbedded() error {
 	if err != nil {
 		return fmt.Errorf("rendezvous: system connection: %w", err)
 	}
+	s.auth, err = nats.Connect("", nats.InProcessServer(ns), nats.UserInfo(serviceUser, svcPass),
+		nats.Name(authConnPrefix+cfg.Instance), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("rendezvous: login connection: %w", err)
+	}
 	s.cfg.issuer = issuer
 	s.cfg.storage = storage
 	s.cfg.servers = 1
@@ -287,6 +293,9 @@ func (s *Server) startExternal(ctx context.Context) error {
 	if s.sys, err = connect(cfg.NATSSystem, "tube-relay-sys:"+cfg.Instance); err != nil {
 		return fmt.Errorf("rendezvous: connect to NATS system account: %w", err)
 	}
+	if s.auth, err = connect(cfg.NATS, authConnPrefix+cfg.Instance); err != nil {
+		return fmt.Errorf("rendezvous: connect to NATS %s: %w", redact(cfg.NATS), err)
+	}
 	s.url = s.nc.ConnectedUrlRedacted()
 	s.cfg.issuer = issuer
 	s.cfg.storage = jetstream.FileStorage
@@ -323,7 +332,7 @@ func (s *Server) startService(ctx context.Context) error {
 		Metrics:      m,
 		TURN:         s.cfg.TURN,
 		Limits:       s.cfg.Limits,
-	}, s.nc, s.sys)
+	}, s.nc, s.sys, s.auth)
 	if err != nil {
 		return err
 	}
@@ -381,6 +390,9 @@ func (s *Server) shutdown() {
 	if s.cancel != nil {
 		s.cancel()
 		<-s.done
+	}
+	if s.auth != nil {
+		s.auth.Close()
 	}
 	if s.nc != nil {
 		s.nc.Close()

@@ -55,6 +55,7 @@ type Service struct {
 	log   *slog.Logger
 	nc    *nats.Conn // service user, in cfg.Account
 	sys   *nats.Conn // system account user
+	auth  *nats.Conn // service user, for logins only
 	store *store
 	pres  *presence
 	m     *Metrics
@@ -76,11 +77,23 @@ type Service struct {
 // maxInFlight bounds concurrently handled requests per relay.
 const maxInFlight = 256
 
+// maxPendingMsgs and maxPendingBytes bound the requests (or logins)
+// received and not yet taken, per subscription.
+const (
+	maxPendingMsgs  = 65536
+	maxPendingBytes = 64 << 20
+)
+
 // NewService opens the state and starts serving on nc (a service user of
 // the Tubes account, listed in auth_callout's auth_users) and sys (a
-// system-account user). It returns once the state is loaded and every
-// subscription is in place; Run then serves until ctx ends.
-func NewService(ctx context.Context, cfg ServiceConfig, nc, sys *nats.Conn) (*Service, error) {
+// system-account user), answering logins on auth (another connection of
+// the service user, so that no flood of requests delays them; nil: nc).
+// It returns once the state is loaded and every subscription is in
+// place; Run then serves until ctx ends.
+func NewService(ctx context.Context, cfg ServiceConfig, nc, sys, auth *nats.Conn) (*Service, error) {
+	if auth == nil {
+		auth = nc
+	}
 	if cfg.Issuer == nil {
 		return nil, errors.New("rendezvous: service needs an issuer key")
 	}
@@ -105,6 +118,7 @@ func NewService(ctx context.Context, cfg ServiceConfig, nc, sys *nats.Conn) (*Se
 		log:      cfg.Logger.With("component", "rendezvous"),
 		nc:       nc,
 		sys:      sys,
+		auth:     auth,
 		pres:     newPresence(),
 		m:        cfg.Metrics,
 		logSome:  rate.Sometimes{First: 10, Interval: time.Second},
@@ -142,7 +156,10 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 			cancel()
 		}
 	}()
-	defer runWG.Wait()
+	defer func() {
+		cancel() // an early return stops the store too, then waits for it
+		runWG.Wait()
+	}()
 	select {
 	case <-loaded:
 	case <-ctx.Done():
@@ -163,7 +180,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 		if err != nil {
 			return fmt.Errorf("rendezvous: subscribe to connection events: %w", err)
 		}
-		sub.SetPendingLimits(-1, -1)
+		sub.SetPendingLimits(maxPendingMsgs, maxPendingBytes)
 		subs = append(subs, sub)
 	}
 	if err := s.sys.Flush(); err != nil {
@@ -171,28 +188,34 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	}
 
 	type route struct {
+		nc             *nats.Conn
 		subject, queue string
 		handle         nats.MsgHandler
 	}
 	routes := []route{
-		// Logins have handler capacity of their own, so that however
-		// busy the requests keep the others, a login is answered in time.
-		{server.AuthCalloutSubject, "tube-auth", s.dispatch(s.authSema, s.handleAuth)},
-		{svcPrefix + "*.*", "tube-svc", s.admitAccount},
-		{guestPrefix + "*." + opRegister, "tube-svc", s.dispatch(s.sema, s.handleGuest)},
-		{guestPrefix + "*." + opWhois, "tube-svc", s.dispatch(s.sema, s.handleGuest)},
-		{adminPrefix + "*", "tube-svc", s.dispatch(s.sema, s.handleAdmin)},
+		// Logins have a connection and handler capacity of their own, so
+		// that however busy the requests keep the others, a login is
+		// answered in time.
+		{s.auth, server.AuthCalloutSubject, "tube-auth", s.dispatch(s.authSema, s.handleAuth)},
+		{s.nc, svcPrefix + "*.*", "tube-svc", s.admitAccount},
+		{s.nc, guestPrefix + "*." + opRegister, "tube-svc", s.dispatch(s.sema, s.handleGuest)},
+		{s.nc, guestPrefix + "*." + opWhois, "tube-svc", s.dispatch(s.sema, s.handleGuest)},
+		{s.nc, adminPrefix + "*", "tube-svc", s.dispatch(s.sema, s.handleAdmin)},
 	}
 	for _, r := range routes {
-		sub, err := s.nc.QueueSubscribe(r.subject, r.queue, r.handle)
+		sub, err := r.nc.QueueSubscribe(r.subject, r.queue, r.handle)
 		if err != nil {
 			return fmt.Errorf("rendezvous: subscribe %s: %w", r.subject, err)
 		}
-		sub.SetPendingLimits(-1, -1)
+		// What waits to be read is bounded: a flood beyond it is dropped
+		// (its senders time out) rather than held in memory.
+		sub.SetPendingLimits(maxPendingMsgs, maxPendingBytes)
 		subs = append(subs, sub)
 	}
-	if err := s.nc.Flush(); err != nil {
-		return fmt.Errorf("rendezvous: %w", err)
+	for _, nc := range []*nats.Conn{s.nc, s.auth} {
+		if err := nc.Flush(); err != nil {
+			return fmt.Errorf("rendezvous: %w", err)
+		}
 	}
 	if err := s.snapshot(ctx); err != nil {
 		s.log.Warn("presence snapshot incomplete", "err", err)
@@ -257,11 +280,16 @@ func (s *Service) admitAccount(m *nats.Msg) {
 		s.logSome.Do(func() { s.log.Warn("request with a foreign reply subject dropped", "account", me, "op", op) })
 		return
 	}
-	done, limit, err := s.acct.begin(me, op)
+	done, limit, ban, err := s.acct.begin(me, op)
 	if err != nil {
 		s.m.request(op, err)
 		s.m.refused(limit)
 		m.Respond(encodeReply(nil, err))
+		if ban {
+			s.m.refused("banned")
+			s.log.Warn("account shut out: it kept sending past its limits", "account", me, "for", banTime)
+			go s.kickAll(me)
+		}
 		return
 	}
 	s.dispatch(s.sema, func(ctx context.Context, m *nats.Msg) {
