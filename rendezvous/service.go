@@ -220,6 +220,11 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	if err := s.snapshot(ctx); err != nil {
 		s.log.Warn("presence snapshot incomplete", "err", err)
 	}
+	runWG.Add(1)
+	go func() {
+		defer runWG.Done()
+		s.purgeLoop(ctx)
+	}()
 	if ready != nil {
 		ready()
 	}
@@ -240,6 +245,35 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 		case m := <-events:
 			s.handleConnEvent(ctx, m)
 		}
+	}
+}
+
+// purgeEvery is how often the leader drops old delete markers from the
+// state bucket, and purgeAge how old they must be (a watcher that missed
+// a delete for longer has reloaded anyway).
+const (
+	purgeEvery = time.Hour
+	purgeAge   = 10 * time.Minute
+)
+
+// purgeLoop drops old delete markers from the state, on the leader.
+func (s *Service) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(purgeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !s.pres.leader(s.cfg.Instance) {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := s.store.purgeDeletes(pctx, purgeAge); err != nil {
+			s.log.Warn("old delete markers not purged", "err", err)
+		}
+		cancel()
 	}
 }
 

@@ -642,6 +642,22 @@ type store struct {
 	report func(error) // watch problems
 }
 
+// purgeDeletes drops the markers that deleted keys leave (a room, pair
+// or invitation created and removed), older than age: without it the
+// bucket grows with every name ever used, however little it holds.
+func (s *store) purgeDeletes(ctx context.Context, age time.Duration) error {
+	return s.kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(age))
+}
+
+// bytes is the bucket's size on the stream.
+func (s *store) bytes(ctx context.Context) (uint64, error) {
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return st.Bytes(), nil
+}
+
 // errConflict is returned when a compare-and-set lost a race; callers retry.
 var errConflict = errors.New("rendezvous: concurrent update")
 

@@ -1,6 +1,8 @@
 package rendezvous
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -51,5 +53,41 @@ func TestRelayInstancesAreServiceConnections(t *testing.T) {
 	}
 	if !p.online("mallory") || p.online(serviceUser) || p.onlineCount() != 1 {
 		t.Fatalf("presence: mallory %v, %s %v, %d online; want mallory alone", p.online("mallory"), serviceUser, p.online(serviceUser), p.onlineCount())
+	}
+}
+
+// Rooms made and removed leave delete markers in the state bucket; the
+// leader's purge drops them, so churn does not grow the state for ever.
+func TestPurgeDeletes(t *testing.T) {
+	ctx := context.Background()
+	srv, err := Start(ctx, Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	st := srv.Service().store
+	before, err := st.bytes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		key := fmt.Sprintf("room.churn%03d", i)
+		if err := st.put(ctx, key, roomRecord{Name: key}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grown, _ := st.bytes(ctx)
+	if grown <= before {
+		t.Fatalf("200 rooms made and removed left %d bytes, %d before: nothing to purge, the test proves nothing", grown, before)
+	}
+	if err := st.purgeDeletes(ctx, -1); err != nil { // every marker, however new
+		t.Fatal(err)
+	}
+	after, _ := st.bytes(ctx)
+	if after > before {
+		t.Fatalf("after the purge the state holds %d bytes, %d before the churn", after, before)
 	}
 }
