@@ -58,7 +58,7 @@ it issues; --turn names another one (an operator's coturn, say) with
 				return err
 			}
 			if limits.LinkStreams < 1 || limits.HandshakesPerSource < 1 || limits.EventBytes < 64<<10 ||
-				limits.LinkHandshake <= 0 || limits.EventWriteTimeout <= 0 {
+				limits.LinkHandshake <= 0 || limits.EventWriteTimeout <= 0 || limits.LinkStall <= 0 {
 				return usagef("--link-streams and --link-handshakes-per-source must be at least 1, --event-buffer at least 65536, and the timeouts positive")
 			}
 			reg := node.NewRegistry()
@@ -94,6 +94,7 @@ it issues; --turn names another one (an operator's coturn, say) with
 	cmd.Flags().StringVar(&turnSecret, "turn-secret", "", "with --turn: the server's TURN REST shared secret")
 	cmd.Flags().IntVar(&limits.LinkStreams, "link-streams", peerlink.DefaultStreams, "most connections a contact may have open on one peer link")
 	cmd.Flags().DurationVar(&limits.LinkHandshake, "link-handshake-timeout", peerlink.DefaultHandshake, "how long a peer link's handshake may take")
+	cmd.Flags().DurationVar(&limits.LinkStall, "link-stall-timeout", peerlink.DefaultStall, "how long a connection's application may take none of its data while its peer link is more than half full, before the connection is reset")
 	cmd.Flags().IntVar(&limits.HandshakesPerSource, "link-handshakes-per-source", tube.DefaultHandshakesPerSource, "most peer-link handshakes in progress from one IPv4 address or IPv6 /64")
 	cmd.Flags().IntVar(&limits.EventBytes, "event-buffer", daemon.DefaultEventBytes, "most bytes of events queued for one event-stream client before it is cut off")
 	cmd.Flags().DurationVar(&limits.EventWriteTimeout, "event-write-timeout", daemon.DefaultEventWriteTimeout, "how long a write to an event-stream client may block before it is dropped")

@@ -64,6 +64,7 @@ type Config struct {
 type Limits struct {
 	LinkStreams         int           // streams a contact may have open on one link (peerlink.DefaultStreams)
 	LinkHandshake       time.Duration // a peer link's TLS handshake and account check (peerlink.DefaultHandshake)
+	LinkStall           time.Duration // a stream taking none of its data on a full link is reset after it (peerlink.DefaultStall)
 	HandshakesPerSource int           // peer-link handshakes in progress per source address (tube.DefaultHandshakesPerSource)
 	EventBytes          int           // JSON bytes queued for one event-stream client (DefaultEventBytes)
 	EventWriteTimeout   time.Duration // how long one write to an event-stream client may block (DefaultEventWriteTimeout)
@@ -76,6 +77,9 @@ const DefaultEventWriteTimeout = 10 * time.Second
 func (l Limits) withDefaults() Limits {
 	if l.LinkStreams <= 0 {
 		l.LinkStreams = peerlink.DefaultStreams
+	}
+	if l.LinkStall <= 0 {
+		l.LinkStall = peerlink.DefaultStall
 	}
 	if l.LinkHandshake <= 0 {
 		l.LinkHandshake = peerlink.DefaultHandshake

@@ -85,6 +85,8 @@ func limitMetrics(d *Daemon) []prometheus.Collector {
 			links(func(s tube.LinkStats) float64 { return float64(s.ReceiveHeld) })),
 		counter("tubes_link_streams_refused_total", "Connections a contact opened over the per-link stream cap, refused.",
 			links(func(s tube.LinkStats) float64 { return float64(s.StreamsRefused) })),
+		counter("tubes_link_streams_stalled_total", "Connections reset because their application took none of their data while their peer link was more than half full.",
+			links(func(s tube.LinkStats) float64 { return float64(s.StreamsStalled) })),
 		gauge("tubes_link_handshakes", "Peer-link handshakes in progress on the peer-link listener.",
 			links(func(s tube.LinkStats) float64 { return float64(s.Handshakes) })),
 		counter("tubes_link_handshakes_refused_total", "Connections to the peer-link listener reset at once: their source (or everyone) was at the handshake limit.",

@@ -153,7 +153,7 @@ func (a *account) newTubes() error {
 		TURN:                a.turnConfig,
 		Published:           func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
 		AcceptError:         func(listener string, _ error) { a.d.metrics.acceptError(listener) },
-		LinkLimits:          peerlink.Limits{Streams: a.d.cfg.Limits.LinkStreams, Handshake: a.d.cfg.Limits.LinkHandshake},
+		LinkLimits:          peerlink.Limits{Streams: a.d.cfg.Limits.LinkStreams, Handshake: a.d.cfg.Limits.LinkHandshake, Stall: a.d.cfg.Limits.LinkStall},
 		HandshakesPerSource: a.d.cfg.Limits.HandshakesPerSource,
 		PinnedKey: func(name string) (identity.PublicKey, bool) {
 			cur, ok := a.pins.get(name)

@@ -230,3 +230,66 @@ func TestRetire(t *testing.T) {
 		t.Fatal("the retired link stayed open after its last stream ended")
 	}
 }
+
+// mixedHandler sends streams opened with meta "flood" to a stuckHandler
+// and the others to another handler.
+type mixedHandler struct {
+	stuck *stuckHandler
+	other Handler
+}
+
+func (h mixedHandler) Open(st *Stream, meta []byte) {
+	if string(meta) == "flood" {
+		h.stuck.Open(st, meta)
+		return
+	}
+	h.other.Open(st, meta)
+}
+
+func (h mixedHandler) Ctrl([]byte) {}
+
+// Streams whose application takes none of their data hold the link's
+// window, and with it every other stream of the link: once the link is
+// more than half full, those that took nothing for Limits.Stall are
+// reset, and a stream whose application reads gets through. (Without
+// the stall, the echo below waited for ever.)
+func TestStalledStreamsReset(t *testing.T) {
+	h := mixedHandler{stuck: &stuckHandler{}, other: serviceHandler(t, echo)}
+	l := newLimitedLink(t, h, Limits{Stall: 100 * time.Millisecond})
+	for range 12 {
+		flood(t, l.client)
+	}
+	for deadline := time.Now().Add(20 * time.Second); l.server.id.HeldBytes() < ReceiveBudget/2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the floods hold only %d bytes", l.server.id.HeldBytes())
+		}
+	}
+	app, _ := openConn(t, l.client, "echo")
+	defer app.Close()
+	app.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := app.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(app, got); err != nil || string(got) != "ping" {
+		t.Fatalf("a reading stream behind stalled ones: %q, %v", got, err)
+	}
+	if l.server.id.StalledStreams() == 0 {
+		t.Fatal("no stream counted as stalled")
+	}
+	if err := l.server.Err(); err != nil {
+		t.Fatalf("the link ended: %v", err)
+	}
+}
+
+// An application that does not read is left alone while its link has
+// room: one stream holds at most its own window, under half the link's.
+func TestStallNeedsAFullLink(t *testing.T) {
+	l := newLink(t, &stuckHandler{})
+	flood(t, l.client)
+	waitSettled(t, l.server.id.HeldBytes, false)
+	l.server.resetStalled(0) // every stream with data waiting counts as stalled now
+	if n := l.server.id.StalledStreams(); n != 0 {
+		t.Fatalf("%d streams reset on a link with room", n)
+	}
+}

@@ -59,6 +59,7 @@ type Identity struct {
 
 	held    atomic.Int64  // DATA bytes received on all links, not yet credited back
 	refused atomic.Uint64 // streams refused for being over Limits.Streams
+	stalled atomic.Uint64 // streams reset for not being read while the link was full
 }
 
 // Limits bound what a peer can make this side hold. The receive budget
@@ -71,16 +72,30 @@ type Limits struct {
 	// Handshake bounds a link's TLS handshake, the account check after
 	// it included. Zero means DefaultHandshake.
 	Handshake time.Duration
+	// Stall is how long a stream's local socket may take none of the
+	// data waiting for it while the link's receive budget is more than
+	// half held: then the stream is reset, so that one application that
+	// does not read cannot hold every other connection of the link up
+	// for longer. Zero means DefaultStall.
+	Stall time.Duration
 }
 
 // Defaults of Limits.
 const (
 	DefaultStreams   = 256
 	DefaultHandshake = 10 * time.Second
+	DefaultStall     = 30 * time.Second
 	// ReceiveBudget is what one link may make its receiver hold: DATA in
 	// flight on all its streams together (the protocol's link window).
 	ReceiveBudget = linkWindow
 )
+
+func (l Limits) stall() time.Duration {
+	if l.Stall > 0 {
+		return l.Stall
+	}
+	return DefaultStall
+}
 
 func (l Limits) streams() int {
 	if l.Streams > 0 {
@@ -99,6 +114,10 @@ func (l Limits) handshake() time.Duration {
 // HeldBytes is what the peers of this identity's links have sent and the
 // local sockets have not taken yet (at most ReceiveBudget per link).
 func (id *Identity) HeldBytes() int64 { return id.held.Load() }
+
+// StalledStreams counts streams reset for taking none of their data for
+// Limits.Stall while their link was more than half full.
+func (id *Identity) StalledStreams() uint64 { return id.stalled.Load() }
 
 // RefusedStreams counts streams refused for being over Limits.Streams.
 func (id *Identity) RefusedStreams() uint64 { return id.refused.Load() }

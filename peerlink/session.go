@@ -383,9 +383,12 @@ func (s *Session) receive(n int) error {
 
 // release gives the link's window back n bytes that were received and
 // are gone from this side (written locally, or dropped with their
-// stream); once a quarter of the window is owed, the peer gets it. With
-// wait false the caller may not block on the link (the reader), so
-// another goroutine sends the grant.
+// stream); once a quarter of the window is owed, or the peer has less
+// than a quarter left (streams whose applications do not read hold the
+// rest: what the others' applications take must go back at once, or they
+// wait for nothing), the peer gets it. With wait false the caller may
+// not block on the link (the reader), so another goroutine sends the
+// grant.
 func (s *Session) release(n int, wait bool) {
 	if n <= 0 {
 		return
@@ -394,7 +397,7 @@ func (s *Session) release(n int, wait bool) {
 	s.cmu.Lock()
 	s.owed += n
 	grant := 0
-	if s.owed >= linkWindow/4 {
+	if s.owed >= linkWindow/4 || linkWindow-s.held < linkWindow/4 {
 		grant = s.owed
 		s.held -= grant
 		s.owed = 0
@@ -542,10 +545,15 @@ func (s *Session) keepalive() {
 	defer s.wg.Done()
 	t := time.NewTicker(pingInterval)
 	defer t.Stop()
+	stall := s.limits().stall()
+	st := time.NewTicker(max(stall/4, time.Millisecond))
+	defer st.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
+		case <-st.C:
+			s.resetStalled(stall)
 		case <-t.C:
 			if time.Since(time.Unix(0, s.lastRecv.Load())) > deadAfter {
 				s.fail(fmt.Errorf("peerlink: no word from the peer for %s", deadAfter), CodeLost)
@@ -553,6 +561,42 @@ func (s *Session) keepalive() {
 			}
 			s.writeSmall(framePing, 0, make([]byte, 8))
 		}
+	}
+}
+
+// limits are the identity's limits (the defaults without one).
+func (s *Session) limits() Limits {
+	if s.id == nil {
+		return Limits{}
+	}
+	return s.id.Limits
+}
+
+// resetStalled resets the streams whose local sockets took none of their
+// data for stall, when the link's receive budget is more than half held:
+// their data holds back every other stream of the link (they share its
+// window), and would for as long as their applications do not read.
+func (s *Session) resetStalled(stall time.Duration) {
+	s.cmu.Lock()
+	inMemory := s.held - s.owed
+	s.cmu.Unlock()
+	if inMemory < linkWindow/2 {
+		return
+	}
+	cutoff := time.Now().Add(-stall)
+	s.mu.Lock()
+	var stalled []*Stream
+	for _, st := range s.streams {
+		if st.stalled(cutoff) {
+			stalled = append(stalled, st)
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range stalled {
+		if s.id != nil {
+			s.id.stalled.Add(1)
+		}
+		st.abort(&ResetError{Code: CodeCancelled, Message: fmt.Sprintf("the application took none of the data for %s while the link was full", stall)}, true)
 	}
 }
 

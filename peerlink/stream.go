@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -91,16 +92,20 @@ type Stream struct {
 	creditCh chan struct{}
 	queue    [][]byte // received, not yet written locally
 	queued   int      // bytes in queue
-	owed     int      // bytes written locally, not yet credited back
-	finRecv  bool
-	sendDone bool // FIN or RST sent
-	recvDone bool // FIN received and written through, or reset
-	draining bool
-	local    net.Conn
-	rc       syscall.RawConn // local's, when it has one
-	onClose  func(error)
-	err      error // set when reset
-	finished bool
+	writing  int      // bytes taken from the queue, being written locally
+	// waitSince is when data last began to wait for the local socket,
+	// or the socket last took some: the stall check's clock.
+	waitSince time.Time
+	owed      int // bytes written locally, not yet credited back
+	finRecv   bool
+	sendDone  bool // FIN or RST sent
+	recvDone  bool // FIN received and written through, or reset
+	draining  bool
+	local     net.Conn
+	rc        syscall.RawConn // local's, when it has one
+	onClose   func(error)
+	err       error // set when reset
+	finished  bool
 
 	// lmu orders writes to the local socket against the pump's end of
 	// file: a write that fails on a reset takes the socket's error, and
@@ -153,6 +158,14 @@ func (st *Stream) attach(local net.Conn, onClose func(error)) bool {
 		st.drain(false)
 	}
 	return true
+}
+
+// stalled reports whether data has waited for the local socket, which
+// took none of it, since before cutoff.
+func (st *Stream) stalled(cutoff time.Time) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.err == nil && st.queued+st.writing > 0 && st.waitSince.Before(cutoff)
 }
 
 // Reset aborts the stream: the peer gets RST with code and message, and
@@ -225,6 +238,9 @@ func (st *Stream) deliver(b []byte) error {
 		st.mu.Unlock()
 		putBuf(b)
 		return fmt.Errorf("peerlink: peer overran the window of stream %d", st.id)
+	}
+	if st.queued == 0 && st.writing == 0 {
+		st.waitSince = time.Now()
 	}
 	if n := len(st.queue); n > 0 && len(b) <= coalesceMax && cap(st.queue[n-1])-len(st.queue[n-1]) >= len(b) {
 		// A small frame joins the one queued before it, in that buffer's
@@ -396,6 +412,7 @@ func (st *Stream) drain(wait bool) {
 			total += len(b)
 		}
 		st.queued -= total
+		st.writing = total
 		local, rc := st.local, st.rc
 		st.mu.Unlock()
 		var n int
@@ -433,6 +450,10 @@ func (st *Stream) drain(wait bool) {
 		rest := consumed(bufs, n)
 		st.s.release(n, wait)
 		st.mu.Lock()
+		st.writing = 0
+		if n > 0 {
+			st.waitSince = time.Now()
+		}
 		st.owed += n
 		if len(rest) > 0 {
 			st.queue = append(rest, st.queue...)

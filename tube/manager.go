@@ -190,6 +190,7 @@ func (m *Manager) Forged() uint64 { return m.forged.Load() }
 type LinkStats struct {
 	ReceiveHeld       int64  // bytes contacts sent that local sockets have not taken
 	StreamsRefused    uint64 // streams over the per-link cap
+	StreamsStalled    uint64 // streams reset for not being read on a full link
 	Handshakes        int    // peer-link handshakes in progress
 	HandshakesRefused uint64 // connections over the per-source or total handshake cap
 	Links             int    // links open, replaced ones included
@@ -204,7 +205,7 @@ func (m *Manager) LinkStats() LinkStats {
 	}
 	m.mu.Unlock()
 	return LinkStats{
-		ReceiveHeld: m.self.HeldBytes(), StreamsRefused: m.self.RefusedStreams(),
+		ReceiveHeld: m.self.HeldBytes(), StreamsRefused: m.self.RefusedStreams(), StreamsStalled: m.self.StalledStreams(),
 		Handshakes: m.handshakes.Held(), HandshakesRefused: m.handshakes.Refused(), Links: n,
 	}
 }

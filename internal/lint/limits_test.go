@@ -54,6 +54,7 @@ func TestLimitsTable(t *testing.T) {
 		"link-handshakes-per-source": fmt.Sprint(tube.DefaultHandshakesPerSource),
 		"link-handshake-timeout":     peerlink.DefaultHandshake.String(),
 		"link-streams":               fmt.Sprint(peerlink.DefaultStreams),
+		"link-stall-timeout":         peerlink.DefaultStall.String(),
 		"event-buffer":               mib(daemon.DefaultEventBytes),
 		"event-write-timeout":        daemon.DefaultEventWriteTimeout.String(),
 		"max-instances":              fmt.Sprint(activation.DefaultMaxInstances),
