@@ -94,7 +94,7 @@ under --data when not given; --turn-user adds static credentials;
 	f.IntVar(&o.turnMaxConns, "turn-max-connections", relay.DefaultMaxConnections, "most peer connections one TURN TCP allocation holds at once")
 	f.DurationVar(&o.turnAuthDeadline, "turn-auth-deadline", relay.DefaultAuthDeadline, "how long a TCP connection to the TURN port may stay unauthenticated")
 	f.IntVar(&o.turnUnauthPerSource, "turn-unauth-per-source", relay.DefaultUnauthPerSource, "most unauthenticated TCP connections to the TURN port from one IPv4 address or IPv6 /64")
-	f.IntVar(&o.turnUnauthTotal, "turn-unauth-total", relay.DefaultUnauthTotal, "most unauthenticated TCP connections to the TURN port from all sources")
+	f.IntVar(&o.turnUnauthTotal, "turn-unauth-total", 0, "most unauthenticated TCP connections to the TURN port from all sources (default 4096, or a quarter of the descriptor limit when less)")
 	f.IntVar(&o.turnAllocsPerUser, "turn-allocations-per-user", relay.DefaultMaxAllocations, "most TURN allocations one user (an account, or a --turn-user) holds at once")
 	f.IntVar(&o.turnAllocs, "turn-allocations", relay.DefaultTotalAllocations, "most TURN allocations of all users together")
 	l := &o.cfg.Limits
@@ -240,8 +240,8 @@ func startTURN(o relayOpts, log *slog.Logger, reg prometheus.Registerer) (*relay
 	if o.turnAuthDeadline <= 0 {
 		return nil, usagef("--turn-auth-deadline must be positive, not %s", o.turnAuthDeadline)
 	}
-	if o.turnUnauthPerSource < 1 || o.turnUnauthTotal < 1 {
-		return nil, usagef("--turn-unauth-per-source and --turn-unauth-total must be at least 1")
+	if o.turnUnauthPerSource < 1 || o.turnUnauthTotal < 0 {
+		return nil, usagef("--turn-unauth-per-source must be at least 1, and --turn-unauth-total not negative")
 	}
 	if o.turnMaxConns < 1 {
 		return nil, usagef("--turn-max-connections must be at least 1, not %d", o.turnMaxConns)

@@ -21,7 +21,8 @@ import (
 func TestTURNSurvivesDescriptorExhaustion(t *testing.T) {
 	prlimit := testenv.MustHaveCommand(t, "prlimit")
 	relay := startCmd(t, exec.Command(prlimit, "--nofile=64:64", tubeBin, "relay", "--turn-only",
-		"--turn-listen", "127.0.0.1:0", "--turn-user", "op:pw", "--allow-peer", "127.0.0.0/8"), nil)
+		"--turn-listen", "127.0.0.1:0", "--turn-user", "op:pw", "--allow-peer", "127.0.0.0/8",
+		"--turn-unauth-total", "4096"), nil) // over the descriptors: by default it stays under a quarter of them
 	addr := strings.TrimSpace(relay.waitLine("turn: "))
 
 	var idle []net.Conn
@@ -127,4 +128,42 @@ func TestTURNUnauthenticatedPerSource(t *testing.T) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// By default the relay keeps unauthenticated connections to a quarter of
+// its descriptors, so that idle connects from many sources, each under
+// its own cap, cannot use them all up: the relay keeps accepting (and
+// resetting) and its metrics answer throughout; and at that total a
+// legitimate client's connection takes the place of an attacker's.
+func TestTURNUnauthenticatedWithinDescriptors(t *testing.T) {
+	prlimit := testenv.MustHaveCommand(t, "prlimit")
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	relay := startCmd(t, exec.Command(prlimit, "--nofile=128:128", tubeBin, "relay", "--turn-only",
+		"--turn-listen", "127.0.0.1:0", "--turn-user", "op:pw", "--allow-peer", "127.0.0.0/8", "--http", httpAddr), nil)
+	addr := strings.TrimSpace(relay.waitLine("turn: "))
+	relay.waitLine("metrics: ")
+	var idle []net.Conn
+	defer func() { closeAll(idle) }()
+	for i := range 8 * 32 { // eight sources at their cap of 32
+		if c, err := dialFrom(fmt.Sprintf("127.0.0.%d", 2+i%8), addr); err == nil {
+			idle = append(idle, c)
+		}
+	}
+	waitMetric(t, httpAddr, "tubes_turn_unauthenticated_refused_total", func(v float64) bool { return v > 0 })
+	if v, _ := metric(t, httpAddr, "tubes_turn_unauthenticated_connections"); v > 32 {
+		t.Fatalf("%v unauthenticated connections held with 128 descriptors, over a quarter of them", v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := turnclient.Allocate(ctx, turnclient.Config{Server: addr, Username: "op", Password: "pw"})
+	if err != nil {
+		t.Fatalf("allocating during the attack: %v", err)
+	}
+	c.Close()
+	if v, _ := metric(t, httpAddr, "tubes_turn_unauthenticated_evicted_total"); v < 1 {
+		t.Errorf("the legitimate client got in with %v evictions: the total was not reached", v)
+	}
+	if v, _ := metric(t, httpAddr, `tubes_accept_errors_total{listener="turn-tcp"}`); v != 0 {
+		t.Fatalf("the relay ran out of descriptors (%v accept errors)", v)
+	}
 }

@@ -211,7 +211,13 @@ func (l *guardListener) Accept() (net.Conn, error) {
 		// A source at its limit of unauthenticated connections loses
 		// this one at once (a reset: nothing is kept for it); the
 		// listener goes on for everyone else.
-		release, ok := l.s.unauth.Take(c.RemoteAddr())
+		// At the total, a newcomer takes the place of the oldest of
+		// the source holding most, so sources at their own limit cannot
+		// shut everyone else out.
+		release, ok := l.s.unauth.TakeOr(c.RemoteAddr(), func() {
+			tc.SetLinger(0)
+			tc.Close()
+		})
 		if !ok {
 			tc.SetLinger(0)
 			tc.Close()

@@ -25,6 +25,9 @@ func unauthMetrics(s *Server) []prometheus.Collector {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tubes_turn_unauthenticated_refused_total", Help: "TCP connections to the TURN port closed at once: their source (or everyone) was at the unauthenticated limit.",
 		}, func() float64 { return float64(s.unauth.Refused()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tubes_turn_unauthenticated_evicted_total", Help: "Unauthenticated TCP connections closed to make room for one from a source holding fewer, at the total.",
+		}, func() float64 { return float64(s.unauth.Evicted()) }),
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tubes-dev/tubes/internal/limit"
 	"github.com/tubes-dev/tubes/internal/serve"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 )
 
@@ -44,6 +45,18 @@ const (
 	DefaultUnauthTotal      = 4096             // unauthenticated TCP connections, all sources
 	connectTimeout          = 30 * time.Second
 )
+
+// defaultUnauthTotal is DefaultUnauthTotal, or a quarter of the
+// process's descriptor limit when that is less: unauthenticated
+// connections alone must not use up the descriptors that allocations and
+// their peers need.
+func defaultUnauthTotal() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur/4 < DefaultUnauthTotal {
+		return max(1, int(rl.Cur/4))
+	}
+	return DefaultUnauthTotal
+}
 
 // Config configures a TURN server.
 type Config struct {
@@ -91,6 +104,7 @@ type Config struct {
 	// UnauthPerSource is the most TCP connections one source (an IPv4
 	// address, an IPv6 /64) may hold open before they authenticate
 	// (default 32), and UnauthTotal the most for all sources together
+	// (default 4096, or a quarter of the descriptor limit when less)
 	// (default 4096): one more is closed at once, and only that source
 	// is refused while the others' connections are taken.
 	UnauthPerSource, UnauthTotal int
@@ -159,7 +173,7 @@ func Start(cfg Config) (*Server, error) {
 		cfg.UnauthPerSource = DefaultUnauthPerSource
 	}
 	if cfg.UnauthTotal == 0 {
-		cfg.UnauthTotal = DefaultUnauthTotal
+		cfg.UnauthTotal = defaultUnauthTotal()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -72,7 +72,7 @@ func (m *Manager) acceptLinks(ln net.Listener) {
 		// Until its handshake proves an account, a connection is a
 		// stranger's: one source gets a few at a time, and one over
 		// that is reset at once, leaving the others' alone.
-		release, ok := m.handshakes.Take(raw.RemoteAddr())
+		release, ok := m.handshakes.TakeOr(raw.RemoteAddr(), func() { abort(raw) })
 		if !ok {
 			if tc, isTCP := raw.(*net.TCPConn); isTCP {
 				tc.SetLinger(0)

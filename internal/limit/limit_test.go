@@ -1,6 +1,7 @@
 package limit
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -51,5 +52,40 @@ func TestPerSource(t *testing.T) {
 	b()
 	if p.Refused() != 2 {
 		t.Fatalf("%d refusals counted, want 2", p.Refused())
+	}
+}
+
+// At the total, a newcomer takes the place of the oldest holding of the
+// source that holds most; a source that would then hold as much as the
+// most is refused instead, and holdings that cannot be evicted stay.
+func TestTakeOrEvicts(t *testing.T) {
+	p := NewPerSource(3, 4)
+	var evicted []string
+	take := func(addr, name string, evictable bool) (func(), bool) {
+		var ev func()
+		if evictable {
+			ev = func() { evicted = append(evicted, name) }
+		}
+		return p.TakeOr(tcp(addr), ev)
+	}
+	for i := range 3 {
+		if _, ok := take("192.0.2.1:1", fmt.Sprint("a", i), true); !ok {
+			t.Fatalf("a%d refused under the limits", i)
+		}
+	}
+	if _, ok := take("192.0.2.2:1", "b0", false); !ok {
+		t.Fatal("b0 refused under the limits")
+	}
+	if _, ok := take("192.0.2.3:1", "c0", true); !ok {
+		t.Fatal("a newcomer refused at the total: it should take the place of a's oldest")
+	}
+	if len(evicted) != 1 || evicted[0] != "a0" {
+		t.Fatalf("evicted %v, want [a0]", evicted)
+	}
+	if _, ok := take("192.0.2.3:1", "c1", true); ok {
+		t.Fatal("c would hold as much as a: it should be refused, not evict")
+	}
+	if p.Held() != 4 || p.Evicted() != 1 || p.Refused() != 1 {
+		t.Fatalf("held %d, evicted %d, refused %d", p.Held(), p.Evicted(), p.Refused())
 	}
 }
