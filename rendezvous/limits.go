@@ -117,6 +117,9 @@ func (a *accountLimits) refusal(me string, u *accountUse, now time.Time) bool {
 	if u.refused <= maxRefusals {
 		return false
 	}
+	if until, ok := a.banned[me]; ok && now.Before(until) {
+		return false // banned already: its connection is being closed
+	}
 	u.refused = 0
 	a.banned[me] = now.Add(banTime)
 	return true
