@@ -540,6 +540,8 @@ func TestFlooderShutOut(t *testing.T) {
 	if c, err := rendezvous.Dial(ctx, mallory.cfg(url, "")); err == nil {
 		c.Close()
 		t.Fatal("the flooder logged in again at once")
+	} else if !strings.Contains(err.Error(), "shut mallory out for a while") {
+		t.Errorf("the flooder is told %q", err)
 	}
 	alice.login(t, url)
 	if _, err := alice.c.Contacts(ctx); err != nil {

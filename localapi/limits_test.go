@@ -112,3 +112,22 @@ func waitSubscribers(t *testing.T, d *daemon.Daemon, n int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The largest body a message carries fits in what the relay takes from
+// an account in one request (rendezvous.MaxPayload), with its signature,
+// base64 and fields.
+func TestLargestMessageDelivered(t *testing.T) {
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	alice, bob := tubetest.StartDaemon(t, ""), tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	ev := tubetest.Record(t, alice.C, "alice")
+	body := bytes.Repeat([]byte{0xff}, tube.MaxMessageBody)
+	if _, err := bob.C.Send(context.Background(), "bob", api.SendRequest{To: "alice", Kind: "big", Body: body}); err != nil {
+		t.Fatalf("a message of %d bytes: %v", len(body), err)
+	}
+	ev.MustWait("the largest message", func(e api.Event) bool {
+		return e.Type == api.EventMessageReceived && e.Kind == "big" && bytes.Equal(e.Body, body)
+	})
+}

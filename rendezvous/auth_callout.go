@@ -107,5 +107,8 @@ func permissionsFor(uc *jwt.UserClaims, name string) {
 	uc.Limits.Payload = MaxPayload
 }
 
-// MaxPayload bounds one message from an account (a request or a Send).
-const MaxPayload = 256 << 10
+// MaxPayload bounds one message from an account (a request or a Send):
+// room for the largest signed envelope a daemon sends (64 KiB, in base64
+// inside the request) and its other fields. Every byte of it is what one
+// request can make the service's connection buffer, so it is no larger.
+const MaxPayload = 96 << 10

@@ -79,6 +79,8 @@ func diagnoseAuth(ctx context.Context, cfg DialConfig, ce *ConnError) *ConnError
 		case !w.KeyMatches:
 			ce.Message = fmt.Sprintf("the relay %s refused the key of %s: the account is registered with another key", cfg.Server, cfg.Account)
 			ce.Refused = true
+		case w.ShutOut:
+			ce.Message = fmt.Sprintf("the relay %s shut %s out for a while: it kept sending past the relay's limits", cfg.Server, cfg.Account)
 		default:
 			ce.Message = fmt.Sprintf("the relay %s did not let %s in although it knows its key: it may be too busy to check logins", cfg.Server, cfg.Account)
 		}

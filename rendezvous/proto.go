@@ -358,6 +358,7 @@ type registerReq struct {
 type whoisResp struct {
 	Exists     bool `json:"exists"`
 	KeyMatches bool `json:"key_matches"`
+	ShutOut    bool `json:"shut_out,omitempty"` // told to the key's holder only
 }
 
 type userAddReq struct {

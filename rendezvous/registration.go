@@ -93,5 +93,6 @@ func (s *Service) whois(nkey string, data []byte) (any, error) {
 		return nil, err
 	}
 	acct, ok := s.store.view.account(req.Name)
-	return whoisResp{Exists: ok, KeyMatches: ok && acct.Key == nkey}, nil
+	mine := ok && acct.Key == nkey
+	return whoisResp{Exists: ok, KeyMatches: mine, ShutOut: mine && s.acct.isBanned(acct.Name)}, nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
 
 	"github.com/tubes-dev/tubes/internal/atomicfile"
 )
@@ -207,7 +208,7 @@ func (s *Server) startEmbedded() error {
 	if err != nil {
 		return fmt.Errorf("rendezvous: %w", err)
 	}
-	ns.SetLoggerV2(natsLogger{s.cfg.Logger.With("component", "nats")}, false, false, false)
+	ns.SetLoggerV2(natsLogger{l: s.cfg.Logger.With("component", "nats"), some: &rate.Sometimes{First: 10, Interval: 100 * time.Millisecond}}, false, false, false)
 	s.ns = ns
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
@@ -498,14 +499,24 @@ func redact(u string) string {
 // natsLogger sends the NATS server's log to slog. Notices (the start-up
 // banner) are debug; client errors such as permission violations are
 // warnings, so impersonation attempts show up in the relay's log.
-type natsLogger struct{ l *slog.Logger }
+// Warnings and errors come from clients, so a flood of bad logins would
+// be a flood of lines: they are sampled (some sometimes), as the
+// service's own refusal logs are.
+type natsLogger struct {
+	l    *slog.Logger
+	some *rate.Sometimes
+}
 
 func (n natsLogger) Noticef(f string, a ...any) { n.l.Debug(fmt.Sprintf(f, a...)) }
-func (n natsLogger) Warnf(f string, a ...any)   { n.l.Warn(fmt.Sprintf(f, a...)) }
-func (n natsLogger) Fatalf(f string, a ...any)  { n.l.Error(fmt.Sprintf(f, a...)) }
-func (n natsLogger) Errorf(f string, a ...any)  { n.l.Warn(fmt.Sprintf(f, a...)) }
-func (n natsLogger) Debugf(f string, a ...any)  { n.l.Debug(fmt.Sprintf(f, a...)) }
-func (n natsLogger) Tracef(f string, a ...any)  {}
+func (n natsLogger) Warnf(f string, a ...any) {
+	n.some.Do(func() { n.l.Warn(fmt.Sprintf(f, a...)) })
+}
+func (n natsLogger) Fatalf(f string, a ...any) { n.l.Error(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Errorf(f string, a ...any) {
+	n.some.Do(func() { n.l.Warn(fmt.Sprintf(f, a...)) })
+}
+func (n natsLogger) Debugf(f string, a ...any) { n.l.Debug(fmt.Sprintf(f, a...)) }
+func (n natsLogger) Tracef(f string, a ...any) {}
 
 var _ server.Logger = natsLogger{}
 
