@@ -326,28 +326,39 @@ func (a *account) slowBackoff(backoff time.Duration) time.Duration {
 	return min(max(2*backoff, 10*a.d.cfg.MinBackoff), 10*a.d.cfg.MaxBackoff)
 }
 
+// reconnectBackoff is the wait between connection attempts: doubling
+// from MinBackoff, capped at EarlyBackoff for the first EarlyOutage of an
+// outage and at MaxBackoff after, with jitter (each wait is a random
+// point in the back-off's upper half) so that the daemons of a relay that
+// restarts do not all come back at once.
+type reconnectBackoff struct {
+	cfg     *Config
+	backoff time.Duration
+	outage  time.Time // when the relay was lost or first not reached
+}
+
+func (b *reconnectBackoff) reset() { b.backoff, b.outage = b.cfg.MinBackoff, time.Time{} }
+
+// next is the wait before another attempt at now.
+func (b *reconnectBackoff) next(now time.Time) time.Duration {
+	if b.outage.IsZero() {
+		b.outage = now
+	}
+	limit := b.cfg.MaxBackoff
+	if now.Sub(b.outage) < b.cfg.EarlyOutage {
+		limit = min(limit, b.cfg.EarlyBackoff)
+	}
+	wait := min(b.backoff, limit)
+	b.backoff = min(b.backoff*2, limit)
+	return wait/2 + rand.N(wait/2+1)
+}
+
 // run is the account's connection loop: Connecting → Connected, and after
 // a network loss Disconnected/Network_Error → (backoff) → Connecting → …
 func (a *account) run(ctx context.Context) {
-	backoff := a.d.cfg.MinBackoff
-	var outage time.Time // when the relay was last lost or first not reached
-	// next is the wait before another attempt, and the back-off after it:
-	// doubling, capped at EarlyBackoff for the first EarlyOutage of an
-	// outage and at MaxBackoff after, with jitter (the wait is a random
-	// point in the back-off's upper half) so that the daemons of a relay
-	// that restarts do not all come back at once.
-	next := func() time.Duration {
-		if outage.IsZero() {
-			outage = time.Now()
-		}
-		limit := a.d.cfg.MaxBackoff
-		if time.Since(outage) < a.d.cfg.EarlyOutage {
-			limit = min(limit, a.d.cfg.EarlyBackoff)
-		}
-		wait := min(backoff, limit)
-		backoff = min(backoff*2, limit)
-		return wait/2 + rand.N(wait/2+1)
-	}
+	rb := reconnectBackoff{cfg: &a.d.cfg}
+	rb.reset()
+	next := func() time.Duration { return rb.next(time.Now()) }
 	for ctx.Err() == nil {
 		a.mu.Lock()
 		removed := a.removed
@@ -379,15 +390,15 @@ func (a *account) run(ctx context.Context) {
 				continue
 			}
 			if unconfirmedRefusal(ce) {
-				backoff = a.slowBackoff(backoff)
-				a.log.Warn("the relay refused the login without confirming it; trying again later", "in", backoff)
-				a.backoff(ctx, backoff)
+				rb.backoff = a.slowBackoff(rb.backoff)
+				a.log.Warn("the relay refused the login without confirming it; trying again later", "in", rb.backoff)
+				a.backoff(ctx, rb.backoff)
 				continue
 			}
 			a.backoff(ctx, next())
 			continue
 		}
-		backoff, outage = a.d.cfg.MinBackoff, time.Time{}
+		rb.reset()
 		a.connected(c)
 		// Contacts' keys are pinned before the attempt counts as done
 		// (ConnectWait), so that the first start after pinning came
