@@ -863,21 +863,7 @@ func TestQuotas(t *testing.T) {
 		// A UDP and a TCP client on the same address and port have
 		// different 5-tuples: their allocations are counted apart.
 		s := startRelay(t, relay.Config{AllowPeers: loopback, MaxAllocations: 2})
-		var u, c *turnConn
-		for try := 0; c == nil; try++ {
-			u = dialTURN(t, "udp", s.Addr(), alice, alicePass)
-			la := u.LocalAddr().(*net.UDPAddr)
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: la.IP, Port: la.Port}}
-			tc, err := d.Dial("tcp", s.Addr())
-			if err != nil && try < 10 {
-				continue // that TCP port is taken; another one
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { tc.Close() })
-			c = &turnConn{Conn: tc, t: t, tcp: true, user: alice, pass: alicePass}
-		}
+		u, c := twins(t, s, alice, alicePass)
 		c.allocate(protoTCP)
 		u.allocate(protoUDP)
 		c.connect() // still known as a TCP allocation
@@ -1184,21 +1170,7 @@ func TestAccountPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var u, c *turnConn
-	for try := 0; c == nil; try++ {
-		u = dialTURN(t, "udp", s.Addr(), user, pass)
-		la := u.LocalAddr().(*net.UDPAddr)
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: la.IP, Port: la.Port}}
-		tc, err := d.Dial("tcp", s.Addr())
-		if err != nil && try < 10 {
-			continue // that TCP port is taken; another one
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tc.Close() })
-		c = &turnConn{Conn: tc, t: t, tcp: true, user: user, pass: pass}
-	}
+	u, c := twins(t, s, user, pass)
 	u.allocate(protoUDP)
 	c.allocate(protoTCP)
 	for _, tc := range []*turnConn{u, c} {
@@ -1221,4 +1193,25 @@ func (c *turnConn) permitAfterAllocate(t *testing.T, ip string) {
 	t.Helper()
 	c.allocate(protoTCP)
 	c.permit(ip)
+}
+
+// twins dials the relay over UDP and over TCP from the same local address
+// and port, as user.
+func twins(t *testing.T, s *relay.Server, user, pass string) (u, c *turnConn) {
+	t.Helper()
+	for try := 0; c == nil; try++ {
+		u = dialTURN(t, "udp", s.Addr(), user, pass)
+		la := u.LocalAddr().(*net.UDPAddr)
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: la.IP, Port: la.Port}}
+		tc, err := d.Dial("tcp", s.Addr())
+		if err != nil && try < 10 {
+			continue // that TCP port is taken; another one
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		c = &turnConn{Conn: tc, t: t, tcp: true, user: user, pass: pass}
+	}
+	return u, c
 }

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/tubes-dev/tubes/internal/limit"
 	"github.com/tubes-dev/tubes/tperr"
 )
 
@@ -238,20 +239,14 @@ func newRegistrations(l Limits) *registrations {
 	}
 }
 
-// sourceOf is the prefix a per-source limit keys on: the IPv4 address,
-// or the IPv6 /64; the zero prefix when host is not an address.
+// sourceOf is the prefix a per-source limit keys on (limit.Source); the
+// zero prefix when host is not an address.
 func sourceOf(host string) netip.Prefix {
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
 		return netip.Prefix{}
 	}
-	ip = ip.Unmap()
-	bits := 32
-	if ip.Is6() {
-		bits = 64
-	}
-	p, _ := ip.Prefix(bits)
-	return p
+	return limit.Source(ip)
 }
 
 // source returns src's buckets (r.mu held), forgetting sources whose
