@@ -56,4 +56,11 @@ const (
 	// linkWindow is each link's receive budget: the most bytes a sender
 	// may have in flight on all streams of the link together.
 	linkWindow = 16 << 20
+	// streamReserve is what every stream may have in flight whatever
+	// the link's budget: streams whose applications do not read can hold
+	// all of that budget, and the others' would then wait for nothing.
+	// A stream with less than this in flight (its data is being taken)
+	// may send on, so a receiver holds at most linkWindow plus this much
+	// per stream.
+	streamReserve = 64 << 10
 )

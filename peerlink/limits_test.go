@@ -70,9 +70,10 @@ func waitSettled(t *testing.T, f func() int64, zero bool) int64 {
 }
 
 // A peer that opens many streams to a service that does not read makes
-// this side hold at most the link's receive budget, not a window per
-// stream (12 streams × 4 MiB would be 48 MiB); the link is not broken by
-// it, and once the stuck streams end a new one carries data again.
+// this side hold at most the link's receive budget (and each stream's
+// reserve), not a window per stream (12 streams × 4 MiB would be 48 MiB);
+// the link is not broken by it, and once the stuck streams end a new one
+// carries data again.
 func TestLinkReceiveBudget(t *testing.T) {
 	h := &stuckHandler{}
 	l := newLink(t, h)
@@ -81,8 +82,8 @@ func TestLinkReceiveBudget(t *testing.T) {
 		flood(t, l.client)
 	}
 	held := waitSettled(t, l.server.id.HeldBytes, false)
-	if held > ReceiveBudget {
-		t.Fatalf("%d streams to a service that does not read hold %d bytes, over the link's budget of %d", streams, held, ReceiveBudget)
+	if most := ReceiveBudget + streams*streamReserve; held > int64(most) {
+		t.Fatalf("%d streams to a service that does not read hold %d bytes, over the link's budget and their reserves (%d)", streams, held, most)
 	}
 	if held < ReceiveBudget/2 {
 		t.Fatalf("only %d bytes arrived before the senders stopped: the budget (%d) should be nearly used", held, ReceiveBudget)
@@ -249,10 +250,9 @@ func (h mixedHandler) Open(st *Stream, meta []byte) {
 func (h mixedHandler) Ctrl([]byte) {}
 
 // Streams whose application takes none of their data hold the link's
-// window, and with it every other stream of the link: once the link is
-// more than half full, those that took nothing for Limits.Stall are
-// reset, and a stream whose application reads gets through. (Without
-// the stall, the echo below waited for ever.)
+// window: once the link is more than half full, those that took nothing
+// for Limits.Stall are reset and the window comes back, while a stream
+// whose application reads gets through meanwhile, on its reserve.
 func TestStalledStreamsReset(t *testing.T) {
 	h := mixedHandler{stuck: &stuckHandler{}, other: serviceHandler(t, echo)}
 	l := newLimitedLink(t, h, Limits{Stall: 100 * time.Millisecond})
@@ -274,8 +274,47 @@ func TestStalledStreamsReset(t *testing.T) {
 	if _, err := io.ReadFull(app, got); err != nil || string(got) != "ping" {
 		t.Fatalf("a reading stream behind stalled ones: %q, %v", got, err)
 	}
-	if l.server.id.StalledStreams() == 0 {
-		t.Fatal("no stream counted as stalled")
+	for deadline := time.Now().Add(20 * time.Second); l.server.id.StalledStreams() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no stream counted as stalled")
+		}
+	}
+	if err := l.server.Err(); err != nil {
+		t.Fatalf("the link ended: %v", err)
+	}
+}
+
+// Streams whose applications read go on, at full speed, while streams
+// whose applications do not read hold the link's whole budget: each
+// stream may have its reserve in flight whatever the link's window (once
+// they waited for credit that only the stalled streams' resets, after
+// Limits.Stall, gave back). Nothing is reset meanwhile.
+func TestReadersGoOnBehindStuckStreams(t *testing.T) {
+	h := mixedHandler{stuck: &stuckHandler{}, other: serviceHandler(t, echo)}
+	l := newLink(t, h)
+	for range 12 {
+		flood(t, l.client)
+	}
+	waitSettled(t, l.server.id.HeldBytes, false)
+	if held := l.server.id.HeldBytes(); held < ReceiveBudget {
+		t.Fatalf("the floods hold only %d bytes, not the link's budget", held)
+	}
+	app, done := openConn(t, l.client, "echo")
+	app.SetDeadline(time.Now().Add(20 * time.Second))
+	data := bytes.Repeat([]byte("behind the stuck ones "), (8<<20)/22)
+	go func() {
+		app.Write(data)
+		app.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(app)
+	if err != nil || sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("a reading stream behind stuck ones: %d of %d bytes back, %v", len(got), len(data), err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the reading stream ended with %v", err)
+	}
+	if n := l.server.id.StalledStreams(); n != 0 {
+		t.Fatalf("%d streams reset", n)
 	}
 	if err := l.server.Err(); err != nil {
 		t.Fatalf("the link ended: %v", err)

@@ -43,8 +43,10 @@ import (
 )
 
 // ALPN protocol of Tubes links: tube/3 added the link's window (a
-// receive budget for all streams together).
-const alpn = "tube/3"
+// receive budget for all streams together), tube/4 each stream's reserve
+// past it (a tube/3 receiver would end the link on it, so the two do not
+// link).
+const alpn = "tube/4"
 
 // Identity is the local account a link speaks for, and the limits its
 // links hold peers to.

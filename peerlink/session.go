@@ -68,6 +68,8 @@ type Session struct {
 	wait   map[*Stream]struct{}
 	held   int
 	owed   int
+	// heldNow is held, for readers that must not take cmu.
+	heldNow atomic.Int64
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
 	ponging  atomic.Bool  // a pong is being sent
@@ -254,6 +256,7 @@ func (s *Session) fail(err error, code Code) {
 	s.cmu.Lock()
 	held := s.held - s.owed
 	s.held, s.owed = 0, 0
+	s.heldNow.Store(0)
 	s.cmu.Unlock()
 	s.countHeld(-int64(held))
 	close(s.done)
@@ -351,11 +354,11 @@ func (s *Session) data(stream uint32, payload []byte) error {
 		putBuf(payload)
 		return fmt.Errorf("peerlink: an empty data frame on stream %d", stream)
 	}
-	if err := s.receive(len(payload)); err != nil {
+	st := s.stream(stream)
+	if err := s.receive(len(payload), st); err != nil {
 		putBuf(payload)
 		return err
 	}
-	st := s.stream(stream)
 	if st == nil { // data for a stream that was reset meanwhile
 		s.release(len(payload), false)
 		putBuf(payload)
@@ -367,15 +370,19 @@ func (s *Session) data(stream uint32, payload []byte) error {
 // peerOpened reports whether stream id is one the peer opens.
 func (s *Session) peerOpened(id uint32) bool { return (id%2 == 1) == !s.client }
 
-// receive counts n bytes of DATA against the link's window: a peer that
-// sends more than the window allows is breaking the protocol.
-func (s *Session) receive(n int) error {
+// receive counts n bytes of DATA for st against the link's window: a
+// peer that sends more than the window allows, past the stream's reserve,
+// is breaking the protocol. Data for a stream that is gone (nil) is
+// dropped at once and holds nothing.
+func (s *Session) receive(n int, st *Stream) error {
+	reserve := st != nil && st.inReserve(n)
 	s.cmu.Lock()
-	if s.held+n > linkWindow {
+	if st != nil && s.held+n > linkWindow && !reserve {
 		s.cmu.Unlock()
 		return errors.New("peerlink: the peer overran the link's window")
 	}
 	s.held += n
+	s.heldNow.Store(int64(s.held))
 	s.cmu.Unlock()
 	s.countHeld(int64(n))
 	return nil
@@ -401,6 +408,7 @@ func (s *Session) release(n int, wait bool) {
 		grant = s.owed
 		s.held -= grant
 		s.owed = 0
+		s.heldNow.Store(int64(s.held))
 	}
 	s.cmu.Unlock()
 	if grant == 0 {
@@ -433,12 +441,19 @@ func (s *Session) linkCredit(st *Stream) int {
 	return s.credit
 }
 
+// tight reports whether the peer has less than a quarter of the link's
+// window left: then every byte taken is credited back at once, on the
+// link and on its stream.
+func (s *Session) tight() bool { return linkWindow-s.heldNow.Load() < linkWindow/4 }
+
 // takeCredit takes n bytes of the link's window for st, waiting for the
-// peer to grant them; false means the stream ended meanwhile.
-func (s *Session) takeCredit(st *Stream, n int) bool {
+// peer to grant them, or at once when reserve is set (the stream has at
+// most streamReserve in flight with them); false means the stream ended
+// meanwhile.
+func (s *Session) takeCredit(st *Stream, n int, reserve bool) bool {
 	for {
 		s.cmu.Lock()
-		if s.credit >= n {
+		if s.credit >= n || reserve {
 			s.credit -= n
 			s.cmu.Unlock()
 			return true
@@ -574,8 +589,9 @@ func (s *Session) limits() Limits {
 
 // resetStalled resets the streams whose local sockets took none of their
 // data for stall, when the link's receive budget is more than half held:
-// their data holds back every other stream of the link (they share its
-// window), and would for as long as their applications do not read.
+// their data keeps every other stream of the link to its reserve (they
+// share the link's window), and would for as long as their applications
+// do not read.
 func (s *Session) resetStalled(stall time.Duration) {
 	s.cmu.Lock()
 	inMemory := s.held - s.owed

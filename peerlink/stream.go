@@ -308,12 +308,23 @@ func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
 	return n, err
 }
 
+// inReserve reports whether n more bytes keep st within streamReserve
+// received and not credited back: the peer may send them whatever the
+// link's window.
+func (st *Stream) inReserve(n int) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.queued+st.owed+n <= streamReserve
+}
+
 // takeOwed returns the credit to grant back now, if any: only once a
 // quarter of the window has been written locally, so that small messages
 // cost no window frame each (the sender still has three quarters of the
-// window, so it can never wait on credit held back here). st.mu is held.
+// window, so it can never wait on credit held back here), or at once when
+// the link is tight (the sender may be sending on the stream's reserve
+// alone). st.mu is held.
 func (st *Stream) takeOwed() int {
-	if st.owed < initialWindow/4 {
+	if st.owed == 0 || st.owed < initialWindow/4 && !st.s.tight() {
 		return 0
 	}
 	owed := st.owed
@@ -524,8 +535,9 @@ func (st *Stream) pump() {
 			st.mu.Lock()
 			dead := st.err != nil
 			st.credit -= n
+			reserve := initialWindow-st.credit <= streamReserve
 			st.mu.Unlock()
-			if dead || !st.s.takeCredit(st, n) {
+			if dead || !st.s.takeCredit(st, n, reserve) {
 				putBuf(buf)
 				return
 			}
@@ -577,8 +589,8 @@ func localReset(err error) *ResetError {
 }
 
 // waitCredit blocks until the peer has granted credit on the stream and
-// on the link, or the stream is reset, returning the smaller of the two
-// (0 when reset). What it returns is not taken: another stream may take
+// on the link (or the stream has less than its reserve in flight), or the
+// stream is reset, returning the smaller of the two (0 when reset). What it returns is not taken: another stream may take
 // the link's meanwhile (takeCredit waits for it again).
 func (st *Stream) waitCredit() int {
 	for {
@@ -592,6 +604,9 @@ func (st *Stream) waitCredit() int {
 		if c > 0 {
 			if lc := st.s.linkCredit(st); lc > 0 {
 				return min(c, lc)
+			}
+			if r := streamReserve - (initialWindow - c); r > 0 {
+				return min(c, r)
 			}
 		}
 		<-st.creditCh
