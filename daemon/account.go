@@ -406,6 +406,7 @@ func (a *account) run(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		a.pinContacts(pctx, c)
 		a.tubes.Resync(pctx) // room changes missed while offline
+		a.tubes.Reconnected()
 		cancel()
 		a.settle()
 		if ended := a.serve(ctx, c); ended != nil {
@@ -541,6 +542,9 @@ func (a *account) onMessage(kind string, data []byte) {
 		var p rendezvous.PresenceEvent
 		err = json.Unmarshal(data, &p)
 		ev.Type, ev.Contact, ev.Online = api.EventPresenceChanged, p.Name, &p.Online
+		if err == nil {
+			a.tubes.OnPresence(p.Name, p.Online)
+		}
 	case rendezvous.KindContacts:
 		var c rendezvous.ContactEvent
 		err = json.Unmarshal(data, &c)

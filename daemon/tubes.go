@@ -164,8 +164,8 @@ func (a *account) newTubes() error {
 			return k, err == nil
 		},
 		Connect: a.d.connectActivated,
-		Need: func(rooms, contacts bool) {
-			for tok, on := range map[string]bool{api.InterestRooms: rooms, api.InterestContactList: contacts} {
+		Need: func(rooms, contacts, presence bool) {
+			for tok, on := range map[string]bool{api.InterestRooms: rooms, api.InterestContactList: contacts, api.InterestPresence: presence} {
 				if on {
 					a.addInterest(tubesClient, []string{tok})
 				} else {

@@ -104,8 +104,9 @@ type Config struct {
 	// Generate asks a local-API client for an offer's parameters (exports
 	// with ParamsGenerator).
 	Generate func(ctx context.Context, client string, req ParamsRequest) (map[string]api.Value, error)
-	// Need says whether tubes need room and contact-list notifications.
-	Need func(rooms, contacts bool)
+	// Need says whether tubes need room, contact-list and presence
+	// notifications.
+	Need func(rooms, contacts, presence bool)
 	// TURN gives the TURN server and credentials for the account's relay
 	// allocation; nil means tubes go direct only.
 	TURN func(ctx context.Context) (turnclient.Config, error)
@@ -155,7 +156,7 @@ type Manager struct {
 	cancel context.CancelFunc
 
 	needMu sync.Mutex // serialises Need calls
-	need   [2]bool    // last rooms, contacts given to Need
+	need   [3]bool    // last rooms, contacts, presence given to Need
 
 	handshakes *limit.PerSource // peer-link handshakes in progress, by source
 
@@ -176,6 +177,8 @@ type Manager struct {
 	alloc       *turnclient.Client // while we offer tubes (guarded by mu)
 	allocServer string
 	permits     map[string]chan permittedMsg // relay permission requests awaiting answers
+	reconnected chan struct{}                // the account is connected again (Reconnected)
+	owed        map[string]map[string]bool   // peer → tubes whose latest offer it has not been sent (guarded by mu)
 
 	forged  atomic.Uint64 // messages dropped: not signed by their sender's pinned key, or played again
 	seen    seenSet       // signatures of messages taken within the replay window
@@ -258,7 +261,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Need == nil {
-		cfg.Need = func(bool, bool) {}
+		cfg.Need = func(bool, bool, bool) {}
 	}
 	if cfg.HandshakesPerSource == 0 {
 		cfg.HandshakesPerSource = DefaultHandshakesPerSource
@@ -275,7 +278,7 @@ func New(cfg Config) (*Manager, error) {
 		ctx:        ctx, cancel: cancel,
 		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{}, others: map[string][]*link{},
 		dialing: map[string]*dialCall{}, handlers: map[string]*handler{}, opens: map[string]*pendingOpen{},
-		permits: map[string]chan permittedMsg{},
+		permits: map[string]chan permittedMsg{}, reconnected: make(chan struct{}, 1), owed: map[string]map[string]bool{},
 	}, nil
 }
 
@@ -333,7 +336,7 @@ func (m *Manager) setState(t *tube, s uint32) {
 func (m *Manager) updateNeed() {
 	m.needMu.Lock()
 	defer m.needMu.Unlock()
-	var need [2]bool
+	var need [3]bool
 	m.mu.Lock()
 	for _, t := range m.tubes {
 		if t.room != "" {
@@ -342,10 +345,11 @@ func (m *Manager) updateNeed() {
 			need[1] = true
 		}
 	}
+	need[2] = len(m.owed) > 0 // to send what they are owed when they come online
 	m.mu.Unlock()
 	if need != m.need {
 		m.need = need
-		m.cfg.Need(need[0], need[1])
+		m.cfg.Need(need[0], need[1], need[2])
 	}
 }
 

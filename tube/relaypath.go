@@ -3,8 +3,11 @@ package tube
 import (
 	"context"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/tubes-dev/tubes/peerlink"
@@ -57,6 +60,11 @@ func (m *Manager) relayFor(ctx context.Context, want string) (*relayInfo, error)
 func (m *Manager) setRelay(t *tube, info *relayInfo) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.setRelayLocked(t, info)
+}
+
+// setRelayLocked is setRelay with m.mu held.
+func (m *Manager) setRelayLocked(t *tube, info *relayInfo) []string {
 	t.relay = info
 	if t.room == "" {
 		return []string{t.peer}
@@ -158,19 +166,36 @@ func (m *Manager) acceptRelayed(c *turnclient.Client) {
 	}
 }
 
+// The back-off of reallocate, as the daemon's reconnection to its relay:
+// at most reallocEarly between attempts in the first reallocEarlyFor of
+// an outage, reallocLate after, jittered.
+const (
+	reallocEarly    = 5 * time.Second
+	reallocEarlyFor = 2 * time.Minute
+	reallocLate     = 30 * time.Second
+)
+
 // reallocate replaces an allocation that ended under tubes that use it
-// (the TURN server restarted, say): it allocates again, with backoff, and
-// re-sends those tubes' offers with the new relayed address (accepters
-// take a re-sent offer as an update).
+// (the TURN server restarted, say): it allocates again until it can, at
+// once when the account is connected to its relay again (Reconnected),
+// else after the back-off above, and re-sends those tubes' offers with
+// the new relayed address (accepters take a re-sent offer as an update).
 func (m *Manager) reallocate() {
+	began := time.Now()
 	delay := 500 * time.Millisecond
-	for range 8 {
+	for {
+		limit := reallocLate
+		if time.Since(began) < reallocEarlyFor {
+			limit = reallocEarly
+		}
+		delay = min(delay, limit)
 		select {
 		case <-m.ctx.Done():
 			return
-		case <-time.After(delay):
+		case <-time.After(delay/2 + rand.N(delay/2+1)):
+		case <-m.reconnected:
 		}
-		delay = min(2*delay, 30*time.Second)
+		delay *= 2
 		m.mu.Lock()
 		var ts []*tube
 		for _, t := range m.tubes {
@@ -190,24 +215,110 @@ func (m *Manager) reallocate() {
 			continue
 		}
 		info := &relayInfo{Addr: c.RelayedAddr().String(), Server: server}
+		m.mu.Lock()
 		for _, t := range ts {
-			to := m.setRelay(t, info)
-			keys, err := m.keys(ctx, to)
-			if err != nil {
-				continue
-			}
-			for _, n := range to {
-				if k := keys[n]; k != nil {
-					if err := m.sendOffer(ctx, t, n, k, ""); err != nil {
-						m.log.Info("tube offer not re-sent", "tube", t.id, "to", n, "err", err)
-					}
-				}
+			for _, n := range m.setRelayLocked(t, info) {
+				m.owe(n, t.id)
 			}
 		}
+		m.mu.Unlock()
+		m.resendAll(ctx)
 		cancel()
 		m.log.Info("relay allocation made again; offers re-sent", "relayed", info.Addr, "tubes", len(ts))
+		m.updateNeed()
 		return
 	}
+}
+
+// owe notes that peer has not been sent the latest offer of tube id (its
+// relayed address changed). Callers hold m.mu.
+func (m *Manager) owe(peer, id string) {
+	if m.owed[peer] == nil {
+		m.owed[peer] = map[string]bool{}
+	}
+	m.owed[peer][id] = true
+}
+
+// resendAll sends every owed offer it can: to peers that are offline it
+// stays owed, and goes when they come online (OnPresence) or we connect
+// again (Reconnected).
+func (m *Manager) resendAll(ctx context.Context) {
+	m.mu.Lock()
+	peers := slices.Collect(maps.Keys(m.owed))
+	m.mu.Unlock()
+	for _, p := range peers {
+		m.resend(ctx, p)
+	}
+}
+
+// resend sends peer the offers it is owed.
+func (m *Manager) resend(ctx context.Context, peer string) {
+	m.mu.Lock()
+	var ts []*tube
+	for id := range m.owed[peer] {
+		if t := m.tubes[id]; t != nil && t.outgoing {
+			ts = append(ts, t)
+		} else {
+			delete(m.owed[peer], id) // the tube ended
+		}
+	}
+	if len(m.owed[peer]) == 0 {
+		delete(m.owed, peer)
+	}
+	m.mu.Unlock()
+	if len(ts) == 0 {
+		return
+	}
+	keys, err := m.keys(ctx, []string{peer})
+	if err != nil || keys[peer] == nil {
+		m.log.Info("tube offers not re-sent yet", "to", peer, "err", err)
+		return
+	}
+	for _, t := range ts {
+		if err := m.sendOffer(ctx, t, peer, keys[peer], ""); err != nil {
+			m.log.Info("tube offer not re-sent yet", "tube", t.id, "to", peer, "err", err)
+			continue
+		}
+		m.mu.Lock()
+		delete(m.owed[peer], t.id)
+		if len(m.owed[peer]) == 0 {
+			delete(m.owed, peer)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// OnPresence tells the manager that name came online: the offers it is
+// owed go now.
+func (m *Manager) OnPresence(name string, online bool) {
+	m.mu.Lock()
+	owed := online && len(m.owed[name]) > 0
+	m.mu.Unlock()
+	if !owed {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(m.ctx, linkTimeout)
+		defer cancel()
+		m.resend(ctx, name)
+		m.updateNeed()
+	}()
+}
+
+// Reconnected tells the manager that its account is connected to its
+// relay again: an allocation being made again is tried at once, and the
+// offers peers are owed are sent.
+func (m *Manager) Reconnected() {
+	select {
+	case m.reconnected <- struct{}{}:
+	default:
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(m.ctx, linkTimeout)
+		defer cancel()
+		m.resendAll(ctx)
+		m.updateNeed()
+	}()
 }
 
 // releaseAllocation ends the allocation once no outgoing tube needs it.
