@@ -271,6 +271,13 @@ func (s *Session) stream(id uint32) *Stream {
 	return s.streams[id]
 }
 
+// streamAndCount returns stream id and how many streams the link has.
+func (s *Session) streamAndCount(id uint32) (*Stream, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[id], len(s.streams)
+}
+
 func (s *Session) remove(st *Stream) {
 	s.mu.Lock()
 	if s.streams[st.id] == st {
@@ -354,8 +361,8 @@ func (s *Session) data(stream uint32, payload []byte) error {
 		putBuf(payload)
 		return fmt.Errorf("peerlink: an empty data frame on stream %d", stream)
 	}
-	st := s.stream(stream)
-	if err := s.receive(len(payload), st); err != nil {
+	st, streams := s.streamAndCount(stream)
+	if err := s.receive(len(payload), st, streams); err != nil {
 		putBuf(payload)
 		return err
 	}
@@ -370,16 +377,22 @@ func (s *Session) data(stream uint32, payload []byte) error {
 // peerOpened reports whether stream id is one the peer opens.
 func (s *Session) peerOpened(id uint32) bool { return (id%2 == 1) == !s.client }
 
-// receive counts n bytes of DATA for st against the link's window: a
-// peer that sends more than the window allows, past the stream's reserve,
-// is breaking the protocol. Data for a stream that is gone (nil) is
-// dropped at once and holds nothing.
-func (s *Session) receive(n int, st *Stream) error {
-	reserve := st != nil && st.inReserve(n)
+// receive counts n bytes of DATA for st against the link's window and
+// its streams' reserves: a peer that sends more than they allow is
+// breaking the protocol. Data for a stream that is gone (nil) is dropped
+// at once and holds nothing.
+//
+// The reserves are counted together, not per stream: a sender takes the
+// link's window for one frame and a stream's reserve for another in one
+// order and may write them in the other, so the receiver cannot tell
+// which bytes were whose. A sender holds at most the window, plus, since
+// it last sent on the window, each stream's reserve: the bound is the
+// same.
+func (s *Session) receive(n int, st *Stream, streams int) error {
 	s.cmu.Lock()
-	if st != nil && s.held+n > linkWindow && !reserve {
+	if st != nil && s.held+n > linkWindow+streams*streamReserve {
 		s.cmu.Unlock()
-		return errors.New("peerlink: the peer overran the link's window")
+		return errors.New("peerlink: the peer overran the link's window and its streams' reserves")
 	}
 	s.held += n
 	s.heldNow.Store(int64(s.held))

@@ -308,15 +308,6 @@ func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
 	return n, err
 }
 
-// inReserve reports whether n more bytes keep st within streamReserve
-// received and not credited back: the peer may send them whatever the
-// link's window.
-func (st *Stream) inReserve(n int) bool {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.queued+st.owed+n <= streamReserve
-}
-
 // takeOwed returns the credit to grant back now, if any: only once a
 // quarter of the window has been written locally, so that small messages
 // cost no window frame each (the sender still has three quarters of the
