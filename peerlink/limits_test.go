@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -340,4 +341,59 @@ func TestStallNeedsAFullLink(t *testing.T) {
 	if n := l.server.id.StalledStreams(); n != 0 {
 		t.Fatalf("%d streams reset on a link with room", n)
 	}
+}
+
+// blockedConn is a connection whose writes never complete (a peer that
+// reads nothing of what we send) until it is closed.
+type blockedConn struct {
+	discardConn
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (c *blockedConn) Write(p []byte) (int, error) { <-c.ch; return 0, io.EOF }
+func (c *blockedConn) Close() error {
+	c.once.Do(func() { close(c.ch) })
+	return nil
+}
+
+// A peer that reads nothing of what we send, while its data fills the
+// link's window and is credited back frame by frame, costs this side a
+// number per stream, not a goroutine per window grant: each grant the
+// reader could not write once waited in a goroutine of its own (20,000
+// one-byte frames made 20,000 of them).
+func TestGrantsWaitWithoutGoroutines(t *testing.T) {
+	out, in := directionStates(t, tls.TLS_AES_128_GCM_SHA256)
+	s := newSessionForRead(in, out, &stuckHandler{})
+	conn := &blockedConn{ch: make(chan struct{})}
+	s.conn = conn
+	defer conn.Close()
+	var wire bytes.Buffer
+	chunk := make([]byte, maxData)
+	for i := range 4 { // 13 MiB held by streams that do not read: the link is tight
+		id := uint32(2*i + 1)
+		wire.Write(sealed(t, out, frameOpen, id, []byte{0}))
+		for range 3 {
+			wire.Write(sealed(t, out, frameData, id, chunk))
+		}
+	}
+	wire.Write(sealed(t, out, frameData, 1, chunk))
+	for range 20000 { // data for a stream that is gone: dropped and credited back
+		wire.Write(sealed(t, out, frameData, 99999, []byte{1}))
+	}
+	before := runtime.NumGoroutine()
+	err := s.read(bufio.NewReader(&wire))
+	if err != nil && !strings.Contains(err.Error(), "the peer closed the connection") { // the end of the input
+		t.Fatalf("the reader stopped with %v", err)
+	}
+	if grew := runtime.NumGoroutine() - before; grew > 100 {
+		t.Fatalf("20,000 grants the peer does not read made %d goroutines", grew)
+	}
+	s.gmu.Lock()
+	pending := len(s.grants)
+	s.gmu.Unlock()
+	if pending == 0 {
+		t.Fatal("no grant is waiting for the peer")
+	}
+	s.fail(io.EOF, CodeLost)
 }

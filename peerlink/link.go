@@ -90,6 +90,9 @@ const (
 	// ReceiveBudget is what one link may make its receiver hold: DATA in
 	// flight on all its streams together (the protocol's link window).
 	ReceiveBudget = linkWindow
+	// StreamReserve is what every stream may have in flight past the
+	// link's budget.
+	StreamReserve = streamReserve
 )
 
 func (l Limits) stall() time.Duration {
@@ -114,7 +117,8 @@ func (l Limits) handshake() time.Duration {
 }
 
 // HeldBytes is what the peers of this identity's links have sent and the
-// local sockets have not taken yet (at most ReceiveBudget per link).
+// local sockets have not taken yet (at most ReceiveBudget per link, and
+// StreamReserve per stream).
 func (id *Identity) HeldBytes() int64 { return id.held.Load() }
 
 // StalledStreams counts streams reset for taking none of their data for

@@ -71,6 +71,17 @@ type Session struct {
 	// heldNow is held, for readers that must not take cmu.
 	heldNow atomic.Int64
 
+	// Frames the reader (which may not block on the link) leaves for
+	// one goroutine to write (flushLoop), under gmu: window grants by
+	// stream (0: the link's), added up, and refusals of streams opened
+	// over the cap. A peer that does not read what we send makes this
+	// side hold a number per stream and at most maxPendingRsts
+	// refusals, never a goroutine per frame.
+	gmu     sync.Mutex
+	grants  map[uint32]int
+	rsts    [][2]any // stream id, payload
+	flushCh chan struct{}
+
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
 	ponging  atomic.Bool  // a pong is being sent
 	done     chan struct{}
@@ -82,17 +93,84 @@ type Session struct {
 func newSession(conn net.Conn, out, in *cipherState, client bool, id *Identity, h Handler, log *slog.Logger) *Session {
 	s := &Session{conn: conn, out: out, in: in, client: client, id: id, h: h, log: log,
 		streams: map[uint32]*Stream{}, done: make(chan struct{}),
-		credit: linkWindow, wait: map[*Stream]struct{}{}}
+		credit: linkWindow, wait: map[*Stream]struct{}{},
+		grants: map[uint32]int{}, flushCh: make(chan struct{}, 1)}
 	if client {
 		s.nextID = 1
 	} else {
 		s.nextID = 2
 	}
 	s.lastRecv.Store(time.Now().UnixNano())
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.readLoop()
 	go s.keepalive()
+	go s.flushLoop()
 	return s
+}
+
+// maxPendingRsts is how many refusals may wait for the peer to read: a
+// peer that goes on opening streams over the cap without reading the
+// refusals is ended.
+const maxPendingRsts = 1024
+
+// queueGrant leaves a window grant of n bytes on stream (0: the link)
+// for flushLoop.
+func (s *Session) queueGrant(stream uint32, n int) {
+	s.gmu.Lock()
+	if s.grants == nil {
+		s.grants = map[uint32]int{}
+	}
+	s.grants[stream] += n
+	s.gmu.Unlock()
+	s.flushSoon()
+}
+
+// queueRst leaves a refusal of stream for flushLoop; false when too
+// many wait already.
+func (s *Session) queueRst(stream uint32, payload []byte) bool {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	if len(s.rsts) >= maxPendingRsts {
+		return false
+	}
+	s.rsts = append(s.rsts, [2]any{stream, payload})
+	s.flushSoon()
+	return true
+}
+
+func (s *Session) flushSoon() {
+	select {
+	case s.flushCh <- struct{}{}:
+	default:
+	}
+}
+
+// flushLoop writes what the reader left, in turn.
+func (s *Session) flushLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.flushCh:
+		case <-s.done:
+			return
+		}
+		s.gmu.Lock()
+		grants, rsts := s.grants, s.rsts
+		s.grants, s.rsts = map[uint32]int{}, nil
+		s.gmu.Unlock()
+		for _, r := range rsts {
+			if s.writeSmall(frameRst, r[0].(uint32), r[1].([]byte)) != nil {
+				return
+			}
+		}
+		for id, n := range grants {
+			var p [4]byte
+			binary.BigEndian.PutUint32(p[:], uint32(n))
+			if s.writeSmall(frameWindow, id, p[:]) != nil {
+				return
+			}
+		}
+	}
 }
 
 // SetHandler replaces the handler (before the peer can act on the link).
@@ -427,13 +505,13 @@ func (s *Session) release(n int, wait bool) {
 	if grant == 0 {
 		return
 	}
+	if !wait {
+		s.queueGrant(0, grant)
+		return
+	}
 	var p [4]byte
 	binary.BigEndian.PutUint32(p[:], uint32(grant))
-	if wait {
-		s.writeSmall(frameWindow, 0, p[:])
-	} else {
-		go s.writeSmall(frameWindow, 0, p[:])
-	}
+	s.writeSmall(frameWindow, 0, p[:])
 }
 
 // countHeld keeps the identity's count of received bytes in memory.
@@ -512,7 +590,9 @@ func (s *Session) frame(typ byte, stream uint32, payload []byte) error {
 			s.mu.Unlock()
 			s.id.refused.Add(1)
 			p := append([]byte{byte(CodeRefused)}, "too many connections are open on this link"...)
-			go s.writeSmall(frameRst, stream, p)
+			if !s.queueRst(stream, p) {
+				return errors.New("peerlink: the peer goes on opening streams over the cap without reading their refusals")
+			}
 			return nil
 		}
 		st := newStream(s, stream)

@@ -492,7 +492,7 @@ func (st *Stream) sendGrant(n int, wait bool) {
 	if wait {
 		st.grant(n)
 	} else {
-		go st.grant(n)
+		st.s.queueGrant(st.id, n)
 	}
 }
 
