@@ -178,7 +178,9 @@ type Manager struct {
 	allocServer string
 	permits     map[string]chan permittedMsg // relay permission requests awaiting answers
 	reconnected chan struct{}                // the account is connected again (Reconnected)
-	owed        map[string]map[string]bool   // peer → tubes whose latest offer it has not been sent (guarded by mu)
+	owed        map[string]map[string]uint64 // peer → tubes whose latest offer it has not been sent, when owed (guarded by mu)
+	oweSeq      uint64                       // counts owe calls (guarded by mu)
+	resendMu    sync.Mutex                   // one resend at a time
 
 	forged  atomic.Uint64 // messages dropped: not signed by their sender's pinned key, or played again
 	seen    seenSet       // signatures of messages taken within the replay window
@@ -278,7 +280,7 @@ func New(cfg Config) (*Manager, error) {
 		ctx:        ctx, cancel: cancel,
 		exports: map[string]*export{}, tubes: map[string]*tube{}, links: map[string]*link{}, others: map[string][]*link{},
 		dialing: map[string]*dialCall{}, handlers: map[string]*handler{}, opens: map[string]*pendingOpen{},
-		permits: map[string]chan permittedMsg{}, reconnected: make(chan struct{}, 1), owed: map[string]map[string]bool{},
+		permits: map[string]chan permittedMsg{}, reconnected: make(chan struct{}, 1), owed: map[string]map[string]uint64{},
 	}, nil
 }
 
@@ -343,6 +345,16 @@ func (m *Manager) updateNeed() {
 			need[0] = true
 		} else {
 			need[1] = true
+		}
+	}
+	for peer, ids := range m.owed { // what ended, or went to someone no longer a contact, is owed no more
+		for id := range ids {
+			if t := m.tubes[id]; t == nil || t.room == "" && t.peer != peer {
+				delete(ids, id)
+			}
+		}
+		if len(ids) == 0 {
+			delete(m.owed, peer)
 		}
 	}
 	need[2] = len(m.owed) > 0 // to send what they are owed when they come online

@@ -264,3 +264,47 @@ func (r *recorder) proxy(t *testing.T, target string) string {
 	})
 	return ln.Addr().String()
 }
+
+// An offer re-sent with a new relayed address to a contact that is
+// offline then is owed to it, and sent when it comes online: bob, away
+// while alice's allocation was made again, reaches the tube through the
+// new address once he is back (he once kept dialing the old one).
+func TestOwedOfferReachesPeerLater(t *testing.T) {
+	ts := tubetest.TURN(t)
+	rec := &recorder{}
+	proxy := rec.proxy(t, ts.Addr())
+	rv := tubetest.Relay(t, rendezvous.Config{})
+	w := turnWorld(t, rv, testTURN(proxy), testTURN(ts.Addr()))
+	_, addr := w.offerRelayed(t, "echo", serve(t, echo))
+	roundTrip(t, "tcp", addr, "before")
+
+	if _, err := w.bob.d.C.Disconnect(bg, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	rec.cut(0) // alice's allocation dies with its control connection
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(w.alice.log.String(), "tube offer not re-sent yet") {
+		if time.Now().After(deadline) {
+			t.Fatalf("alice never tried bob while he was away:\n%s", w.alice.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := w.bob.d.C.ConnectWait(bg, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.Write([]byte("x"))
+			_, err = io.ReadFull(c, make([]byte, 1))
+			c.Close()
+		}
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bob never reached the tube after he came back: %v\nalice:\n%s", err, w.alice.log.String())
+		}
+	}
+}

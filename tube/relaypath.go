@@ -234,9 +234,10 @@ func (m *Manager) reallocate() {
 // relayed address changed). Callers hold m.mu.
 func (m *Manager) owe(peer, id string) {
 	if m.owed[peer] == nil {
-		m.owed[peer] = map[string]bool{}
+		m.owed[peer] = map[string]uint64{}
 	}
-	m.owed[peer][id] = true
+	m.oweSeq++
+	m.owed[peer][id] = m.oweSeq
 }
 
 // resendAll sends every owed offer it can: to peers that are offline it
@@ -251,13 +252,19 @@ func (m *Manager) resendAll(ctx context.Context) {
 	}
 }
 
-// resend sends peer the offers it is owed.
+// resend sends peer the offers it is owed. One resend runs at a time:
+// a peer whose presence flaps makes them one after another, each a no-op
+// once nothing is owed.
 func (m *Manager) resend(ctx context.Context, peer string) {
+	m.resendMu.Lock()
+	defer m.resendMu.Unlock()
 	m.mu.Lock()
 	var ts []*tube
-	for id := range m.owed[peer] {
+	seqs := map[string]uint64{}
+	for id, seq := range m.owed[peer] {
 		if t := m.tubes[id]; t != nil && t.outgoing {
 			ts = append(ts, t)
+			seqs[id] = seq
 		} else {
 			delete(m.owed[peer], id) // the tube ended
 		}
@@ -280,7 +287,9 @@ func (m *Manager) resend(ctx context.Context, peer string) {
 			continue
 		}
 		m.mu.Lock()
-		delete(m.owed[peer], t.id)
+		if m.owed[peer][t.id] == seqs[t.id] { // not owed again meanwhile, with a newer address
+			delete(m.owed[peer], t.id)
+		}
 		if len(m.owed[peer]) == 0 {
 			delete(m.owed, peer)
 		}
