@@ -19,11 +19,18 @@ import (
 // file, so CLI commands reach it from anywhere.
 func daemonIn(t *testing.T, h *netns.Host) []string {
 	t.Helper()
+	_, env := daemonProcIn(t, h)
+	return env
+}
+
+// daemonProcIn is daemonIn that returns the daemon's process too.
+func daemonProcIn(t *testing.T, h *netns.Host) (*proc, []string) {
+	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "daemon.sock")
 	p := startCmd(t, h.Command(context.Background(), tubeBin, "daemon", "--state", dir, "--socket", sock), nil)
 	p.waitLine("daemon: ")
-	return []string{"TUBE_SOCKET=" + sock}
+	return p, []string{"TUBE_SOCKET=" + sock}
 }
 
 // hashService serves, inside h, a service that answers each connection

@@ -275,8 +275,14 @@ func (e *Events) All() []api.Event {
 
 // Wait waits up to timeout for an event matching f and returns it.
 func (e *Events) Wait(f func(api.Event) bool, timeout time.Duration) (api.Event, bool) {
+	return e.WaitFrom(0, f, timeout)
+}
+
+// WaitFrom is Wait over the events from the n-th on (len(All()) taken
+// before a fault waits for what comes after it).
+func (e *Events) WaitFrom(n int, f func(api.Event) bool, timeout time.Duration) (api.Event, bool) {
 	deadline := time.After(timeout)
-	seen := 0
+	seen := n
 	for {
 		evs := e.All()
 		for _, ev := range evs[seen:] {
