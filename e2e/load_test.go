@@ -754,10 +754,13 @@ func ms(d time.Duration) string {
 	if d == 0 {
 		return "–"
 	}
-	if d < 10*time.Millisecond {
+	switch {
+	case d < 10*time.Millisecond:
 		return fmt.Sprintf("%.1f ms", float64(d)/1e6)
+	case d < time.Second:
+		return fmt.Sprintf("%d ms", d.Milliseconds())
 	}
-	return fmt.Sprintf("%d ms", d.Milliseconds())
+	return fmt.Sprintf("%.2f s", d.Seconds())
 }
 
 func mib(b int64) string { return fmt.Sprintf("%d MiB", b>>20) }

@@ -112,7 +112,14 @@ const (
 	RuleDuplicateProperty = "DuplicateCustomProperty"
 	RuleCapabilities      = "InvalidCapabilities"
 	RuleDuplicateElement  = "DuplicateElement"
+	RulePropertyKey       = "CustomPropertyKeyMissing"
+	RuleReservedFilepath  = "ReservedFilepath"
+	RuleIPCAddressSFW10   = "IPCAddressNeedsSFW11"
 )
+
+// ipcPrefix is what Qt reserves at the start of a location for its IPC
+// addresses: a <filepath> may not start with it.
+const ipcPrefix = "_q_ipc_addr:"
 
 // ParseError is a descriptor that breaks a rule, at a line of its file.
 type ParseError struct {
@@ -182,8 +189,15 @@ func (p *parser) next() (xml.Token, int, error) {
 	}
 }
 
-// text reads an element's text up to its end (no child elements).
+// text reads an element's text up to its end (no child elements),
+// without the space around it.
 func (p *parser) text(name string) (string, error) {
+	s, err := p.rawText(name)
+	return strings.TrimSpace(s), err
+}
+
+// rawText reads an element's text up to its end, as written.
+func (p *parser) rawText(name string) (string, error) {
 	var sb strings.Builder
 	for {
 		tok, err := p.dec.Token()
@@ -200,7 +214,7 @@ func (p *parser) text(name string) (string, error) {
 		case xml.StartElement:
 			return "", p.errf(p.line(), RuleUnexpected, "<%s> inside <%s>, which holds text only", t.Name.Local, name)
 		case xml.EndElement:
-			return strings.TrimSpace(sb.String()), nil
+			return sb.String(), nil
 		}
 	}
 }
@@ -214,17 +228,35 @@ func (p *parser) parse() (*Descriptor, error) {
 		return nil, err
 	}
 	root, ok := tok.(xml.StartElement)
+	if ok && root.Name.Local == "service" {
+		// A bare <service>, as most of Qt's own descriptors are: SFW 1.0.
+		d := &Descriptor{SFWVersion: "1.0"}
+		if err := p.service(d, line); err != nil {
+			return nil, err
+		}
+		if err := p.trailing("</service>"); err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
 	if !ok || root.Name.Local != "SFW" {
-		return nil, p.errf(line, RuleUnexpected, "the root element must be <SFW version=\"1.0|1.1\">")
+		return nil, p.errf(line, RuleUnexpected, "the root element must be <SFW version=\"1.0|1.1\"> or a bare <service>")
 	}
 	d := &Descriptor{}
+	attr := ""
 	for _, a := range root.Attr {
 		if a.Name.Local == "version" {
-			d.SFWVersion = a.Value
+			attr = a.Value
 		}
 	}
-	if d.SFWVersion != "1.0" && d.SFWVersion != "1.1" {
-		return nil, p.errf(line, RuleSFWVersion, "SFW version %q is not supported (1.0 or 1.1)", d.SFWVersion)
+	// Qt reads the attribute as a number: "1.00" is 1.0.
+	switch f, err := strconv.ParseFloat(attr, 64); {
+	case err == nil && f == 1.0 && strings.TrimSpace(attr) == attr:
+		d.SFWVersion = "1.0"
+	case err == nil && f == 1.1 && strings.TrimSpace(attr) == attr:
+		d.SFWVersion = "1.1"
+	default:
+		return nil, p.errf(line, RuleSFWVersion, "SFW version %q is not supported (1.0 or 1.1)", clip(attr))
 	}
 	sawService := false
 	for {
@@ -240,7 +272,7 @@ func (p *parser) parse() (*Descriptor, error) {
 			if !sawService {
 				return nil, p.errf(line, RuleServiceName, "<SFW> holds no <service>")
 			}
-			if err := p.trailing(); err != nil {
+			if err := p.trailing("</SFW>"); err != nil {
 				return nil, err
 			}
 			return d, nil
@@ -256,8 +288,9 @@ func (p *parser) parse() (*Descriptor, error) {
 	}
 }
 
-// trailing checks nothing but comments and space follow the root.
-func (p *parser) trailing() error {
+// trailing checks nothing but comments and space follow the root, which
+// ended with end.
+func (p *parser) trailing(end string) error {
 	tok, line, err := p.next()
 	if err == io.EOF {
 		return nil
@@ -265,7 +298,7 @@ func (p *parser) trailing() error {
 	if err != nil {
 		return err
 	}
-	return p.errf(line, RuleUnexpected, "unexpected %v after </SFW>", tok)
+	return p.errf(line, RuleUnexpected, "unexpected %v after %s", tok, end)
 }
 
 func (p *parser) service(d *Descriptor, start int) error {
@@ -288,6 +321,10 @@ func (p *parser) service(d *Descriptor, start int) error {
 		}
 		seen[el] = true
 		switch el {
+		case "version": // Qt's parser ignores a service's own version
+			if _, err := p.text(el); err != nil {
+				return err
+			}
 		case "name", "description", "filepath", "ipcaddress":
 			v, err := p.text(el)
 			if err != nil {
@@ -302,6 +339,9 @@ func (p *parser) service(d *Descriptor, start int) error {
 				d.FilePath = v
 			case "ipcaddress":
 				d.IPCAddress = v
+				if d.SFWVersion == "1.0" {
+					return p.errf(line, RuleIPCAddressSFW10, "<ipcaddress> is SFW 1.1: this file is SFW 1.0 (a bare <service>, or <SFW version=\"1.0\">)")
+				}
 			}
 		case "interface":
 			in, err := p.iface(line)
@@ -325,6 +365,8 @@ func (p *parser) service(d *Descriptor, start int) error {
 		return p.errf(start, RuleTwoLocations, "service %s has both <filepath> and <ipcaddress>; it needs exactly one", d.Name)
 	case d.FilePath == "" && d.IPCAddress == "":
 		return p.errf(start, RuleLocation, "service %s has neither <filepath> nor <ipcaddress>; it needs exactly one", d.Name)
+	case strings.HasPrefix(d.FilePath, ipcPrefix):
+		return p.errf(start, RuleReservedFilepath, "service %s: a <filepath> may not start with %s, which Qt reserves for IPC addresses", d.Name, ipcPrefix)
 	case len(d.Interfaces) == 0:
 		return p.errf(start, RuleNoInterface, "service %s declares no <interface>", d.Name)
 	}
@@ -355,9 +397,13 @@ func (p *parser) iface(start int) (Interface, error) {
 		seen[el] = true
 		switch el {
 		case "name", "version", "description", "capabilities":
-			v, err := p.text(el)
+			raw, err := p.rawText(el)
 			if err != nil {
 				return in, err
+			}
+			v := strings.TrimSpace(raw)
+			if el == "version" {
+				v = raw // as written: Qt refuses " 1.5"
 			}
 			switch el {
 			case "name":
@@ -367,14 +413,17 @@ func (p *parser) iface(start int) (Interface, error) {
 			case "description":
 				in.Description = v
 			case "capabilities":
-				if v != "" {
-					caps := strings.Split(v, ",")
-					for _, c := range caps {
-						if c == "" || strings.TrimSpace(c) != c {
-							return in, p.errf(line, RuleCapabilities, "capabilities %q: a comma list without spaces or empty items", clip(v))
-						}
+				// Split on commas, empty parts skipped, as Qt does; a
+				// part with spaces around it is refused (Qt would keep
+				// " B", which no filter for B matches).
+				for _, c := range strings.Split(v, ",") {
+					if c == "" {
+						continue
 					}
-					in.Capabilities = caps
+					if strings.TrimSpace(c) != c {
+						return in, p.errf(line, RuleCapabilities, "capabilities %q: capability %q has spaces around it (write A,B)", clip(v), clip(c))
+					}
+					in.Capabilities = append(in.Capabilities, c)
 				}
 			}
 		case "customproperty":
@@ -385,7 +434,7 @@ func (p *parser) iface(start int) (Interface, error) {
 				}
 			}
 			if key == "" {
-				return in, p.errf(line, RuleDuplicateProperty, "<customproperty> needs a non-empty key attribute")
+				return in, p.errf(line, RulePropertyKey, "<customproperty> needs a non-empty key attribute")
 			}
 			v, err := p.text(el)
 			if err != nil {
@@ -456,6 +505,8 @@ func validate(d *Descriptor, published bool) error {
 		return bad(RuleTwoLocations, "service %s has both a filepath and an ipcaddress", clip(d.Name))
 	case !published && d.FilePath == "" && d.IPCAddress == "":
 		return bad(RuleLocation, "service %s has neither a filepath nor an ipcaddress", clip(d.Name))
+	case strings.HasPrefix(d.FilePath, ipcPrefix):
+		return bad(RuleReservedFilepath, "service %s: a filepath may not start with %s, which Qt reserves for IPC addresses", clip(d.Name), ipcPrefix)
 	case len(d.Interfaces) == 0 || len(d.Interfaces) > 1024:
 		return bad(RuleNoInterface, "service %s declares %d interfaces (1 to 1024)", clip(d.Name), len(d.Interfaces))
 	}
@@ -478,7 +529,7 @@ func validate(d *Descriptor, published bool) error {
 		}
 		for k := range in.Properties {
 			if k == "" {
-				return bad(RuleDuplicateProperty, "interface %s: a custom property without a key", clip(in.Name))
+				return bad(RulePropertyKey, "interface %s: a custom property without a key", clip(in.Name))
 			}
 		}
 	}

@@ -103,8 +103,8 @@ func TestParseSmallCases(t *testing.T) {
 		"no version":       {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name></interface></service></SFW>`, RuleVersion},
 		"no iface name":    {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><version>1.0</version></interface></service></SFW>`, RuleInterfaceName},
 		"second name":      {`<SFW version="1.1"><service><name>a</name><name>b</name></service></SFW>`, RuleDuplicateElement},
-		"empty cap item":   {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version><capabilities>A,,B</capabilities></interface></service></SFW>`, RuleCapabilities},
-		"property no key":  {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version><customproperty>v</customproperty></interface></service></SFW>`, RuleDuplicateProperty},
+		"spaced cap item":  {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version><capabilities>A, B</capabilities></interface></service></SFW>`, RuleCapabilities},
+		"property no key":  {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version><customproperty>v</customproperty></interface></service></SFW>`, RulePropertyKey},
 		"after the root":   {`<SFW version="1.1"><service><name>a</name><ipcaddress>a</ipcaddress><interface><name>x</name><version>1.0</version></interface></service></SFW><x/>`, RuleUnexpected},
 		"mismatched close": {`<SFW version="1.1"><service></SFW>`, RuleMalformedXML},
 	} {
@@ -179,8 +179,9 @@ func TestValidate(t *testing.T) {
 		RuleDuplicateIface: func(d *Descriptor) {
 			d.Interfaces = append(d.Interfaces, Interface{Name: "A.B", Version: Version{1, 0}})
 		},
-		RuleCapabilities:      func(d *Descriptor) { d.Interfaces[0].Capabilities = []string{"a,b"} },
-		RuleDuplicateProperty: func(d *Descriptor) { d.Interfaces[0].Properties = map[string]string{"": "v"} },
+		RuleCapabilities:     func(d *Descriptor) { d.Interfaces[0].Capabilities = []string{"a,b"} },
+		RulePropertyKey:      func(d *Descriptor) { d.Interfaces[0].Properties = map[string]string{"": "v"} },
+		RuleReservedFilepath: func(d *Descriptor) { d.IPCAddress, d.FilePath = "", "_q_ipc_addr:x" },
 	} {
 		d := ok()
 		mutate(d)
