@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/registry"
 )
 
 func servicesCmd(e *env) *cobra.Command {
@@ -46,6 +47,9 @@ then the system's.`,
 			d, err := e.client().AddService(cmd.Context(), string(b), args[0], scope)
 			if err != nil {
 				return err
+			}
+			if w := registry.StartWarning(d); w != "" {
+				fmt.Fprintln(e.stderr, "tube: warning:", w)
 			}
 			if e.jsonOut {
 				return e.printJSON(d)
@@ -122,6 +126,11 @@ then the system's.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return usagef("%s needs an INTERFACE and, to set it, a SERVICE", cmd.CommandPath())
+			}
+			for i, what := range []string{"INTERFACE", "SERVICE"}[:len(args)] {
+				if strings.TrimSpace(args[i]) == "" {
+					return usagef("%s: the %s is empty", cmd.CommandPath(), what)
+				}
 			}
 			return nil
 		},

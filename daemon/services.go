@@ -113,6 +113,9 @@ func (d *Daemon) AddService(req api.AddServiceRequest) (*api.ServiceDescriptor, 
 		return nil, serviceErr(err)
 	}
 	d.log.Info("service registered", "service", desc.Name, "scope", scope, "interfaces", len(desc.Interfaces))
+	if w := registry.StartWarning(desc); w != "" {
+		d.log.Warn(w)
+	}
 	return desc, nil
 }
 

@@ -272,3 +272,27 @@ func TestSystemScopeRootOnly(t *testing.T) {
 	}
 	d.stop()
 }
+
+// Registering through the CLI, the edges: an empty descriptor file is
+// refused by the parser, naming the file and the rule (the local API once
+// refused it first, for a missing field); a <filepath> that is not there
+// yet is registered with a warning; an empty INTERFACE is a usage error
+// (it once reached the API as a path it does not serve, NotImplemented).
+func TestServicesAddEdges(t *testing.T) {
+	_, env := daemon(t)
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.xml")
+	os.WriteFile(empty, nil, 0o644)
+	if code, out := run(t, env, "services", "add", empty); code != 1 || !strings.Contains(out, empty+":") || !strings.Contains(out, "MalformedXML") {
+		t.Errorf("an empty descriptor: exit %d %s", code, out)
+	}
+	missing := filepath.Join(dir, "later.xml")
+	os.WriteFile(missing, []byte(`<service><name>Later</name><filepath>`+filepath.Join(dir, "not-installed-yet")+`</filepath>
+<interface><name>org.example.Later</name><version>1.0</version></interface></service>`), 0o644)
+	if code, out := run(t, env, "services", "add", missing); code != 0 || !strings.Contains(out, "warning: service Later:") || !strings.Contains(out, "does not exist yet") {
+		t.Errorf("a filepath not installed yet: exit %d %s", code, out)
+	}
+	if code, out := run(t, env, "services", "default", ""); code != 2 || !strings.Contains(out, "INTERFACE is empty") {
+		t.Errorf("an empty interface: exit %d %s", code, out)
+	}
+}

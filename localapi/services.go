@@ -14,7 +14,8 @@ func (s *Server) serviceRoutes() {
 	})
 	s.handle("POST /v1/services", func(r *http.Request) (any, error) {
 		var req api.AddServiceRequest
-		if err := decodeRequired(r, &req, "xml", func() bool { return req.XML != "" }); err != nil {
+		// An empty file is the parser's to refuse, naming the file.
+		if err := decodeRequired(r, &req, "xml", func() bool { return req.XML != "" || req.File != "" }); err != nil {
 			return nil, err
 		}
 		return d.AddService(req)

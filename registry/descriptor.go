@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -462,6 +463,24 @@ func (p *parser) iface(start int) (Interface, error) {
 	slices.Sort(in.Capabilities)
 	in.Capabilities = slices.Compact(in.Capabilities)
 	return in, nil
+}
+
+// StartWarning says why d's <filepath> cannot be started as it stands
+// (missing, or not an executable file), "" when it can or d has none.
+// A service is registered anyway, as in Qt's registry: the file may be
+// installed after its descriptor; starting it fails until it is.
+func StartWarning(d *Descriptor) string {
+	if d == nil || d.FilePath == "" {
+		return ""
+	}
+	fi, err := os.Stat(d.FilePath)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("service %s: %s does not exist yet; it cannot be started until it does", d.Name, d.FilePath)
+	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+		return fmt.Sprintf("service %s: %s is not an executable file; it cannot be started until it is", d.Name, d.FilePath)
+	}
+	return ""
 }
 
 func clip(s string) string {
