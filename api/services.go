@@ -10,6 +10,7 @@ import (
 type (
 	ServiceDescriptor = registry.Descriptor
 	Implementation    = registry.Implementation
+	DefaultRule       = registry.DefaultRule
 	ServiceFilter     = registry.Filter
 )
 

@@ -17,7 +17,8 @@ func servicesCmd(e *env) *cobra.Command {
 		Use:   "services",
 		Short: "The service registry: Qt Service Framework descriptors, filters and defaults",
 		Long: `The service registry. Services are described by Qt Service Framework XML
-descriptors (SFW 1.0 and 1.1, accepted unchanged): a name, a <filepath> or an
+descriptors (SFW 1.0 and 1.1, accepted unchanged, with or without the <SFW>
+wrapper): a name, a <filepath> or an
 <ipcaddress>, and interfaces with major.minor versions, capabilities and custom
 properties. The user scope (default) is yours; the system scope is shared and
 only root may change it. Lookups in the user scope list your services first,
@@ -119,10 +120,11 @@ then the system's.`,
 	jsonFlag(find, e)
 
 	var version string
+	var clear bool
 	def := &cobra.Command{
 		Annotations: map[string]string{scoped: "yes"},
-		Use:         "default INTERFACE [SERVICE]",
-		Short:       "Show the default implementation of an interface, or make SERVICE its default",
+		Use:         "default INTERFACE [SERVICE | --clear]",
+		Short:       "Show the default implementation of an interface, make SERVICE its default, or clear the rule",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return usagef("%s needs an INTERFACE and, to set it, a SERVICE", cmd.CommandPath())
@@ -137,6 +139,12 @@ then the system's.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var impl api.Implementation
 			var err error
+			if clear {
+				if len(args) == 2 || version != "" {
+					return usagef("--clear takes an INTERFACE alone")
+				}
+				return e.client().ClearDefaultService(cmd.Context(), args[0], scope)
+			}
 			if len(args) == 2 {
 				impl, err = e.client().SetDefaultService(cmd.Context(), args[0], args[1], version, scope)
 			} else {
@@ -152,7 +160,31 @@ then the system's.`,
 		},
 	}
 	def.Flags().StringVar(&version, "version", "", "with SERVICE: that exact version, not its newest")
+	def.Flags().BoolVar(&clear, "clear", false, "drop the scope's rule: the default goes back to the scope's newest implementation")
 	jsonFlag(def, e)
+
+	defs := &cobra.Command{
+		Annotations: map[string]string{scoped: "yes"},
+		Use:         "defaults",
+		Short:       "List the default rules: the user's, then the system's (--scope system: the system's)",
+		Args:        exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rules, err := e.client().DefaultRules(cmd.Context(), scope)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(rules)
+			}
+			tw := e.table()
+			fmt.Fprintln(tw, "RULE\tINTERFACE\tSERVICE\tVERSION\tSCOPE")
+			for _, r := range rules {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Scope, r.Interface, r.Implementation.Service, r.Implementation.Version, r.Implementation.Scope)
+			}
+			return tw.Flush()
+		},
+	}
+	jsonFlag(defs, e)
 
 	acts := &cobra.Command{
 		Use:   "activations",
@@ -175,7 +207,7 @@ then the system's.`,
 		},
 	}
 	jsonFlag(acts, e)
-	cmd.AddCommand(add, remove, list, find, def, acts)
+	cmd.AddCommand(add, remove, list, find, def, defs, acts)
 	cmd.AddCommand(publishCmds(e)...)
 	return cmd
 }

@@ -165,6 +165,28 @@ func (d *Daemon) DefaultService(iface, scope string) (api.Implementation, error)
 	return impl, serviceErr(err)
 }
 
+// DefaultRules lists the default rules lookups in scope follow.
+func (d *Daemon) DefaultRules(scope string) ([]api.DefaultRule, error) {
+	s, err := scopeOf(scope)
+	if err != nil {
+		return nil, err
+	}
+	rules, err := d.services.Defaults(s)
+	if rules == nil {
+		rules = []api.DefaultRule{}
+	}
+	return rules, serviceErr(err)
+}
+
+// ClearDefaultService drops the default rule scope keeps for iface.
+func (d *Daemon) ClearDefaultService(iface, scope string) error {
+	s, err := scopeOf(scope)
+	if err != nil {
+		return err
+	}
+	return serviceErr(d.services.ClearDefault(iface, s))
+}
+
 // SetDefaultService makes a service the default for an interface.
 func (d *Daemon) SetDefaultService(iface string, req api.SetDefaultRequest) (api.Implementation, error) {
 	s, err := scopeOf(req.Scope)

@@ -296,3 +296,37 @@ func TestServicesAddEdges(t *testing.T) {
 		t.Errorf("an empty interface: exit %d %s", code, out)
 	}
 }
+
+// The default rules through the CLI: listed with the scope that keeps
+// each, set, and cleared back to the newest implementation.
+func TestServicesDefaultsCLI(t *testing.T) {
+	_, env := daemon(t)
+	dir := t.TempDir()
+	for name, v := range map[string]string{"Newer": "2.0", "Older": "1.0"} {
+		path := filepath.Join(dir, name+".xml")
+		os.WriteFile(path, []byte(`<SFW version="1.1"><service><name>`+name+`</name><description>`+name+` editor</description><ipcaddress>`+
+			filepath.Join(dir, name)+`</ipcaddress><interface><name>org.example.Edit</name><version>`+v+`</version></interface></service></SFW>`), 0o644)
+		mustRun(t, env, "services", "add", path)
+	}
+	mustRun(t, env, "services", "default", "org.example.Edit", "Older")
+	var rules []api.DefaultRule
+	if err := json.Unmarshal([]byte(mustRun(t, env, "services", "defaults", "--json")), &rules); err != nil {
+		t.Fatal(err)
+	}
+	if len(rules) != 1 || rules[0].Scope != "user" || rules[0].Implementation.Service != "Older" || rules[0].Implementation.ServiceDescription != "Older editor" {
+		t.Fatalf("defaults: %+v", rules)
+	}
+	if out := mustRun(t, env, "services", "defaults"); !strings.Contains(strings.Join(strings.Fields(out), " "), "user org.example.Edit Older 1.0 user") {
+		t.Errorf("defaults table:\n%s", out)
+	}
+	mustRun(t, env, "services", "default", "org.example.Edit", "--clear")
+	if out := mustRun(t, env, "services", "default", "org.example.Edit"); !strings.Contains(out, "Newer") {
+		t.Errorf("after --clear the default is\n%s\nwant the newest, Newer", out)
+	}
+	if code, _ := run(t, env, "services", "default", "org.example.Edit", "Newer", "--clear"); code != 2 {
+		t.Errorf("--clear with a SERVICE: exit %d, want 2", code)
+	}
+	if code, out := run(t, env, "services", "default", "org.example.None", "--clear"); code != 1 || !strings.Contains(out, "ComponentNotFound") {
+		t.Errorf("clearing a rule that is not there: exit %d %s", code, out)
+	}
+}

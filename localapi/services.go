@@ -31,6 +31,12 @@ func (s *Server) serviceRoutes() {
 		return d.FindServices(req)
 	})
 	s.handle("GET /v1/services/activations", func(r *http.Request) (any, error) { return d.Activations(), nil })
+	s.handle("GET /v1/services/defaults", func(r *http.Request) (any, error) {
+		return d.DefaultRules(r.URL.Query().Get("scope"))
+	})
+	s.handle("DELETE /v1/services/defaults/{interface}", func(r *http.Request) (any, error) {
+		return nil, d.ClearDefaultService(r.PathValue("interface"), r.URL.Query().Get("scope"))
+	})
 	s.handle("GET /v1/services/defaults/{interface}", func(r *http.Request) (any, error) {
 		return d.DefaultService(r.PathValue("interface"), r.URL.Query().Get("scope"))
 	})

@@ -42,6 +42,18 @@ func (c *Client) DefaultService(ctx context.Context, iface, scope string) (api.I
 	return fetch[api.Implementation](ctx, c, "GET", "/v1/services/defaults/"+url.PathEscape(iface)+scopeQuery(scope), nil, nil)
 }
 
+// DefaultRules lists the default rules lookups in scope follow ("" the
+// user's, then the system's).
+func (c *Client) DefaultRules(ctx context.Context, scope string) ([]api.DefaultRule, error) {
+	return fetch[[]api.DefaultRule](ctx, c, "GET", "/v1/services/defaults"+scopeQuery(scope), nil, nil)
+}
+
+// ClearDefaultService drops the default rule scope keeps for iface: its
+// default goes back to the newest implementation of the scope.
+func (c *Client) ClearDefaultService(ctx context.Context, iface, scope string) error {
+	return c.do(ctx, "DELETE", "/v1/services/defaults/"+url.PathEscape(iface)+scopeQuery(scope), nil, nil, nil)
+}
+
 // SetDefaultService makes service the default for iface (its newest
 // version, or exactly version when not "").
 func (c *Client) SetDefaultService(ctx context.Context, iface, service, version, scope string) (api.Implementation, error) {

@@ -69,11 +69,22 @@ type Implementation struct {
 	Interface    string            `json:"interface"`
 	Version      Version           `json:"version"`
 	Scope        Scope             `json:"scope"`
-	Description  string            `json:"description,omitempty"`
+	Description  string            `json:"description,omitempty"` // the interface's
 	Capabilities []string          `json:"capabilities,omitempty"`
 	Properties   map[string]string `json:"properties,omitempty"`
 	FilePath     string            `json:"filepath,omitempty"`
 	IPCAddress   string            `json:"ipcaddress,omitempty"`
+	// ServiceDescription is the service's own <description>.
+	ServiceDescription string `json:"service_description,omitempty"`
+}
+
+// DefaultRule is one scope's default for an interface: the rule, kept in
+// Scope, and the implementation it names, which may be registered in
+// another scope (a user rule naming a system service).
+type DefaultRule struct {
+	Interface      string         `json:"interface"`
+	Scope          Scope          `json:"scope"`
+	Implementation Implementation `json:"implementation"`
 }
 
 // ref names a default implementation.
@@ -753,7 +764,7 @@ func sortInterfaces(ins []Interface) {
 func implOf(d *Descriptor, in Interface, scope Scope) Implementation {
 	return Implementation{Service: d.Name, Interface: in.Name, Version: in.Version, Scope: scope,
 		Description: in.Description, Capabilities: in.Capabilities, Properties: in.Properties,
-		FilePath: d.FilePath, IPCAddress: d.IPCAddress}
+		FilePath: d.FilePath, IPCAddress: d.IPCAddress, ServiceDescription: d.Description}
 }
 
 // lookup finds one implementation in scope.
@@ -858,6 +869,64 @@ func (r *Registry) SetDefault(service, iface string, version *Version, scope Sco
 	next := st.edit()
 	next.idx = st.idx // the services are the same
 	next.Defaults[strings.ToLower(iface)] = *target
+	return r.commit(scope, next)
+}
+
+// Defaults lists the default rules that lookups in scope follow: in the
+// user scope the user's, then the system's, by interface; in the system
+// scope the system's. A rule whose implementation is gone is left out
+// (Default replaces it on its next lookup).
+func (r *Registry) Defaults(scope Scope) ([]DefaultRule, error) {
+	if err := checkScope(scope); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.syncSystem()
+	var out []DefaultRule
+	for _, s := range scopesFor(scope) {
+		st := r.st[s]
+		if st == nil {
+			continue
+		}
+		var rules []DefaultRule
+		for key, def := range st.Defaults {
+			impl, ok := r.lookup(def.Scope, def.Service, key, def.Version)
+			if !ok {
+				continue
+			}
+			rules = append(rules, DefaultRule{Interface: impl.Interface, Scope: s, Implementation: impl})
+		}
+		slices.SortFunc(rules, func(a, b DefaultRule) int {
+			return strings.Compare(strings.ToLower(a.Interface), strings.ToLower(b.Interface))
+		})
+		out = append(out, rules...)
+	}
+	return out, nil
+}
+
+// ClearDefault drops the default rule for iface that scope keeps: the
+// interface's default goes back to what registration makes it, the
+// newest implementation registered in scope (in the user scope, if there
+// is none, the system's default).
+func (r *Registry) ClearDefault(iface string, scope Scope) error {
+	end, err := r.change(scope)
+	if err != nil {
+		return err
+	}
+	defer end()
+	key := strings.ToLower(iface)
+	st := r.st[scope]
+	if _, ok := st.Defaults[key]; !ok {
+		return errf(ComponentNotFound, "the %s scope has no default for %s", scope, iface)
+	}
+	next := st.edit()
+	next.idx = st.idx // the services are the same
+	if best, ok := latest(next, scope, key); ok {
+		next.Defaults[key] = best
+	} else {
+		delete(next.Defaults, key)
+	}
 	return r.commit(scope, next)
 }
 

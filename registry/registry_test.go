@@ -537,3 +537,52 @@ func TestSystemScopeConcurrentWriters(t *testing.T) {
 		t.Fatalf("%d services in the system scope after %d writers added %d each", len(ds), writers, each)
 	}
 }
+
+// Defaults lists each scope's rules, a user rule naming a system service
+// marked by its implementation's scope, and ClearDefault sends an
+// interface's default back to the newest implementation of the scope (or,
+// in the user scope with none, to the system's).
+func TestDefaultsListAndClear(t *testing.T) {
+	r, _ := newReg(t)
+	mustAdd(t, r, desc("Old", "o", "i.x 1.0", "i.y 1.0"), UserScope)
+	mustAdd(t, r, desc("New", "n", "i.x 2.0"), UserScope)
+	mustAdd(t, r, desc("Sys", "s", "i.x 3.0", "i.z 1.0"), SystemScope)
+	mustSetDefault(t, r, "Sys", "i.x", nil, UserScope) // across scopes
+	rules := func(s Scope) (out []string) {
+		t.Helper()
+		ds, err := r.Defaults(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			out = append(out, fmt.Sprintf("%s %s: %s %s %s", d.Scope, d.Interface, d.Implementation.Service, d.Implementation.Version, d.Implementation.Scope))
+		}
+		return out
+	}
+	want := []string{"user i.x: Sys 3.0 system", "user i.y: Old 1.0 user", "system i.x: Sys 3.0 system", "system i.z: Sys 1.0 system"}
+	if got := rules(UserScope); !slices.Equal(got, want) {
+		t.Fatalf("user-scope defaults:\n%q\nwant\n%q", got, want)
+	}
+	if got := rules(SystemScope); !slices.Equal(got, want[2:]) {
+		t.Fatalf("system-scope defaults: %q", got)
+	}
+	if err := r.ClearDefault("I.X", UserScope); err != nil {
+		t.Fatal(err)
+	}
+	if got := defaultOf(t, r, "i.x", UserScope); got != "New 2.0 user" {
+		t.Fatalf("after clearing, the user default is %s, want the newest user implementation", got)
+	}
+	if err := r.ClearDefault("i.z", UserScope); CodeOf(err) != ComponentNotFound {
+		t.Fatalf("clearing a rule the scope does not keep: %v", err)
+	}
+	mustRemove(t, r, "Old", UserScope)
+	mustSetDefault(t, r, "Sys", "i.x", nil, UserScope)
+	mustRemove(t, r, "New", UserScope)
+	mustAdd(t, r, desc("Other", "t", "i.w 1.0"), UserScope)
+	if err := r.ClearDefault("i.x", UserScope); err != nil {
+		t.Fatal(err)
+	}
+	if got := defaultOf(t, r, "i.x", UserScope); got != "Sys 3.0 system" {
+		t.Fatalf("with no user implementation left the default is %s, want the system's", got)
+	}
+}
