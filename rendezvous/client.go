@@ -21,6 +21,9 @@ import (
 	"github.com/tubes-dev/tubes/tperr"
 )
 
+// pingInterval is how often a client pings its relay.
+const pingInterval = 5 * time.Second
+
 // DialConfig says how an account connects to its relay.
 type DialConfig struct {
 	Server  string // HOST:PORT, nats://HOST:PORT or tls://HOST:PORT
@@ -132,7 +135,11 @@ func (cfg *DialConfig) options(user, inbox string, dialer *recordingDialer) ([]n
 		nats.CustomInboxPrefix(inbox),
 		nats.NoReconnect(),
 		nats.Timeout(timeout),
-		nats.PingInterval(15 * time.Second),
+		// A ping every 5 s: a connection that fell silent (a NAT
+		// mapping lost, the relay gone without a FIN) is found dead by
+		// the ping's write within 5 s when the far end resets it, else
+		// after three unanswered (15 s).
+		nats.PingInterval(pingInterval),
 		nats.MaxPingsOutstanding(2),
 		nats.Name("tube-daemon"),
 	}
