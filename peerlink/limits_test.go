@@ -397,3 +397,68 @@ func TestGrantsWaitWithoutGoroutines(t *testing.T) {
 	}
 	s.fail(io.EOF, CodeLost)
 }
+
+// A peer that stops reading and sends nothing more (frozen: its kernel
+// holds the connection open) is found dead after deadAfter even while
+// our writes to it block: the keepalive once wrote its ping behind the
+// blocked writer and never looked at the clock again.
+func TestFrozenPeerFoundDead(t *testing.T) {
+	oldPing, oldDead := pingInterval, deadAfter
+	pingInterval, deadAfter = 20*time.Millisecond, 300*time.Millisecond
+	t.Cleanup(func() { pingInterval, deadAfter = oldPing, oldDead }) // after the link's own cleanup has ended its sessions
+	freeze := make(chan struct{})
+	via := func(addr string) string { // a proxy that stops forwarding, both ways, and holds on
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", addr)
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close(); u.Close() })
+			pipe := func(dst, src net.Conn) {
+				b := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(b)
+					if err != nil {
+						return
+					}
+					select {
+					case <-freeze:
+						<-t.Context().Done() // frozen: nothing read or written any more
+						return
+					default:
+					}
+					if _, err := dst.Write(b[:n]); err != nil {
+						return
+					}
+				}
+			}
+			go pipe(u, c)
+			go pipe(c, u)
+		}()
+		return ln.Addr().String()
+	}
+	l := newLinkVia(t, &stuckHandler{}, via)
+	for range 4 { // 16 MiB of window: more than the sockets between hold, so a write blocks
+		flood(t, l.client)
+	}
+	close(freeze)
+	deadline := time.Now().Add(10 * time.Second)
+	for l.client.Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the link to a frozen peer is still up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(l.client.Err().Error(), "no word from the peer") {
+		t.Fatalf("the link ended with %v", l.client.Err())
+	}
+}

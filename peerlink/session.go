@@ -80,6 +80,7 @@ type Session struct {
 	gmu     sync.Mutex
 	grants  map[uint32]int
 	rsts    [][2]any // stream id, payload
+	ping    bool
 	flushCh chan struct{}
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
@@ -114,8 +115,11 @@ func newSession(conn net.Conn, out, in *cipherState, client bool, id *Identity, 
 const maxPendingRsts = 1024
 
 // queueGrant leaves a window grant of n bytes on stream (0: the link)
-// for flushLoop.
+// for flushLoop; a stream that is gone needs none.
 func (s *Session) queueGrant(stream uint32, n int) {
+	if stream != 0 && s.stream(stream) == nil {
+		return
+	}
 	s.gmu.Lock()
 	if s.grants == nil {
 		s.grants = map[uint32]int{}
@@ -138,6 +142,16 @@ func (s *Session) queueRst(stream uint32, payload []byte) bool {
 	return true
 }
 
+// queuePing leaves a ping for flushLoop: the keepalive never waits on
+// the link, so a peer that stops reading is still found dead after
+// deadAfter without a word from it.
+func (s *Session) queuePing() {
+	s.gmu.Lock()
+	s.ping = true
+	s.gmu.Unlock()
+	s.flushSoon()
+}
+
 func (s *Session) flushSoon() {
 	select {
 	case s.flushCh <- struct{}{}:
@@ -155,9 +169,12 @@ func (s *Session) flushLoop() {
 			return
 		}
 		s.gmu.Lock()
-		grants, rsts := s.grants, s.rsts
-		s.grants, s.rsts = map[uint32]int{}, nil
+		grants, rsts, ping := s.grants, s.rsts, s.ping
+		s.grants, s.rsts, s.ping = map[uint32]int{}, nil, false
 		s.gmu.Unlock()
+		if ping && s.writeSmall(framePing, 0, make([]byte, 8)) != nil {
+			return
+		}
 		for _, r := range rsts {
 			if s.writeSmall(frameRst, r[0].(uint32), r[1].([]byte)) != nil {
 				return
@@ -366,6 +383,9 @@ func (s *Session) remove(st *Stream) {
 	}
 	idle := s.retiredIdle()
 	s.mu.Unlock()
+	s.gmu.Lock()
+	delete(s.grants, st.id) // a stream that is gone needs no credit
+	s.gmu.Unlock()
 	if idle {
 		go s.Close(CodeCancelled)
 	}
@@ -445,7 +465,7 @@ func (s *Session) data(stream uint32, payload []byte) error {
 		return err
 	}
 	if st == nil { // data for a stream that was reset meanwhile
-		s.release(len(payload), false)
+		s.release(len(payload))
 		putBuf(payload)
 		return nil
 	}
@@ -484,10 +504,9 @@ func (s *Session) receive(n int, st *Stream, streams int) error {
 // stream); once a quarter of the window is owed, or the peer has less
 // than a quarter left (streams whose applications do not read hold the
 // rest: what the others' applications take must go back at once, or they
-// wait for nothing), the peer gets it. With wait false the caller may
-// not block on the link (the reader), so another goroutine sends the
-// grant.
-func (s *Session) release(n int, wait bool) {
+// wait for nothing), the peer gets it, from the flusher: no caller waits
+// on the link for a grant.
+func (s *Session) release(n int) {
 	if n <= 0 {
 		return
 	}
@@ -505,13 +524,7 @@ func (s *Session) release(n int, wait bool) {
 	if grant == 0 {
 		return
 	}
-	if !wait {
-		s.queueGrant(0, grant)
-		return
-	}
-	var p [4]byte
-	binary.BigEndian.PutUint32(p[:], uint32(grant))
-	s.writeSmall(frameWindow, 0, p[:])
+	s.queueGrant(0, grant) // never waiting on the link: the flusher writes it
 }
 
 // countHeld keeps the identity's count of received bytes in memory.
@@ -667,7 +680,7 @@ func (s *Session) keepalive() {
 				s.fail(fmt.Errorf("peerlink: no word from the peer for %s", deadAfter), CodeLost)
 				return
 			}
-			s.writeSmall(framePing, 0, make([]byte, 8))
+			s.queuePing()
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package peerlink
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -190,11 +189,15 @@ func (st *Stream) abort(e *ResetError, tell bool) {
 	for _, b := range queue {
 		putBuf(b)
 	}
-	st.s.release(queued, false)
+	st.s.release(queued)
 	st.wake()
 	if tell {
+		// Left for the flusher: an abort never waits on the link (the
+		// keepalive's stall resets and the reader's refusals abort).
 		p := append([]byte{byte(e.Code)}, e.Message...)
-		st.s.writeSmall(frameRst, st.id, p)
+		if !st.s.queueRst(st.id, p) {
+			go st.s.fail(errors.New("peerlink: the peer reads none of our resets"), CodeLost)
+		}
 	}
 	if local != nil {
 		abortConn(local)
@@ -230,7 +233,7 @@ func (st *Stream) deliver(b []byte) error {
 	st.mu.Lock()
 	if st.err != nil || st.finRecv {
 		st.mu.Unlock()
-		st.s.release(len(b), false)
+		st.s.release(len(b))
 		putBuf(b)
 		return nil
 	}
@@ -396,7 +399,7 @@ func (st *Stream) drain(wait bool) {
 			}
 			st.mu.Unlock()
 			if owed > 0 {
-				st.sendGrant(owed, wait)
+				st.sendGrant(owed)
 			}
 			if fin {
 				closeWrite(local)
@@ -437,7 +440,7 @@ func (st *Stream) drain(wait bool) {
 			for _, b := range bufs {
 				putBuf(b)
 			}
-			st.s.release(total, false) // dropped with the stream
+			st.s.release(total) // dropped with the stream
 			e := &ResetError{Code: CodeCancelled, Message: "the local connection closed before all data was delivered"}
 			if r := localReset(err); r.Code == CodeRefused {
 				e = r
@@ -450,13 +453,21 @@ func (st *Stream) drain(wait bool) {
 			return
 		}
 		rest := consumed(bufs, n)
-		st.s.release(n, wait)
+		st.s.release(n)
 		st.mu.Lock()
 		st.writing = 0
 		if n > 0 {
 			st.waitSince = time.Now()
 		}
 		st.owed += n
+		if st.err != nil { // aborted meanwhile: what is left goes with the stream
+			st.mu.Unlock()
+			for _, b := range rest {
+				putBuf(b)
+			}
+			st.s.release(total - n)
+			return
+		}
 		if len(rest) > 0 {
 			st.queue = append(rest, st.queue...)
 			st.queued += total - n
@@ -464,7 +475,7 @@ func (st *Stream) drain(wait bool) {
 		owed := st.takeOwed()
 		st.mu.Unlock()
 		if owed > 0 {
-			st.sendGrant(owed, wait)
+			st.sendGrant(owed)
 		}
 		if n < total { // the socket is full: wait for it elsewhere
 			go st.drain(true)
@@ -488,19 +499,10 @@ func consumed(bufs [][]byte, n int) [][]byte {
 
 // sendGrant gives credit back to the peer, from another goroutine when
 // the caller may not block on the link.
-func (st *Stream) sendGrant(n int, wait bool) {
-	if wait {
-		st.grant(n)
-	} else {
-		st.s.queueGrant(st.id, n)
-	}
-}
-
-func (st *Stream) grant(n int) {
-	var p [4]byte
-	binary.BigEndian.PutUint32(p[:], uint32(n))
-	st.s.writeSmall(frameWindow, st.id, p[:])
-}
+// sendGrant leaves a grant for the flusher: a stream's drain never waits
+// on the link (a peer that reads nothing would hold one goroutine per
+// stream).
+func (st *Stream) sendGrant(n int) { st.s.queueGrant(st.id, n) }
 
 // pump moves bytes from the local socket to the peer.
 func (st *Stream) pump() {
