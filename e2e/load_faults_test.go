@@ -23,6 +23,7 @@ import (
 	"github.com/tubes-dev/tubes/api"
 	tubed "github.com/tubes-dev/tubes/daemon"
 	"github.com/tubes-dev/tubes/internal/netns"
+	"github.com/tubes-dev/tubes/internal/serve"
 	"github.com/tubes-dev/tubes/internal/testenv"
 	"github.com/tubes-dev/tubes/rendezvous"
 )
@@ -390,22 +391,13 @@ func natFault(t *testing.T) (f faultRow) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	chunk := make([]byte, 64<<10)
-	go func() {
+	go serve.Loop(ln, func(c net.Conn) { // a firehose
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := c.Write(chunk); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				for {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	mustRun(t, alice, "export", "firehose", "--tcp", ln.Addr().String())
 	id := strings.TrimSpace(mustRun(t, alice, "offer", "firehose", "--to", "bob"))
 	var addr string

@@ -41,6 +41,17 @@ func turnWorld(t *testing.T, rv *rendezvous.Server, aliceTURN, bobTURN *daemon.T
 	return w
 }
 
+// proxiedWorld is alice and bob on a relay whose TURN server alice
+// reaches through a recording proxy (which can also cut her connections).
+func proxiedWorld(t *testing.T) (*world, *recorder) {
+	t.Helper()
+	ts := tubetest.TURN(t)
+	rec := &recorder{}
+	proxy := rec.proxy(t, ts.Addr())
+	rv := tubetest.Relay(t, rendezvous.Config{})
+	return turnWorld(t, rv, testTURN(proxy), testTURN(ts.Addr())), rec
+}
+
 // testTURN is a TURN server of tubetest.TURN's reached at addr.
 func testTURN(addr string) *daemon.TURNServer {
 	return &daemon.TURNServer{Addr: addr, Secret: "test-secret"}
@@ -121,11 +132,7 @@ func TestRelayPathUnavailable(t *testing.T) {
 // appears in the bytes the relay forwarded to and from the offerer (all
 // of alice's TURN traffic is recorded by a proxy in front of the server).
 func TestRelayBlind(t *testing.T) {
-	ts := tubetest.TURN(t)
-	rec := &recorder{}
-	proxy := rec.proxy(t, ts.Addr())
-	rv := tubetest.Relay(t, rendezvous.Config{})
-	w := turnWorld(t, rv, testTURN(proxy), testTURN(ts.Addr()))
+	w, rec := proxiedWorld(t)
 	_, addr := w.offerRelayed(t, "echo", serve(t, echo))
 
 	marker := bytes.Repeat([]byte("TUBES-BLIND-RELAY-MARKER-"), 400)
@@ -270,11 +277,7 @@ func (r *recorder) proxy(t *testing.T, target string) string {
 // while alice's allocation was made again, reaches the tube through the
 // new address once he is back (he once kept dialing the old one).
 func TestOwedOfferReachesPeerLater(t *testing.T) {
-	ts := tubetest.TURN(t)
-	rec := &recorder{}
-	proxy := rec.proxy(t, ts.Addr())
-	rv := tubetest.Relay(t, rendezvous.Config{})
-	w := turnWorld(t, rv, testTURN(proxy), testTURN(ts.Addr()))
+	w, rec := proxiedWorld(t)
 	_, addr := w.offerRelayed(t, "echo", serve(t, echo))
 	roundTrip(t, "tcp", addr, "before")
 
