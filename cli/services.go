@@ -2,7 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -200,7 +202,8 @@ then the system's.`,
 			}
 			tw := e.table()
 			fmt.Fprintln(tw, "SERVICE\tRUNNING\tPID\tCLIENTS\tSTARTS\tLAST ERROR")
-			for name, s := range as {
+			for _, name := range slices.Sorted(maps.Keys(as)) { // the same order every time
+				s := as[name]
 				fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%d\t%s\n", name, s.Running, s.PID, s.Clients, s.Starts, s.LastError)
 			}
 			return tw.Flush()

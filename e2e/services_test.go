@@ -330,3 +330,26 @@ func TestServicesDefaultsCLI(t *testing.T) {
 		t.Errorf("clearing a rule that is not there: exit %d %s", code, out)
 	}
 }
+
+// Services started on demand are listed by name, the same order every
+// time (they came in map order).
+func TestActivationsSorted(t *testing.T) {
+	_, env := daemon(t)
+	dir := t.TempDir()
+	for _, name := range []string{"Zeta", "Alpha", "Mid"} {
+		script := tubetest.ActivatedScript(t, dir, name) // a location of its own
+		path := filepath.Join(dir, name+".xml")
+		os.WriteFile(path, []byte(`<service><name>`+name+`</name><filepath>`+script+`</filepath>
+<interface><name>org.example.`+name+`</name><version>1.0</version></interface></service>`), 0o644)
+		mustRun(t, env, "services", "add", path)
+	}
+	for range 8 {
+		var names []string
+		for _, l := range strings.Split(strings.TrimSpace(mustRun(t, env, "services", "activations")), "\n")[1:] {
+			names = append(names, strings.Fields(l)[0])
+		}
+		if strings.Join(names, " ") != "Alpha Mid Zeta" {
+			t.Fatalf("activations listed %q, want Alpha Mid Zeta", names)
+		}
+	}
+}
