@@ -462,3 +462,26 @@ func TestFrozenPeerFoundDead(t *testing.T) {
 		t.Fatalf("the link ended with %v", l.client.Err())
 	}
 }
+
+// A read is into a buffer no bigger than what may be sent: a stream that
+// reads while it has little credit and then waits for more holds that
+// much, not a whole frame's megabyte (64 writers behind a full link once
+// held 64 of them in the sending daemon).
+func TestReadBufferFitsTheCredit(t *testing.T) {
+	app, local := tcpPair(t)
+	if _, err := app.Write([]byte("a little")); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := local.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, n, err := readLocal(rc, 100)
+	if err != nil || n != len("a little") {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+	if cap(buf) > bufClasses[0] {
+		t.Fatalf("a read of at most 100 bytes took a %d-byte buffer", cap(buf))
+	}
+	putBuf(buf)
+}

@@ -521,7 +521,7 @@ func (st *Stream) pump() {
 		if rc != nil {
 			buf, n, err = readLocal(rc, limit)
 		} else {
-			buf = getBuf(maxData + frameRoom)
+			buf = getBuf(limit + frameRoom) // no bigger than what may be sent: a stream waiting for credit holds little
 			n, err = local.Read(buf[recHeaderLen : recHeaderLen+limit])
 		}
 		if n > 0 {
@@ -617,7 +617,7 @@ func readLocal(rc syscall.RawConn, limit int) ([]byte, int, error) {
 	var rerr error
 	err := rc.Read(func(fd uintptr) bool {
 		if buf == nil {
-			buf = getBuf(maxData + frameRoom)
+			buf = getBuf(limit + frameRoom) // no bigger than what may be sent: a stream waiting for credit holds little
 		}
 		for {
 			m, e := unix.Read(int(fd), buf[recHeaderLen:recHeaderLen+limit])
