@@ -89,7 +89,7 @@ func readRecords(in *cipherState, input []byte) ([]string, error) {
 func newSessionForRead(in, out *cipherState, h Handler) *Session {
 	return &Session{conn: discardConn{}, in: in, out: out, h: h, log: discardLog,
 		streams: map[uint32]*Stream{}, done: make(chan struct{}), nextID: 2,
-		credit: linkWindow, wait: map[*Stream]struct{}{}}
+		credit: linkWindow, wait: map[*Stream]struct{}{}, grants: map[uint32]int{}}
 }
 
 func TestRecordRoundTrip(t *testing.T) {

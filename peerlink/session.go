@@ -79,7 +79,7 @@ type Session struct {
 	// refusals, never a goroutine per frame.
 	gmu     sync.Mutex
 	grants  map[uint32]int
-	rsts    [][2]any // stream id, payload
+	rsts    []pendingRst
 	ping    bool
 	flushCh chan struct{}
 
@@ -109,6 +109,12 @@ func newSession(conn net.Conn, out, in *cipherState, client bool, id *Identity, 
 	return s
 }
 
+// pendingRst is a refusal waiting for flushLoop.
+type pendingRst struct {
+	stream  uint32
+	payload []byte
+}
+
 // maxPendingRsts is how many refusals may wait for the peer to read: a
 // peer that goes on opening streams over the cap without reading the
 // refusals is ended.
@@ -121,9 +127,6 @@ func (s *Session) queueGrant(stream uint32, n int) {
 		return
 	}
 	s.gmu.Lock()
-	if s.grants == nil {
-		s.grants = map[uint32]int{}
-	}
 	s.grants[stream] += n
 	s.gmu.Unlock()
 	s.flushSoon()
@@ -137,7 +140,7 @@ func (s *Session) queueRst(stream uint32, payload []byte) bool {
 	if len(s.rsts) >= maxPendingRsts {
 		return false
 	}
-	s.rsts = append(s.rsts, [2]any{stream, payload})
+	s.rsts = append(s.rsts, pendingRst{stream, payload})
 	s.flushSoon()
 	return true
 }
@@ -176,7 +179,7 @@ func (s *Session) flushLoop() {
 			return
 		}
 		for _, r := range rsts {
-			if s.writeSmall(frameRst, r[0].(uint32), r[1].([]byte)) != nil {
+			if s.writeSmall(frameRst, r.stream, r.payload) != nil {
 				return
 			}
 		}

@@ -56,7 +56,10 @@ func TestOfferWhileReallocating(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for range 100 {
-			if to := m.setRelay(tb, renewed); len(to) != 1 || to[0] != "bob" {
+			m.mu.Lock()
+			to := m.setRelay(tb, renewed)
+			m.mu.Unlock()
+			if len(to) != 1 || to[0] != "bob" {
 				t.Errorf("setRelay offers to %q, want bob", to)
 				return
 			}

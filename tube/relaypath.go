@@ -56,15 +56,8 @@ func (m *Manager) relayFor(ctx context.Context, want string) (*relayInfo, error)
 }
 
 // setRelay gives the outgoing tube t a new relay allocation and returns
-// whom it is offered to.
+// whom it is offered to. Callers hold m.mu.
 func (m *Manager) setRelay(t *tube, info *relayInfo) []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.setRelayLocked(t, info)
-}
-
-// setRelayLocked is setRelay with m.mu held.
-func (m *Manager) setRelayLocked(t *tube, info *relayInfo) []string {
 	t.relay = info
 	if t.room == "" {
 		return []string{t.peer}
@@ -217,7 +210,7 @@ func (m *Manager) reallocate() {
 		info := &relayInfo{Addr: c.RelayedAddr().String(), Server: server}
 		m.mu.Lock()
 		for _, t := range ts {
-			for _, n := range m.setRelayLocked(t, info) {
+			for _, n := range m.setRelay(t, info) {
 				m.owe(n, t.id)
 			}
 		}
