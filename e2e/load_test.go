@@ -26,7 +26,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -590,21 +589,8 @@ func rssOf(pid int) int64 {
 
 // scrape is a metric's value at a --http endpoint, 0 when it is absent.
 func scrape(addr, name string) (float64, error) {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
-			return strconv.ParseFloat(v, 64)
-		}
-	}
-	return 0, nil
+	v, _, err := readMetric(addr, name)
+	return v, err
 }
 
 // afterAttack checks that the same processes serve legitimate users

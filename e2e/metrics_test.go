@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,22 +15,35 @@ import (
 // printed) that a --http endpoint serves, and whether it is there.
 func metric(t *testing.T, addr, name string) (float64, bool) {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
+	v, there, err := readMetric(addr, name)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return v, there
+}
+
+// readMetric is metric without a test: the value, whether it is there,
+// or why it could not be read.
+func readMetric(addr, name string) (float64, bool, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, false, err
+	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, false, err
+	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
-				t.Fatalf("%s: %s is %q", addr, name, v)
+				return 0, false, fmt.Errorf("%s: %s is %q", addr, name, v)
 			}
-			return f, true
+			return f, true, nil
 		}
 	}
-	return 0, false
+	return 0, false, nil
 }
 
 // waitMetric waits until a metric satisfies ok, and returns its value.
