@@ -65,7 +65,10 @@ const DefaultMaxInstances = 32
 type Status struct {
 	// Socket is where local clients reach the service (set by the
 	// daemon, which owns it).
-	Socket    string    `json:"socket,omitempty"`
+	Socket string `json:"socket,omitempty"`
+	// Path is the executable (set by the daemon, for the service's
+	// location it starts).
+	Path      string    `json:"path,omitempty"`
 	Running   bool      `json:"running"`
 	PID       int       `json:"pid,omitempty"`
 	Clients   int       `json:"clients"`

@@ -126,6 +126,12 @@ type OpenRequest struct {
 	// Room: ask through this room, which both belong to, for a service
 	// the contact publishes to the room (the contact need not be ours).
 	Room string `json:"room,omitempty"`
+	// Implementation, "INTERFACE@M.m", asks for that implementation of
+	// the service: of a service registered at several locations, the
+	// contact serves the one implementing it. The daemon sets it when
+	// Service names an interface ("INTERFACE[@M.m]"), to the
+	// implementation it chose.
+	Implementation string `json:"implementation,omitempty"`
 	AcceptRequest
 }
 

@@ -22,9 +22,11 @@ func servicesCmd(e *env) *cobra.Command {
 descriptors (SFW 1.0 and 1.1, accepted unchanged, with or without the <SFW>
 wrapper): a name, a <filepath> or an
 <ipcaddress>, and interfaces with major.minor versions, capabilities and custom
-properties. The user scope (default) is yours; the system scope is shared and
-only root may change it. Lookups in the user scope list your services first,
-then the system's.`,
+properties. As in Qt, one service may come from several locations (plugins):
+a descriptor of a registered name at another location adds its
+implementations, and remove takes every location. The user scope (default) is
+yours; the system scope is shared and only root may change it. Lookups in the
+user scope list your services first, then the system's.`,
 	}
 	cmd.PersistentFlags().StringVar(&scope, "scope", "", "user (default) or system")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
@@ -32,7 +34,7 @@ then the system's.`,
 			return usagef("--scope is user or system, not %q", scope)
 		}
 		if scope != "" && cmd.Annotations[scoped] == "" {
-			return usagef("%s has no scope: --scope goes with add, remove, list, find and default", cmd.CommandPath())
+			return usagef("%s has no scope: --scope goes with add, remove, list, find, default and defaults", cmd.CommandPath())
 		}
 		return nil
 	}
@@ -40,7 +42,7 @@ then the system's.`,
 	add := &cobra.Command{
 		Annotations: map[string]string{scoped: "yes"},
 		Use:         "add FILE.xml",
-		Short:       "Register the service a descriptor describes",
+		Short:       "Register the service a descriptor describes, or one more location of it",
 		Args:        exactArgs(1, "a descriptor FILE.xml"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			b, err := os.ReadFile(args[0])
@@ -66,7 +68,7 @@ then the system's.`,
 	remove := &cobra.Command{
 		Annotations: map[string]string{scoped: "yes"},
 		Use:         "remove NAME",
-		Short:       "Unregister a service",
+		Short:       "Unregister a service, at every location",
 		Args:        exactArgs(1, "a service NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return e.client().RemoveService(cmd.Context(), args[0], scope)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,29 +42,53 @@ type activated struct {
 	unit   *activation.Unit
 	local  net.Listener // Unix socket, for local clients (uid/gid filtered)
 	socket string
-	path   string
+	desc   *registry.Descriptor // as the unit was made for it
 }
 
 type activations struct {
 	sync  sync.Mutex // one syncActivations at a time, so none undoes a newer one
 	mu    sync.Mutex
-	units map[string]*activated // service (lower case) → unit
+	units map[string]*activated // unit key (unitID.key) → unit
 	dir   string                // where the local sockets are (localSocketDir), once made
 }
 
-// activated returns the local socket of service d, started on demand,
-// making its unit on first use.
-func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
+// unitID names the unit of one location of an on-demand service. A
+// service registered at several locations (each a <filepath>) has a unit
+// for each: the first registered is known by the service's name and has
+// the socket NAME.sock; each further one is NAME@FILEPATH, with the
+// socket NAME-HASH.sock (HASH from its path, so that it stays the same).
+type unitID struct {
+	key    string // lower-case name and path
+	name   string // in tube services activations
+	socket string // file name of the local socket
+}
+
+// onDemandUnit names the unit of desc, one of the locations locs of its
+// service (in the order they were registered).
+func onDemandUnit(locs []*registry.Descriptor, desc *registry.Descriptor) unitID {
+	id := unitID{key: strings.ToLower(desc.Name) + "\x00" + desc.FilePath, name: desc.Name, socket: safeName(desc.Name) + ".sock"}
+	first := slices.IndexFunc(locs, func(l *registry.Descriptor) bool { return l.FilePath != "" })
+	if first >= 0 && locs[first].FilePath != desc.FilePath {
+		sum := sha256.Sum256([]byte(desc.FilePath))
+		id.name = desc.Name + "@" + desc.FilePath
+		id.socket = fmt.Sprintf("%s-%x.sock", safeName(desc.Name), sum[:4])
+	}
+	return id
+}
+
+// activated returns the local socket of service location desc, started
+// on demand, making its unit on first use (again when its descriptor
+// changed).
+func (d *Daemon) activated(desc *registry.Descriptor, id unitID) (string, error) {
 	d.acts.mu.Lock()
 	defer d.acts.mu.Unlock()
-	key := strings.ToLower(desc.Name)
-	if a := d.acts.units[key]; a != nil && a.path == desc.FilePath {
+	if a := d.acts.units[id.key]; a != nil && reflect.DeepEqual(a.desc, desc) {
 		return a.socket, nil
 	} else if a != nil {
 		a.close()
-		delete(d.acts.units, key)
+		delete(d.acts.units, id.key)
 	}
-	cfg := activation.Config{Name: desc.Name, Path: desc.FilePath, Logger: d.log}
+	cfg := activation.Config{Name: id.name, Path: desc.FilePath, Logger: d.log}
 	for _, in := range desc.Interfaces {
 		if m := in.Properties["instance"]; m == activation.PerClient || m == activation.Shared {
 			cfg.Mode = m
@@ -78,15 +103,15 @@ func (d *Daemon) activated(desc *registry.Descriptor) (string, error) {
 			cfg.MaxInstances = n
 		}
 	}
-	act := &activated{unit: activation.New(cfg), path: desc.FilePath}
-	if err := d.serveLocal(act, desc); err != nil {
+	act := &activated{unit: activation.New(cfg), desc: desc}
+	if err := d.serveLocal(act, desc, id.socket); err != nil {
 		act.unit.Close()
-		return "", fmt.Errorf("no local socket for %s: %w", desc.Name, err)
+		return "", fmt.Errorf("no local socket for %s: %w", id.name, err)
 	}
 	if d.acts.units == nil {
 		d.acts.units = map[string]*activated{}
 	}
-	d.acts.units[key] = act
+	d.acts.units[id.key] = act
 	return act.socket, nil
 }
 
@@ -144,7 +169,7 @@ func ownDir(dir string) error {
 // serveLocal gives an on-demand service a Unix socket for local clients:
 // this uid, and the uids and gids its interfaces' custom properties
 // "allow-uid" and "allow-gid" (comma lists) name.
-func (d *Daemon) serveLocal(act *activated, desc *registry.Descriptor) error {
+func (d *Daemon) serveLocal(act *activated, desc *registry.Descriptor, socket string) error {
 	dir, err := d.localSocketDir()
 	if err != nil {
 		return err
@@ -154,7 +179,7 @@ func (d *Daemon) serveLocal(act *activated, desc *registry.Descriptor) error {
 		uids = append(uids, ids(in.Properties["allow-uid"])...)
 		gids = append(gids, ids(in.Properties["allow-gid"])...)
 	}
-	path := filepath.Join(dir, safeName(desc.Name)+".sock")
+	path := filepath.Join(dir, socket)
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -209,41 +234,54 @@ func safeName(s string) string {
 	}, s)
 }
 
-// syncActivations gives every registered <filepath> service its unit
-// (sockets ready, nothing started) and ends those of services gone.
+// syncActivations gives every registered <filepath> location its unit
+// (sockets ready, nothing started) and ends those of locations gone. A
+// user's service hides the system's of the same name, as in lookups.
 func (d *Daemon) syncActivations() {
 	d.acts.sync.Lock()
 	defer d.acts.sync.Unlock()
 	ds, _ := d.services.Services(registry.UserScope)
-	want := map[string]*registry.Descriptor{}
+	want := map[string]bool{}
+	done := map[string]bool{}
 	for _, desc := range ds {
-		if desc.FilePath != "" {
-			if _, dup := want[strings.ToLower(desc.Name)]; !dup {
-				want[strings.ToLower(desc.Name)] = desc
-			}
+		if done[strings.ToLower(desc.Name)] {
+			continue
 		}
-	}
-	for _, desc := range want {
-		if _, err := d.activated(desc); err != nil {
-			d.log.Warn("on-demand service not set up", "service", desc.Name, "err", err)
+		done[strings.ToLower(desc.Name)] = true
+		locs := d.locations(desc.Name)
+		for _, l := range locs {
+			if l.FilePath == "" {
+				continue
+			}
+			id := onDemandUnit(locs, l)
+			want[id.key] = true
+			if _, err := d.activated(l, id); err != nil {
+				d.log.Warn("on-demand service not set up", "service", id.name, "err", err)
+			}
 		}
 	}
 	d.acts.mu.Lock()
 	defer d.acts.mu.Unlock()
 	for k, a := range d.acts.units {
-		if want[k] == nil {
+		if !want[k] {
 			a.close()
 			delete(d.acts.units, k)
 		}
 	}
 }
 
-// connectActivated connects a tube to a service started on demand, so
+// connectActivated connects a tube whose export is the local socket of
+// a service started on demand to the service, through its unit, so
 // that a service that does not take the connection is refused
 // (ConnectionRefused), not cut after a connection seemed made.
-func (d *Daemon) connectActivated(service string) (net.Conn, func(), bool, error) {
+func (d *Daemon) connectActivated(socket string) (net.Conn, func(), bool, error) {
 	d.acts.mu.Lock()
-	a := d.acts.units[strings.ToLower(service)]
+	var a *activated
+	for _, u := range d.acts.units {
+		if u.socket == socket {
+			a = u
+		}
+	}
 	d.acts.mu.Unlock()
 	if a == nil {
 		return nil, nil, false, nil
@@ -259,7 +297,7 @@ func (d *Daemon) Activations() map[string]api.ActivationStatus {
 	out := map[string]api.ActivationStatus{}
 	for _, a := range d.acts.units {
 		st := a.unit.Status()
-		st.Socket = a.socket
+		st.Socket, st.Path = a.socket, a.desc.FilePath
 		out[a.unit.Name()] = st
 	}
 	return out

@@ -161,10 +161,11 @@ func New(cfg Config) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: cfg.Logger.With("component", "daemon"), store: st, accounts: map[string]*account{}, paramReqs: map[string]paramReq{}}
 	d.bus.MaxBytes = cfg.Limits.EventBytes
 	d.metrics = newMetrics(cfg.Registerer, d)
-	if err := d.openServices(); err != nil {
+	// Publications first: the registry's events update them.
+	if err := d.openPublications(); err != nil {
 		return nil, err
 	}
-	if err := d.openPublications(); err != nil {
+	if err := d.openServices(); err != nil {
 		return nil, err
 	}
 	saved, err := st.load()

@@ -110,15 +110,12 @@ func (p *pubState) save() error {
 
 func isServiceKind(kind string) bool { return strings.HasPrefix(kind, "svc.") }
 
-// publishedDescriptor finds a registered service (user scope, then system).
-func (d *Daemon) publishedDescriptor(name string) (*registry.Descriptor, bool) {
-	ds, _ := d.services.Services(registry.UserScope)
-	for _, s := range ds {
-		if strings.EqualFold(s.Name, name) {
-			return s, true
-		}
-	}
-	return nil, false
+// locations finds a registered service (user scope, then system): the
+// descriptor of each location it is registered at, in the order they
+// were registered.
+func (d *Daemon) locations(name string) []*registry.Descriptor {
+	ds, _, _ := d.services.Service(name, registry.UserScope)
+	return ds
 }
 
 // Publish makes a registered service visible to a contact or a room.
@@ -133,12 +130,15 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	if err != nil {
 		return p, err
 	}
-	desc, ok := d.publishedDescriptor(p.Service)
-	if !ok {
+	locs := d.locations(p.Service)
+	if len(locs) == 0 {
 		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
 	}
-	p.Service = desc.Name
-	body, _ := json.Marshal(publishedMsg{Service: publicForm(desc)})
+	p.Service = locs[0].Name
+	body, err := publishedBody(locs)
+	if err != nil {
+		return p, err
+	}
 	if _, err := a.tubes.SendSigned(ctx, p.To, p.Room, kindPublished, body); err != nil {
 		return p, err
 	}
@@ -187,6 +187,66 @@ func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) 
 	return nil
 }
 
+// publishedBody is the svc.published message of a service: its public
+// form, which those it is published to must be able to take.
+func publishedBody(locs []*registry.Descriptor) ([]byte, error) {
+	body, _ := json.Marshal(publishedMsg{Service: publicForm(locs)})
+	if len(body) > maxPublished {
+		return nil, tperr.New(tperr.InvalidArgument, "service %s is too large to publish: %d bytes of descriptor, at most %d",
+			locs[0].Name, len(body), maxPublished)
+	}
+	return body, nil
+}
+
+// republish sends the publications of service again, as it is now: a
+// location added to it adds its implementations to what contacts see.
+func (d *Daemon) republish(service string) {
+	locs := d.locations(service)
+	if len(locs) == 0 {
+		return
+	}
+	body, err := publishedBody(locs)
+	if err != nil {
+		d.log.Warn("publications not updated", "service", service, "err", err)
+		return
+	}
+	d.pubs.mu.Lock()
+	todo := map[string][]api.Publication{}
+	for acct, list := range d.pubs.pubs {
+		for _, p := range list {
+			if strings.EqualFold(p.Service, service) {
+				todo[acct] = append(todo[acct], p)
+			}
+		}
+	}
+	d.pubs.mu.Unlock()
+	d.eachPublication(todo, func(ctx context.Context, a *account, p api.Publication) {
+		_, err := a.conn()
+		if err == nil {
+			_, err = a.tubes.SendSigned(ctx, p.To, p.Room, kindPublished, body)
+		}
+		if err != nil {
+			a.log.Info("updated publication not delivered", "service", p.Service, "to", p.To, "room", p.Room, "err", err)
+		}
+	})
+}
+
+// eachPublication calls send for each of pubs (account → publications),
+// with the account, each account's sends bounded together in time.
+func (d *Daemon) eachPublication(pubs map[string][]api.Publication, send func(context.Context, *account, api.Publication)) {
+	for acct, ps := range pubs {
+		a, err := d.account(acct)
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		for _, p := range ps {
+			send(ctx, a, p)
+		}
+		cancel()
+	}
+}
+
 func (d *Daemon) sendWithdrawn(ctx context.Context, a *account, p api.Publication) {
 	_, err := a.conn()
 	if err == nil {
@@ -201,7 +261,7 @@ func (d *Daemon) sendWithdrawn(ctx context.Context, a *account, p api.Publicatio
 // withdrawRemoved withdraws the publications of a service that left the
 // registry.
 func (d *Daemon) withdrawRemoved(service string) {
-	if _, still := d.publishedDescriptor(service); still {
+	if len(d.locations(service)) > 0 {
 		return // the same name remains in the other scope
 	}
 	d.pubs.mu.Lock()
@@ -227,17 +287,7 @@ func (d *Daemon) withdrawRemoved(service string) {
 		// withdrawn all the same; the file keeps them until the next save.
 		d.log.Error("publications of a removed service not saved", "service", service, "err", saveErr)
 	}
-	for acct, ps := range gone {
-		a, err := d.account(acct)
-		if err != nil {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		for _, p := range ps {
-			d.sendWithdrawn(ctx, a, p)
-		}
-		cancel()
-	}
+	d.eachPublication(gone, d.sendWithdrawn)
 }
 
 // Publications lists an account's publications.
@@ -470,8 +520,8 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	out := []*registry.Descriptor{}
 	defaults := map[string]string{}
 	for _, n := range names {
-		if desc, ok := d.publishedDescriptor(n); ok && len(out) < maxCatalog {
-			out = append(out, publicForm(desc))
+		if locs := d.locations(n); len(locs) > 0 && len(out) < maxCatalog {
+			out = append(out, publicForm(locs))
 		}
 	}
 	// Our defaults, where they are among what we show.
@@ -501,10 +551,20 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 
 // publishedExport is the export that serves a service account publishes,
 // when its descriptor's ipcaddress is a TCP HOST:PORT or a Unix socket
-// path (services started on demand, <filepath>, need activation).
-func (d *Daemon) publishedExport(account, service, from string) (api.Export, bool) {
-	desc, ok := d.publishedDescriptor(service)
-	if !ok {
+// path, or it has a <filepath> (a service started on demand). Of a
+// service registered at several locations it serves the one that
+// implements impl ("INTERFACE@M.m"), or, with no impl, the first
+// registered that it can reach.
+func (d *Daemon) publishedExport(account, service, impl, from string) (api.Export, bool) {
+	locs := d.locations(service)
+	var desc *registry.Descriptor
+	for i, l := range locs {
+		if impl == "" && reachable(l) || impl != "" && implements(l, impl) {
+			desc = locs[i]
+			break
+		}
+	}
+	if desc == nil {
 		return api.Export{}, false
 	}
 	if missing := d.missingCaps(account, from, desc); len(missing) > 0 {
@@ -520,7 +580,7 @@ func (d *Daemon) publishedExport(account, service, from string) (api.Export, boo
 	} else if desc.FilePath != "" {
 		// Tubes reach it through its unit (connectActivated); the socket
 		// names it for the export.
-		sock, err := d.activated(desc)
+		sock, err := d.activated(desc, onDemandUnit(locs, desc))
 		if err != nil {
 			d.log.Warn("on-demand service unavailable", "service", desc.Name, "err", err)
 			return api.Export{}, false
@@ -545,6 +605,25 @@ func (d *Daemon) publishedExport(account, service, from string) (api.Export, boo
 		return api.Export{}, false
 	}
 	return e, true
+}
+
+// reachable says whether a tube can reach desc's location: a TCP
+// HOST:PORT or Unix socket path, or an executable started on demand.
+func reachable(desc *registry.Descriptor) bool {
+	_, err := netip.ParseAddrPort(desc.IPCAddress)
+	return err == nil || strings.HasPrefix(desc.IPCAddress, "/") || desc.FilePath != ""
+}
+
+// implements says whether desc provides impl, "INTERFACE@M.m".
+func implements(desc *registry.Descriptor, impl string) bool {
+	iface, v, _ := strings.Cut(impl, "@")
+	ver, err := registry.ParseVersion(v)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(desc.Interfaces, func(in registry.Interface) bool {
+		return strings.EqualFold(in.Name, iface) && in.Version == ver
+	})
 }
 
 // resolveOpen turns "INTERFACE@M.m" (or an interface name) in a
@@ -581,6 +660,9 @@ func (d *Daemon) resolveOpen(ctx context.Context, name string, req *api.OpenRequ
 	}
 	d.log.Info("interface resolved", "contact", req.Contact, "interface", iface, "version", version, "service", best.Service, "implementation", best.Version.String())
 	req.Service = best.Service
+	if req.Implementation == "" {
+		req.Implementation = best.Interface + "@" + best.Version.String()
+	}
 	return nil
 }
 
@@ -604,11 +686,12 @@ func normalizeNames(contact, room *string) error {
 	return nil
 }
 
-// publicForm is desc as those it is published to see it: no location,
-// and none of the custom properties that configure this machine.
-func publicForm(desc *registry.Descriptor) *registry.Descriptor {
-	p := desc.Published()
-	p.Interfaces = slices.Clone(p.Interfaces) // the registry's are read only
+// publicForm is a service, registered at the locations locs, as those it
+// is published to see it: one descriptor with every location's
+// interfaces, no location, and none of the custom properties that
+// configure this machine.
+func publicForm(locs []*registry.Descriptor) *registry.Descriptor {
+	p := registry.PublishedService(locs)
 	for i, in := range p.Interfaces {
 		if in.Properties == nil {
 			continue

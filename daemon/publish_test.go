@@ -174,22 +174,7 @@ func TestOpenByInterface(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	reach := func(target string) string {
-		t.Helper()
-		tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: target})
-		if err != nil {
-			t.Fatalf("open %s: %v", target, err)
-		}
-		c, err := net.Dial("tcp", tb.Address)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(c, "hello")
-		got, _ := io.ReadAll(c)
-		return string(got)
-	}
+	reach := func(target string) string { t.Helper(); return say(t, bob, "alice", target, "hello") }
 	// alice's default (EchoOld, first registered) when the filter takes it ...
 	if got := reach("org.example.Echo@1.0"); got != "EchoOld:hello" {
 		t.Fatalf("@1.0 reached %q, want alice's default EchoOld", got)
@@ -612,4 +597,137 @@ func tcpListeners(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+// One service from several locations (Qt's plugins of one service):
+// alice registers Media at a TCP address and at two executables started
+// on demand. Bob sees one service with every location's interfaces, is
+// told again when a location is added, and each interface he opens is
+// served by the location that implements it, each executable by its own
+// unit; the service by name is its first location. Removing it removes
+// every location and unit.
+func TestServiceFromSeveralLocations(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := contacts(t)
+	bobEv := tubetest.Record(t, bob.C, "bob")
+	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
+		t.Fatal(err)
+	}
+	ln := tubetest.ServeTCP(t, func(c net.Conn) {
+		defer c.Close()
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err == nil {
+			fmt.Fprintf(c, "audio:%s", b)
+		}
+	})
+	dir := t.TempDir()
+	video, play := tubetest.ActivatedScript(t, dir, "video"), tubetest.ActivatedScript(t, dir, "play")
+	add := func(location, ifaces string) {
+		t.Helper()
+		xml := `<SFW version="1.1"><service><name>Media</name>` + location + ifaces + `</service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, "media.xml", ""); err != nil {
+			t.Fatalf("add Media at %s: %v", location, err)
+		}
+	}
+	iface := func(name, v string) string {
+		return `<interface><name>` + name + `</name><version>` + v + `</version></interface>`
+	}
+	add(`<ipcaddress>`+ln.Addr().String()+`</ipcaddress>`, iface("org.media.Audio", "1.0"))
+	add(`<filepath>`+video+`</filepath>`, iface("org.media.Video", "1.0"))
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "media", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	published := func(e api.Event) bool {
+		return e.Type == api.EventServiceAdded && e.Service == "Media" && e.Scope == "remote"
+	}
+	bobEv.MustWait("Media published", published)
+	mark := len(bobEv.All())
+	// A third location, added while published: bob is told again.
+	add(`<filepath>`+play+`</filepath>`, iface("org.media.Play", "2.0"))
+	if _, ok := bobEv.WaitFrom(mark, published, 10*time.Second); !ok {
+		t.Fatal("bob was not told of Media's new location")
+	}
+	impls, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for _, i := range impls {
+		if i.FilePath != "" || i.IPCAddress != "" {
+			t.Fatalf("bob sees a location of alice's: %+v", i)
+		}
+		seen = append(seen, i.Service+" "+i.Interface+" "+i.Version.String())
+	}
+	if want := []string{"Media org.media.Audio 1.0", "Media org.media.Play 2.0", "Media org.media.Video 1.0"}; !slices.Equal(seen, want) {
+		t.Fatalf("bob browses %q, want %q", seen, want)
+	}
+
+	reach := func(target string) string { t.Helper(); return say(t, bob, "alice", target, "hello") }
+	hashed := fmt.Sprintf("%x 5\n", sha256.Sum256([]byte("hello")))
+	pids := map[string]string{}
+	for target, want := range map[string]string{
+		"org.media.Audio@1.0": "audio:hello",
+		"org.media.Video@1.0": hashed,
+		"org.media.Play@2.0":  hashed,
+		"Media":               "audio:hello", // by name: the first location
+	} {
+		got := reach(target)
+		if !strings.HasSuffix(got, want) {
+			t.Fatalf("%s reached %q, want %q", target, got, want)
+		}
+		if want == hashed {
+			pids[target] = strings.Fields(got)[1]
+		}
+	}
+	if pids["org.media.Video@1.0"] == pids["org.media.Play@2.0"] {
+		t.Fatalf("Video and Play were served by one process (%s)", pids["org.media.Play@2.0"])
+	}
+	// Each executable has its own unit: the first by the service's name,
+	// the next by name and path, each with its own socket.
+	acts, err := alice.C.Activations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, next := acts["Media"], acts["Media@"+play]
+	if len(acts) != 2 || first.Starts != 1 || next.Starts != 1 || first.Socket == "" || first.Socket == next.Socket {
+		t.Fatalf("activations %+v", acts)
+	}
+
+	if err := alice.C.RemoveService(ctx, "MEDIA", ""); err != nil {
+		t.Fatal(err)
+	}
+	bobEv.MustWait("Media withdrawn", func(e api.Event) bool { return e.Type == api.EventServiceRemoved && e.Service == "Media" })
+	if ds, _ := alice.C.Services(ctx, ""); len(ds) != 0 {
+		t.Fatalf("left after removing Media: %+v", ds)
+	}
+	// The removal returns once its units are gone.
+	if acts, _ := alice.C.Activations(ctx); len(acts) != 0 {
+		t.Fatalf("units left after removing Media: %+v", acts)
+	}
+	for _, s := range []string{first.Socket, next.Socket} {
+		if _, err := os.Stat(s); !os.IsNotExist(err) {
+			t.Fatalf("socket %s left: %v", s, err)
+		}
+	}
+}
+
+// say opens a reverse tube from who (account "bob") to target of
+// contact, writes msg through it, ends its side, and returns what comes
+// back.
+func say(t *testing.T, who *tubetest.Daemon, contact, target, msg string) string {
+	t.Helper()
+	tb, err := who.C.Open(context.Background(), "bob", api.OpenRequest{Contact: contact, Service: target})
+	if err != nil {
+		t.Fatalf("open %s: %v", target, err)
+	}
+	c, err := net.Dial("tcp", tb.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, msg)
+	c.(*net.TCPConn).CloseWrite()
+	got, _ := io.ReadAll(c)
+	return string(got)
 }

@@ -25,8 +25,11 @@ func (d *Daemon) openServices() error {
 		SystemFile: sys,
 		Notify: func(e registry.Event) {
 			d.bus.Publish(api.Event{Type: e.Type, Service: e.Service, Scope: string(e.Scope)})
-			if e.Type == registry.ServiceRemoved {
+			switch e.Type {
+			case registry.ServiceRemoved:
 				go d.withdrawRemoved(e.Service)
+			case registry.ServiceAdded:
+				go d.republish(e.Service)
 			}
 			go d.syncActivations()
 		},
@@ -112,7 +115,9 @@ func (d *Daemon) AddService(req api.AddServiceRequest) (*api.ServiceDescriptor, 
 	if err := d.services.Add(desc, scope); err != nil {
 		return nil, serviceErr(err)
 	}
-	d.log.Info("service registered", "service", desc.Name, "scope", scope, "interfaces", len(desc.Interfaces))
+	d.syncActivations() // its units are ready when it returns
+	d.log.Info("service registered", "service", desc.Name, "scope", scope, "interfaces", len(desc.Interfaces),
+		"location", desc.Location())
 	if w := registry.StartWarning(desc); w != "" {
 		d.log.Warn(w)
 	}
@@ -125,7 +130,11 @@ func (d *Daemon) RemoveService(name, scope string) error {
 	if err != nil {
 		return err
 	}
-	return serviceErr(d.services.Remove(name, s))
+	if err := d.services.Remove(name, s); err != nil {
+		return serviceErr(err)
+	}
+	d.syncActivations() // its units are gone when it returns
+	return nil
 }
 
 // Services lists registered services (user scope: the user's, then the

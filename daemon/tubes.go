@@ -150,8 +150,10 @@ func (a *account) newTubes() error {
 		Generate: func(ctx context.Context, client string, req tube.ParamsRequest) (map[string]api.Value, error) {
 			return a.d.generate(ctx, a.name, client, req)
 		},
-		TURN:                a.turnConfig,
-		Published:           func(service, from string) (api.Export, bool) { return a.d.publishedExport(a.name, service, from) },
+		TURN: a.turnConfig,
+		Published: func(service, impl, from string) (api.Export, bool) {
+			return a.d.publishedExport(a.name, service, impl, from)
+		},
 		AcceptError:         func(listener string, _ error) { a.d.metrics.acceptError(listener) },
 		LinkLimits:          peerlink.Limits{Streams: a.d.cfg.Limits.LinkStreams, Handshake: a.d.cfg.Limits.LinkHandshake, Stall: a.d.cfg.Limits.LinkStall},
 		HandshakesPerSource: a.d.cfg.Limits.HandshakesPerSource,

@@ -62,7 +62,8 @@ func TestServicesCLI(t *testing.T) {
 		want string
 	}{
 		{[]string{"services", "add", "../registry/testdata/bad/duplicate-interface.xml"}, 1, "duplicate-interface.xml:9"},
-		{[]string{"services", "add", descs + "testservice.xml"}, 1, "ImplementationAlreadyExists"},
+		// Qt refuses a location registered already.
+		{[]string{"services", "add", descs + "testservice.xml"}, 1, "ServiceAlreadyExists"},
 		{[]string{"services", "find", "--interface", "a.b", "--version", "1.x"}, 1, "InvalidFilter"},
 		{[]string{"services", "find", "--version", "1.0"}, 2, "--version needs --interface"},
 		{[]string{"services", "remove", "NoSuchService"}, 1, "ComponentNotFound"},
@@ -111,7 +112,32 @@ func TestServicesCLI(t *testing.T) {
 			t.Fatalf("the system-scope watcher saw %v", seen)
 		}
 	}
+	// A second location of Extra adds its implementations (one service
+	// from several plugins); one already provided is refused; removing
+	// Extra by name removes both locations.
+	extra2 := filepath.Join(t.TempDir(), "extra-2.xml")
+	os.WriteFile(extra2, []byte(`<SFW version="1.1"><service><name>Extra</name><ipcaddress>extra-2</ipcaddress>
+<interface><name>org.example.Extra</name><version>2.0</version></interface></service></SFW>`), 0o644)
+	mustRun(t, env, "services", "add", extra2)
+	if code, out := run(t, env, "services", "add", extra); code != 1 || !strings.Contains(out, "location extra is registered to service Extra already (ServiceAlreadyExists)") {
+		t.Fatalf("Extra's location again: exit %d %s", code, out)
+	}
+	var rows []string
+	for _, l := range strings.Split(mustRun(t, env, "services", "list"), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Extra" {
+			rows = append(rows, f[1])
+		}
+	}
+	if strings.Join(rows, " ") != "extra extra-2" {
+		t.Fatalf("Extra's locations listed: %q", rows)
+	}
+	if out := mustRun(t, env, "services", "find", "--service", "extra"); strings.Count(out, "org.example.Extra") != 2 {
+		t.Fatalf("find Extra:\n%s", out)
+	}
 	mustRun(t, env, "services", "remove", "Extra")
+	if out := mustRun(t, env, "services", "list"); strings.Contains(out, "Extra") {
+		t.Fatalf("after removing Extra:\n%s", out)
+	}
 
 	// A restart keeps the registry, the default included.
 	d.stop()

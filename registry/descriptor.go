@@ -503,6 +503,23 @@ func (d *Descriptor) Published() *Descriptor {
 	return &c
 }
 
+// PublishedService is the one descriptor that contacts and rooms see of
+// a service registered at several locations (ds, in the order they were
+// registered): the first's name, description and SFW version, the
+// interfaces of every location, and no location.
+func PublishedService(ds []*Descriptor) *Descriptor {
+	if len(ds) == 0 {
+		return nil
+	}
+	p := ds[0].Published()
+	p.Interfaces = nil
+	for _, d := range ds {
+		p.Interfaces = append(p.Interfaces, d.Interfaces...)
+	}
+	sortInterfaces(p.Interfaces)
+	return p
+}
+
 // ValidatePublished checks a descriptor a publisher sent: the rules of
 // Validate, except that it has no location.
 func ValidatePublished(d *Descriptor) error { return validate(d, true) }

@@ -86,7 +86,8 @@ func TestFindIndexMatchesScan(t *testing.T) {
 	r, _ := newReg(t)
 	for i := range 60 {
 		d := &Descriptor{SFWVersion: "1.1", Name: pick(services...)}
-		d.IPCAddress = "loc-" + strings.ToLower(d.Name)
+		// A few locations per service: a service comes from several.
+		d.IPCAddress = fmt.Sprintf("loc-%s-%d", strings.ToLower(d.Name), rng.IntN(3))
 		for range 1 + rng.IntN(4) {
 			in := Interface{Name: pick(ifaces...), Version: versions[rng.IntN(len(versions))]}
 			for range rng.IntN(3) {
@@ -101,8 +102,9 @@ func TestFindIndexMatchesScan(t *testing.T) {
 			d.Interfaces = append(d.Interfaces, in)
 		}
 		scope := []Scope{UserScope, SystemScope}[rng.IntN(2)]
-		// A repeated interface is refused, and so nothing changes.
-		if err := r.Add(d, scope); err != nil && CodeOf(err) != ImplementationAlreadyExists {
+		// A repeated interface or location is refused, and so nothing
+		// changes.
+		if err := r.Add(d, scope); err != nil && CodeOf(err) != ImplementationAlreadyExists && CodeOf(err) != ServiceAlreadyExists {
 			t.Fatalf("add %d: %v", i, err)
 		}
 		if i%7 == 6 {

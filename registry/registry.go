@@ -113,13 +113,28 @@ func (st *state) edit() *state {
 	return &state{Services: slices.Clone(st.Services), Defaults: maps.Clone(st.Defaults)}
 }
 
-func (st *state) service(name string) *Descriptor {
-	for _, d := range st.Services {
-		if strings.EqualFold(d.Name, name) {
-			return d
-		}
+// named returns the descriptors of service name in st: one per
+// location, in the order they were registered.
+func (st *state) named(name string) []*Descriptor {
+	key := strings.ToLower(name)
+	i, _ := slices.BinarySearchFunc(st.Services, key, func(d *Descriptor, key string) int {
+		return strings.Compare(strings.ToLower(d.Name), key)
+	})
+	j := i
+	for j < len(st.Services) && strings.ToLower(st.Services[j].Name) == key {
+		j++
 	}
-	return nil
+	return st.Services[i:j:j]
+}
+
+// eachName calls f with the descriptors of each service in st, in name
+// order.
+func (st *state) eachName(f func(ds []*Descriptor)) {
+	for i := 0; i < len(st.Services); {
+		ds := st.named(st.Services[i].Name)
+		f(ds)
+		i += len(ds)
+	}
 }
 
 // Event is a registry change: ServiceAdded or ServiceRemoved.
@@ -392,16 +407,16 @@ func (r *Registry) syncSystem() {
 	r.holdSystem(stamp, f)
 	old := r.st[SystemScope]
 	r.st[SystemScope] = next
-	for _, d := range next.Services {
-		if o := old.service(d.Name); o == nil || !reflect.DeepEqual(o, d) {
-			r.cfg.Notify(Event{Type: ServiceAdded, Service: d.Name, Scope: SystemScope})
+	next.eachName(func(ds []*Descriptor) {
+		if !reflect.DeepEqual(old.named(ds[0].Name), ds) {
+			r.cfg.Notify(Event{Type: ServiceAdded, Service: ds[0].Name, Scope: SystemScope})
 		}
-	}
-	for _, o := range old.Services {
-		if next.service(o.Name) == nil {
-			r.cfg.Notify(Event{Type: ServiceRemoved, Service: o.Name, Scope: SystemScope})
+	})
+	old.eachName(func(ds []*Descriptor) {
+		if len(next.named(ds[0].Name)) == 0 {
+			r.cfg.Notify(Event{Type: ServiceRemoved, Service: ds[0].Name, Scope: SystemScope})
 		}
-	}
+	})
 }
 
 // maxScopeFile bounds the size of a scope's file.
@@ -416,10 +431,11 @@ func emptyState() *state { return &state{Defaults: map[string]ref{}} }
 // error (no file returned) is one of reading, which may pass.
 //
 // What another process wrote is checked as Add would have: services
-// that are null, break a descriptor rule (Validate) or repeat a name
-// are dropped, the rest put back in order, and defaults that name a
-// scope the file cannot refer to are dropped. A default naming a
-// service that is not there stays: lookups pass over it.
+// that are null, break a descriptor rule (Validate), repeat a location
+// or repeat an implementation of the same service are dropped, the rest
+// put back in order, and defaults that name a scope the file cannot
+// refer to are dropped. A default naming a service that is not there
+// stays: lookups pass over it.
 func load(file string, scope Scope) (*state, fileStamp, *os.File, error) {
 	st := emptyState()
 	if file == "" {
@@ -463,12 +479,23 @@ func load(file string, scope Scope) (*state, fileStamp, *os.File, error) {
 // sanitize drops from st, just read as scope's, what Add would not have
 // put there, and restores the order lookups rely on.
 func (st *state) sanitize(scope Scope) {
-	seen := map[string]bool{}
+	locations := map[string]bool{}
+	impls := map[string]bool{} // service, interface, version
 	st.Services = slices.DeleteFunc(st.Services, func(d *Descriptor) bool {
-		if d == nil || Validate(d) != nil || seen[strings.ToLower(d.Name)] {
+		if d == nil || Validate(d) != nil || locations[strings.ToLower(d.Location())] {
 			return true
 		}
-		seen[strings.ToLower(d.Name)] = true
+		keys := make([]string, len(d.Interfaces))
+		for i, in := range d.Interfaces {
+			keys[i] = implKey(d.Name, in)
+			if impls[keys[i]] {
+				return true
+			}
+		}
+		locations[strings.ToLower(d.Location())] = true
+		for _, k := range keys {
+			impls[k] = true
+		}
 		return false
 	})
 	slices.SortStableFunc(st.Services, func(a, b *Descriptor) int {
@@ -548,12 +575,14 @@ func (r *Registry) writable(scope Scope) error {
 	return nil
 }
 
-// Add registers d in scope. A service name already registered takes
-// more interface implementations (Qt's incremental upgrade) at the same
-// location; a location registered to another service is
-// ServiceAlreadyExists; an interface version the service already
-// provides is ImplementationAlreadyExists. Each interface d provides that
-// has no default in scope gets d's highest version of it.
+// Add registers d in scope, as Qt's registerService does. A location
+// already registered (to this service or another) is
+// ServiceAlreadyExists; a service name already registered at other
+// locations takes d as one more (several plugins of one service), its
+// implementations added to theirs; an interface version the service
+// already provides, at any location, is ImplementationAlreadyExists.
+// Each interface d provides that has no default in scope gets d's
+// highest version of it.
 func (r *Registry) Add(d *Descriptor, scope Scope) error {
 	end, err := r.change(scope)
 	if err != nil {
@@ -562,19 +591,16 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 	defer end()
 	st := r.st[scope]
 	for _, o := range st.Services {
-		if strings.EqualFold(o.Location(), d.Location()) && !strings.EqualFold(o.Name, d.Name) {
+		if strings.EqualFold(o.Location(), d.Location()) {
 			return errf(ServiceAlreadyExists, "location %s is registered to service %s already", d.Location(), o.Name)
 		}
 	}
-	existing := st.service(d.Name)
-	if existing != nil {
-		if !strings.EqualFold(existing.Location(), d.Location()) {
-			return errf(ServiceAlreadyExists, "service %s is registered already, at %s", existing.Name, existing.Location())
-		}
-		for _, in := range d.Interfaces {
-			for _, e := range existing.Interfaces {
+	same := st.named(d.Name)
+	for _, in := range d.Interfaces {
+		for _, o := range same {
+			for _, e := range o.Interfaces {
 				if strings.EqualFold(e.Name, in.Name) && e.Version == in.Version {
-					return errf(ImplementationAlreadyExists, "service %s implements %s %s already", existing.Name, in.Name, in.Version)
+					return errf(ImplementationAlreadyExists, "service %s implements %s %s already, at %s", o.Name, in.Name, in.Version, o.Location())
 				}
 			}
 		}
@@ -588,20 +614,15 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 		in.Properties = maps.Clone(in.Properties)
 		ins[i] = in
 	}
-	if existing != nil {
-		c := *existing
-		c.Interfaces = append(slices.Clone(existing.Interfaces), ins...)
-		sortInterfaces(c.Interfaces)
-		next.Services[slices.Index(next.Services, existing)] = &c
-	} else {
-		c := *d
-		c.Interfaces = ins
-		sortInterfaces(c.Interfaces)
-		i, _ := slices.BinarySearchFunc(next.Services, strings.ToLower(c.Name), func(o *Descriptor, name string) int {
-			return strings.Compare(strings.ToLower(o.Name), name)
-		})
-		next.Services = slices.Insert(next.Services, i, &c)
-	}
+	c := *d
+	c.Interfaces = ins
+	sortInterfaces(c.Interfaces)
+	// After the service's other locations: they stay in the order they
+	// were registered.
+	i, _ := slices.BinarySearchFunc(next.Services, strings.ToLower(c.Name), func(o *Descriptor, name string) int {
+		return strings.Compare(strings.ToLower(o.Name), name)
+	})
+	next.Services = slices.Insert(next.Services, i+len(same), &c)
 	for _, in := range d.Interfaces {
 		key := strings.ToLower(in.Name)
 		if _, ok := next.Defaults[key]; ok {
@@ -622,8 +643,8 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 	return nil
 }
 
-// Remove unregisters a service from scope. Each interface it was the
-// default for gets the highest remaining version in scope (major, then
+// Remove unregisters a service from scope: every location it is
+// registered at. Each interface it was the default for gets the highest remaining version in scope (major, then
 // minor; equal versions go to the service name first in order), or no
 // default.
 func (r *Registry) Remove(name string, scope Scope) error {
@@ -633,12 +654,13 @@ func (r *Registry) Remove(name string, scope Scope) error {
 	}
 	defer end()
 	st := r.st[scope]
-	d := st.service(name)
-	if d == nil {
+	gone := st.named(name)
+	if len(gone) == 0 {
 		return errf(ComponentNotFound, "there is no service %s in the %s scope", name, scope)
 	}
+	d := gone[0]
 	next := st.edit()
-	next.Services = slices.DeleteFunc(next.Services, func(o *Descriptor) bool { return o == d })
+	next.Services = slices.DeleteFunc(next.Services, func(o *Descriptor) bool { return slices.Contains(gone, o) })
 	for key, def := range next.Defaults {
 		if !strings.EqualFold(def.Service, d.Name) || def.Scope != scope {
 			continue
@@ -761,6 +783,11 @@ func sortInterfaces(ins []Interface) {
 	})
 }
 
+// implKey names one implementation: service, interface and version.
+func implKey(service string, in Interface) string {
+	return strings.ToLower(service) + "\x00" + strings.ToLower(in.Name) + "\x00" + in.Version.String()
+}
+
 func implOf(d *Descriptor, in Interface, scope Scope) Implementation {
 	return Implementation{Service: d.Name, Interface: in.Name, Version: in.Version, Scope: scope,
 		Description: in.Description, Capabilities: in.Capabilities, Properties: in.Properties,
@@ -773,13 +800,11 @@ func (r *Registry) lookup(scope Scope, service, iface string, v Version) (Implem
 	if st == nil {
 		return Implementation{}, false
 	}
-	d := st.service(service)
-	if d == nil {
-		return Implementation{}, false
-	}
-	for _, in := range d.Interfaces {
-		if strings.EqualFold(in.Name, iface) && in.Version == v {
-			return implOf(d, in, scope), true
+	for _, d := range st.named(service) {
+		for _, in := range d.Interfaces {
+			if strings.EqualFold(in.Name, iface) && in.Version == v {
+				return implOf(d, in, scope), true
+			}
 		}
 	}
 	return Implementation{}, false
@@ -838,16 +863,14 @@ func (r *Registry) SetDefault(service, iface string, version *Version, scope Sco
 	defer end()
 	var target *ref
 	for _, s := range scopesFor(scope) {
-		d := r.st[s].service(service)
-		if d == nil {
-			continue
-		}
-		for _, in := range d.Interfaces {
-			if !strings.EqualFold(in.Name, iface) || (version != nil && in.Version != *version) {
-				continue
-			}
-			if target == nil || target.Version.Less(in.Version) {
-				target = &ref{Service: d.Name, Version: in.Version, Scope: s}
+		for _, d := range r.st[s].named(service) {
+			for _, in := range d.Interfaces {
+				if !strings.EqualFold(in.Name, iface) || (version != nil && in.Version != *version) {
+					continue
+				}
+				if target == nil || target.Version.Less(in.Version) {
+					target = &ref{Service: d.Name, Version: in.Version, Scope: s}
+				}
 			}
 		}
 		if target != nil {
@@ -948,4 +971,32 @@ func (r *Registry) Services(scope Scope) ([]*Descriptor, error) {
 		}
 	}
 	return out, nil
+}
+
+// Service returns the locations service name is registered at, one
+// descriptor each, in the order they were registered, and their scope:
+// in the user scope the user's if the user registers the name (a user's
+// service hides the system's of the same name), else the system's. A
+// name registered nowhere returns none.
+func (r *Registry) Service(name string, scope Scope) ([]*Descriptor, Scope, error) {
+	if err := checkScope(scope); err != nil {
+		return nil, "", err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.syncSystem()
+	for _, s := range scopesFor(scope) {
+		ds := r.st[s].named(name)
+		if len(ds) == 0 {
+			continue
+		}
+		out := make([]*Descriptor, len(ds))
+		for i, d := range ds {
+			c := *d
+			c.Interfaces = slices.Clone(d.Interfaces)
+			out[i] = &c
+		}
+		return out, s, nil
+	}
+	return nil, "", nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -170,23 +171,113 @@ func TestAddRefusals(t *testing.T) {
 		d    *Descriptor
 		code string
 	}{
-		"location of another service":    {desc("B", "LOC-A", "x.y 1.0"), ServiceAlreadyExists},
-		"same service, other location":   {desc("A", "loc-z", "x.y 1.0"), ServiceAlreadyExists},
-		"same service+interface+version": {desc("a", "loc-a", "A.B 1.0"), ImplementationAlreadyExists},
+		// Qt refuses a location registered already, whoever has it.
+		"location of another service": {desc("B", "LOC-A", "x.y 1.0"), ServiceAlreadyExists},
+		"same service, same location": {desc("A", "loc-a", "x.y 1.0"), ServiceAlreadyExists},
+		// and an implementation the service has at any location.
+		"same service+interface+version, another location": {desc("a", "loc-b", "A.B 1.0"), ImplementationAlreadyExists},
 	} {
 		if err := r.Add(c.d, UserScope); CodeOf(err) != c.code {
 			t.Errorf("%s: %v, want %s", name, err, c.code)
 		}
 	}
-	// Incremental upgrade: same service, same location, new version.
-	mustAdd(t, r, desc("A", "loc-a", "a.b 1.1"), UserScope)
-	got, _ := r.Find(Filter{Service: "A"}, UserScope)
-	if !slices.Equal(names(got), []string{"A a.b 1.0", "A a.b 1.1"}) {
-		t.Fatalf("after the upgrade: %q", names(got))
+	got, _ := r.Find(Filter{}, UserScope)
+	if !slices.Equal(names(got), []string{"A a.b 1.0"}) {
+		t.Fatalf("after the refusals: %q", names(got))
 	}
 	if err := r.Remove("nobody", UserScope); CodeOf(err) != ComponentNotFound {
 		t.Fatalf("remove unknown: %v", err)
 	}
+}
+
+// One service from several locations (Qt's plugins of one service): each
+// adds its implementations, every query and default rule sees them all,
+// and removing the service by name removes them all.
+func TestServiceFromSeveralLocations(t *testing.T) {
+	r, evs := newReg(t)
+	mustAdd(t, r, desc("Media", "/plugins/audio", "org.media.Play 1.0", "org.media.Audio 2.0"), UserScope)
+	mustAdd(t, r, desc("Other", "/plugins/other", "org.media.Play 3.0"), UserScope)
+	mustAdd(t, r, desc("MEDIA", "/plugins/video", "org.media.Play 2.0", "org.media.Video 1.0"), UserScope)
+	if got := fmt.Sprint(*evs); got != "[{ServiceAdded Media user} {ServiceAdded Other user} {ServiceAdded MEDIA user}]" {
+		t.Fatalf("events %s", got)
+	}
+	at := func(impls []*Implementation) []string {
+		var out []string
+		for _, i := range impls {
+			out = append(out, i.Service+" "+i.Interface+" "+i.Version.String()+" "+i.IPCAddress)
+		}
+		return out
+	}
+	got, _ := r.Find(Filter{Service: "media"}, UserScope)
+	if want := []string{
+		"Media org.media.Audio 2.0 /plugins/audio", "Media org.media.Play 1.0 /plugins/audio",
+		"MEDIA org.media.Play 2.0 /plugins/video", "MEDIA org.media.Video 1.0 /plugins/video",
+	}; !slices.Equal(at(got), want) {
+		t.Fatalf("find service media:\n%q\nwant\n%q", at(got), want)
+	}
+	got, _ = r.Find(Filter{Interface: "org.media.Play", Version: "2.0"}, UserScope)
+	if want := []string{"MEDIA org.media.Play 2.0 /plugins/video", "Other org.media.Play 3.0 /plugins/other"}; !slices.Equal(at(got), want) {
+		t.Fatalf("find Play 2.0: %q", at(got))
+	}
+	// The first registrant keeps Play; Video's default is the second
+	// location's, which brought it.
+	if got := defaultOf(t, r, "org.media.Play", UserScope); got != "Media 1.0 user" {
+		t.Fatalf("Play's default: %s", got)
+	}
+	if impl, err := r.Default("org.media.Video", UserScope); err != nil || impl.IPCAddress != "/plugins/video" {
+		t.Fatalf("Video's default: %+v, %v", impl, err)
+	}
+	// setInterfaceDefault picks the service's newest version at any of
+	// its locations, or exactly the one given.
+	mustSetDefault(t, r, "media", "org.media.Play", nil, UserScope)
+	if impl, err := r.Default("org.media.Play", UserScope); err != nil || impl.Version != (Version{2, 0}) || impl.IPCAddress != "/plugins/video" {
+		t.Fatalf("Play's default after setting it: %+v, %v", impl, err)
+	}
+	v := Version{1, 0}
+	mustSetDefault(t, r, "media", "org.media.Play", &v, UserScope)
+	if impl, _ := r.Default("org.media.Play", UserScope); impl.IPCAddress != "/plugins/audio" {
+		t.Fatalf("Play 1.0's default: %+v", impl)
+	}
+	ds, scope, err := r.Service("media", UserScope)
+	if err != nil || scope != UserScope || len(ds) != 2 || ds[0].IPCAddress != "/plugins/audio" || ds[1].IPCAddress != "/plugins/video" {
+		t.Fatalf("Service(media): %+v %s %v", ds, scope, err)
+	}
+	// Kept as registered, in order, across a restart.
+	r2, err := Open(r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds2, _, _ := r2.Service("Media", UserScope); !reflect.DeepEqual(ds2, ds) {
+		t.Fatalf("after reopening: %+v", ds2)
+	}
+	list, _ := r2.Services(UserScope)
+	var locs []string
+	for _, d := range list {
+		locs = append(locs, d.Name+" "+d.Location())
+	}
+	if want := []string{"Media /plugins/audio", "MEDIA /plugins/video", "Other /plugins/other"}; !slices.Equal(locs, want) {
+		t.Fatalf("services %q", locs)
+	}
+	// Removing it by name removes every location; Play's default goes
+	// to what remains, Video's and Audio's go.
+	*evs = nil
+	mustRemove(t, r2, "media", UserScope)
+	if got, _ := r2.Find(Filter{}, UserScope); !slices.Equal(names(got), []string{"Other org.media.Play 3.0"}) {
+		t.Fatalf("after removing media: %q", names(got))
+	}
+	if got := defaultOf(t, r2, "org.media.Play", UserScope); got != "Other 3.0 user" {
+		t.Fatalf("Play's default after the removal: %s", got)
+	}
+	for _, i := range []string{"org.media.Video", "org.media.Audio"} {
+		if got := defaultOf(t, r2, i, UserScope); got != "none" {
+			t.Fatalf("%s's default after the removal: %s", i, got)
+		}
+	}
+	if ds, _, _ := r2.Service("media", UserScope); len(ds) != 0 {
+		t.Fatalf("media still has %d locations", len(ds))
+	}
+	// Its locations are free again.
+	mustAdd(t, r2, desc("Fresh", "/plugins/video", "org.media.Video 1.0"), UserScope)
 }
 
 func defaultOf(t *testing.T, r *Registry, iface string, s Scope) string {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -198,9 +199,14 @@ func TestCorruptSystemFile(t *testing.T) {
 			{"sfw_version":"1.1","name":"Twice","ipcaddress":"t","interfaces":[{"name":"i.x","version":"2.0"},{"name":"i.x","version":"2.0"}]},
 			{"sfw_version":"9","name":"Future","ipcaddress":"f","interfaces":[{"name":"i.x","version":"2.0"}]},
 			` + valid + `,
+			{"sfw_version":"1.1","name":"Other","ipcaddress":"GOOD","interfaces":[{"name":"i.x","version":"4.0"}]},
+			{"sfw_version":"1.1","name":"good","ipcaddress":"third","interfaces":[{"name":"i.y","version":"1.0"},{"name":"I.X","version":"1.0"}]},
 			{"sfw_version":"1.1","name":"GOOD","ipcaddress":"again","interfaces":[{"name":"i.x","version":"3.0"}]}],
 			"defaults":{"i.x":{"service":"NoLocation","version":"2.0","scope":"system"}}}`,
-			[]string{"Good i.x 1.0"}, "none"},
+			// Other repeats Good's location, and good's third location one
+			// of its implementations: both dropped. GOOD at another location
+			// is Good's second.
+			[]string{"Good i.x 1.0", "GOOD i.x 3.0"}, "none"},
 		{"a default naming another scope", `{"services":[` + valid + `],"defaults":{
 			"i.x":{"service":"Good","version":"1.0","scope":"remote"},
 			"i.y":{"service":"Good","version":"1.0","scope":"user"},
@@ -246,7 +252,7 @@ func TestCorruptSystemFile(t *testing.T) {
 			mustAdd(t, root, desc("Fixed", "fixed", "i.x 9.0"), SystemScope)
 			got, _ := r.Find(Filter{Interface: "i.x"}, UserScope)
 			want := append(slices.Clone(c.want), "Fixed i.x 9.0")
-			slices.Sort(want)
+			slices.SortStableFunc(want, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
 			if !slices.Equal(names(got), want) {
 				t.Fatalf("after root's daemon wrote the file again: %q", names(got))
 			}
@@ -404,5 +410,53 @@ func TestSystemScopeSameSizeRewrites(t *testing.T) {
 			t.Fatalf("round %d: after one more the user's default is %s, want B", round, got)
 		}
 		setDefault("A")
+	}
+}
+
+// The system scope's file stays in the format daemons before several
+// locations per service read: a list of descriptors, each valid alone,
+// in name order and, within a name, in the order they were registered.
+// Such a daemon keeps the first descriptor of each name, so it sees each
+// service at its first location, with the implementations it saw before
+// the service had a second, and nothing it cannot use.
+func TestSystemFileForOlderDaemons(t *testing.T) {
+	r, _ := newReg(t)
+	mustAdd(t, r, desc("Media", "/plugins/video", "org.media.Video 1.0"), SystemScope)
+	mustAdd(t, r, desc("Zed", "/zed", "org.zed 1.0"), SystemScope)
+	mustAdd(t, r, desc("media", "/plugins/audio", "org.media.Audio 1.0", "org.media.Video 2.0"), SystemScope)
+	b, err := os.ReadFile(r.cfg.SystemFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Services []*Descriptor              `json:"services"`
+		Defaults map[string]json.RawMessage `json:"defaults"`
+	}
+	if err := json.Unmarshal(b, &file); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	firsts := map[string]*Descriptor{}
+	for _, d := range file.Services {
+		if err := Validate(d); err != nil {
+			t.Fatalf("%s at %s is not valid alone: %v", d.Name, d.Location(), err)
+		}
+		order = append(order, d.Name+" "+d.Location())
+		if firsts[strings.ToLower(d.Name)] == nil {
+			firsts[strings.ToLower(d.Name)] = d
+		}
+	}
+	if want := []string{"Media /plugins/video", "media /plugins/audio", "Zed /zed"}; !slices.Equal(order, want) {
+		t.Fatalf("the file lists %q, want %q", order, want)
+	}
+	if m := firsts["media"]; m.Location() != "/plugins/video" || len(m.Interfaces) != 1 {
+		t.Fatalf("an older daemon would see Media as %+v", m)
+	}
+	// Every default names the service, interface and version as before.
+	for key, raw := range file.Defaults {
+		var def struct{ Service, Version, Scope string }
+		if err := json.Unmarshal(raw, &def); err != nil || def.Service == "" || def.Version == "" || def.Scope != "system" {
+			t.Fatalf("default %s: %s (%v)", key, raw, err)
+		}
 	}
 }

@@ -110,16 +110,20 @@ type Config struct {
 	// TURN gives the TURN server and credentials for the account's relay
 	// allocation; nil means tubes go direct only.
 	TURN func(ctx context.Context) (turnclient.Config, error)
-	// Connect, when it knows service, connects to it itself (a service
-	// started on demand: the error then means it did not take the
-	// connection) and gives done, called when the connection ends.
-	Connect func(service string) (conn net.Conn, done func(), ok bool, err error)
+	// Connect, when socket (an export's Unix socket) is one it serves
+	// itself, connects to the service there itself (a service started on
+	// demand: the error then means it did not take the connection) and
+	// gives done, called when the connection ends.
+	Connect func(socket string) (conn net.Conn, done func(), ok bool, err error)
 	// Published gives the export of a service the account publishes
 	// (service framework) when a reverse-tube request names one that is
 	// not exported; its Allow and AllowRooms say who it is published to.
-	// from is the contact asking: the daemon also checks it holds the
+	// impl is the implementation the requester chose ("INTERFACE@M.m",
+	// or "" for the service as a whole): of a service registered at
+	// several locations, the export serves the one implementing it. from
+	// is the contact asking: the daemon also checks it holds the
 	// capabilities the service requires.
-	Published func(service, from string) (api.Export, bool)
+	Published func(service, impl, from string) (api.Export, bool)
 	// PinnedKey gives the key pinned for an account, if there is one:
 	// incoming messages are checked against it. Without it (or before a
 	// key is pinned) the key comes from Signaller.Keys.

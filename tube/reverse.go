@@ -133,7 +133,11 @@ func (m *Manager) Open(ctx context.Context, req api.OpenRequest) (api.Tube, erro
 		delete(m.opens, rid)
 		m.mu.Unlock()
 	}()
-	if _, err := m.send(ctx, req.Contact, req.Room, kindRequest, mustJSON(requestMsg{Request: rid, Service: req.Service})); err != nil {
+	if err := checkImplementation(req.Implementation); err != nil {
+		return api.Tube{}, err
+	}
+	msg := requestMsg{Request: rid, Service: req.Service, Implementation: req.Implementation}
+	if _, err := m.send(ctx, req.Contact, req.Room, kindRequest, mustJSON(msg)); err != nil {
 		return api.Tube{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, openTimeout)
@@ -176,7 +180,7 @@ func (m *Manager) onRequest(from, room string, body []byte) error {
 			// A published service is exported for this requester and
 			// this offer only (the tube keeps the export; the export list
 			// never has it), as it is published to them now.
-			if pe, ok := m.cfg.Published(r.Service, from); ok {
+			if pe, ok := m.cfg.Published(r.Service, r.Implementation, from); ok {
 				x, err := m.newExport("", pe)
 				if err != nil {
 					m.log.Warn("published service not exported", "service", r.Service, "err", err)

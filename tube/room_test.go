@@ -336,6 +336,19 @@ func TestStreamTubeServerAndClient(t *testing.T) {
 			t.Fatalf("TCPConnections = %+v", m)
 		}
 	}
+	// The client learns of its connection from its own event, which may
+	// come after the server's.
+	for deadline := time.After(10 * time.Second); ; {
+		select {
+		case ev := <-cl.Events():
+			if ev.Type != api.EventNewLocalConnection || ev.TubeID != tb.ID {
+				continue
+			}
+		case <-deadline:
+			t.Fatal("the StreamTubeClient was not told of its connection")
+		}
+		break
+	}
 	if got := cl.Connections(tb.ID); len(got) != 1 {
 		t.Errorf("client connections of the tube: %v", got)
 	}

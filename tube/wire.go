@@ -77,6 +77,11 @@ type closeMsg struct {
 type requestMsg struct {
 	Request string `json:"request"`
 	Service string `json:"service"`
+	// Implementation is the interface and version the requester chose
+	// ("INTERFACE@M.m") when it asked for an interface, which a service
+	// registered at several locations serves from one of them; older
+	// peers leave it out.
+	Implementation string `json:"implementation,omitempty"`
 }
 
 // refuseMsg is the body of tube.refuse.
@@ -132,6 +137,32 @@ func checkService(s string) error {
 		}
 	}
 	return nil
+}
+
+// checkImplementation validates a requested implementation: empty, or
+// INTERFACE@MAJOR.MINOR.
+func checkImplementation(s string) error {
+	if s == "" {
+		return nil
+	}
+	iface, v, ok := strings.Cut(s, "@")
+	maj, min, dot := strings.Cut(v, ".")
+	if !ok || !dot || checkService(iface) != nil || !digits(maj) || !digits(min) {
+		return tperr.New(tperr.InvalidArgument, "implementation %q is not INTERFACE@MAJOR.MINOR", clip(s))
+	}
+	return nil
+}
+
+func digits(s string) bool {
+	if s == "" || len(s) > 9 {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func checkPath(p string) error {
@@ -231,7 +262,10 @@ func decodeRequest(data []byte) (requestMsg, error) {
 	if err := checkID("request id", m.Request); err != nil {
 		return m, err
 	}
-	return m, checkService(m.Service)
+	if err := checkService(m.Service); err != nil {
+		return m, err
+	}
+	return m, checkImplementation(m.Implementation)
 }
 
 func decodeRefuse(data []byte) (refuseMsg, error) {

@@ -62,6 +62,14 @@ func TestDecodeRejects(t *testing.T) {
 			t.Errorf("offer %s accepted", name)
 		}
 	}
+	for _, impl := range []string{"org.media.Play", "org.media.Play@", "org.media.Play@2", "@2.0", "a b@1.0", "x@1.0.1", "x@-1.0", "x@1.0@2.0"} {
+		if _, err := decodeRequest([]byte(`{"request":"r1","service":"Media","implementation":"` + impl + `"}`)); err == nil {
+			t.Errorf("request for implementation %q accepted", impl)
+		}
+	}
+	if r, err := decodeRequest([]byte(`{"request":"r1","service":"Media","implementation":"org.media.Play@2.0"}`)); err != nil || r.Implementation != "org.media.Play@2.0" {
+		t.Errorf("request for an implementation: %+v %v", r, err)
+	}
 	if _, err := decodeCtrl([]byte(`{"op":"explode","tube":"T"}`)); err == nil {
 		t.Error("unknown link message accepted")
 	}
@@ -81,6 +89,7 @@ func FuzzDecode(f *testing.F) {
 		`{"id":"T1","service":"vnc","addrs":["127.0.0.1:7000","[::1]:7000"],"path":"direct","params":"AAEC","request":"r1"}`,
 		`{"id":"T1","error":"im.telepathy1.Error.Cancelled","message":"closed"}`,
 		`{"request":"r1","service":"desktop"}`,
+		`{"request":"r1","service":"Media","implementation":"org.media.Play@2.0"}`,
 		`{"request":"r1","error":"im.telepathy1.Error.PermissionDenied","message":"no"}`,
 		`{"tube":"T1"}`,
 		`{"op":"accepted","tube":"T1"}`,
