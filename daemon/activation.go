@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tubes-dev/tubes/activation"
 	"github.com/tubes-dev/tubes/api"
@@ -57,6 +58,9 @@ type activations struct {
 // for each: the first registered is known by the service's name and has
 // the socket NAME.sock; each further one is NAME@FILEPATH, with the
 // socket NAME-HASH.sock (HASH from its path, so that it stays the same).
+// NAME is the service's name as a file name, cut to 48 bytes; a socket
+// name another unit has already (two names made the same file name)
+// becomes NAME-HASH.sock with HASH from the unit's key.
 type unitID struct {
 	key    string // lower-case name and path
 	name   string // in tube services activations
@@ -69,11 +73,16 @@ func onDemandUnit(locs []*registry.Descriptor, desc *registry.Descriptor) unitID
 	id := unitID{key: strings.ToLower(desc.Name) + "\x00" + desc.FilePath, name: desc.Name, socket: safeName(desc.Name) + ".sock"}
 	first := slices.IndexFunc(locs, func(l *registry.Descriptor) bool { return l.FilePath != "" })
 	if first >= 0 && locs[first].FilePath != desc.FilePath {
-		sum := sha256.Sum256([]byte(desc.FilePath))
 		id.name = desc.Name + "@" + desc.FilePath
-		id.socket = fmt.Sprintf("%s-%x.sock", safeName(desc.Name), sum[:4])
+		id.socket = hashedSocket(desc.Name, desc.FilePath)
 	}
 	return id
+}
+
+// hashedSocket is the socket file name NAME-HASH.sock, HASH from what.
+func hashedSocket(name, what string) string {
+	sum := sha256.Sum256([]byte(what))
+	return fmt.Sprintf("%s-%x.sock", safeName(name), sum[:4])
 }
 
 // activated returns the local socket of service location desc, started
@@ -87,6 +96,11 @@ func (d *Daemon) activated(desc *registry.Descriptor, id unitID) (string, error)
 	} else if a != nil {
 		a.close()
 		delete(d.acts.units, id.key)
+	}
+	for k, u := range d.acts.units {
+		if k != id.key && filepath.Base(u.socket) == id.socket {
+			id.socket = hashedSocket(desc.Name, id.key)
+		}
 	}
 	cfg := activation.Config{Name: id.name, Path: desc.FilePath, Logger: d.log}
 	for _, in := range desc.Interfaces {
@@ -224,14 +238,20 @@ func ids(s string) []uint32 {
 	return out
 }
 
-// safeName turns a service name into a file name.
+// safeName turns a service name into a file name of at most 48 bytes
+// (a Unix socket's path has room for 107).
 func safeName(s string) string {
-	return strings.Map(func(r rune) rune {
+	s = strings.Map(func(r rune) rune {
 		if r == '/' || r == 0 || r < ' ' {
 			return '_'
 		}
 		return r
 	}, s)
+	for len(s) > 48 {
+		_, n := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-n]
+	}
+	return s
 }
 
 // syncActivations gives every registered <filepath> location its unit

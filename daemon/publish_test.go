@@ -731,3 +731,46 @@ func say(t *testing.T, who *tubetest.Daemon, contact, target, msg string) string
 	got, _ := io.ReadAll(c)
 	return string(got)
 }
+
+// Every on-demand unit has a socket of its own that a local client
+// reaches, whatever the service's name: names that make the same file
+// name ("x/y" and "x_y") and a name too long for a socket's path.
+func TestOnDemandSocketsDistinct(t *testing.T) {
+	ctx := context.Background()
+	d := tubetest.StartDaemon(t, "")
+	dir := t.TempDir()
+	long := strings.Repeat("Long", 60)
+	for i, name := range []string{"x/y", "x_y", long} {
+		xml := `<SFW version="1.1"><service><name>` + name + `</name><filepath>` + tubetest.ActivatedScript(t, dir, fmt.Sprint("s", i)) +
+			`</filepath><interface><name>org.example.S</name><version>1.` + fmt.Sprint(i) + `</version></interface></service></SFW>`
+		if _, err := d.C.AddService(ctx, xml, "s.xml", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acts, err := d.C.Activations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sockets := map[string]string{}
+	for name, st := range acts {
+		if other, dup := sockets[st.Socket]; dup || st.Socket == "" {
+			t.Fatalf("%s and %s share the socket %q", name, other, st.Socket)
+		}
+		sockets[st.Socket] = name
+		c, err := net.Dial("unix", st.Socket)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, "hi")
+		c.(*net.UnixConn).CloseWrite()
+		got, _ := io.ReadAll(c)
+		c.Close()
+		if !strings.HasPrefix(string(got), "activated ") {
+			t.Fatalf("%s answered %q", name, got)
+		}
+	}
+	if len(sockets) != 3 {
+		t.Fatalf("activations %+v", acts)
+	}
+}
