@@ -123,6 +123,8 @@ func TestParseSmallCases(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("testdata/*/*.xml")
+	plugins, _ := filepath.Glob("testdata/*/*/*.xml")
+	files = append(files, plugins...)
 	for _, file := range files {
 		b, _ := os.ReadFile(file)
 		f.Add(b)

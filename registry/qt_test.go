@@ -83,3 +83,62 @@ func TestQtDescriptorClasses(t *testing.T) {
 		})
 	}
 }
+
+// Class 3, one service from several locations, with descriptor files
+// registered one after another as Qt's registerService takes them: a
+// plugin of a registered service at a new location adds its
+// implementations; a location registered already, whoever has it (in
+// any case: Qt compares locations without case), is ServiceAlreadyExists;
+// an interface version the service has at another location is
+// ImplementationAlreadyExists. Before, the second plugin was refused and
+// a second descriptor at the same location was merged into the first.
+func TestQtServiceFromSeveralLocations(t *testing.T) {
+	r, _ := newReg(t)
+	for _, c := range []struct {
+		file string
+		code string // "" registers
+	}{
+		{"media-audio.xml", ""},
+		{"media-video.xml", ""},
+		{"other-at-audio.xml", ServiceAlreadyExists},
+		{"media-audio.xml", ServiceAlreadyExists},
+		{"media-player-again.xml", ImplementationAlreadyExists},
+	} {
+		path := filepath.Join("testdata", "qt", "plugins", c.file)
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := Parse(path, f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Add(d, UserScope); CodeOf(err) != c.code {
+			t.Fatalf("register %s: %v, want %q", c.file, err, c.code)
+		}
+	}
+	got, _ := r.Find(Filter{Service: "MEDIASERVICE"}, UserScope)
+	var impls []string
+	for _, i := range got {
+		impls = append(impls, i.Service+" "+i.Interface+" "+i.Version.String()+" "+i.FilePath+" "+i.ServiceDescription)
+	}
+	want := []string{
+		"MediaService com.example.media.Audio 2.0 /usr/lib/mediaservice/audioplugin Media playback: the audio plugin",
+		"MediaService com.example.media.Player 1.0 /usr/lib/mediaservice/audioplugin Media playback: the audio plugin",
+		"mediaservice com.example.media.Player 2.0 /usr/lib/mediaservice/videoplugin Media playback: the video plugin",
+		"mediaservice com.example.media.Video 1.0 /usr/lib/mediaservice/videoplugin Media playback: the video plugin",
+	}
+	if !slices.Equal(impls, want) {
+		t.Fatalf("find MediaService:\n%q\nwant\n%q", impls, want)
+	}
+	if impl, err := r.Default("com.example.media.Player", UserScope); err != nil || impl.Version != (Version{1, 0}) {
+		t.Fatalf("Player's default: %+v %v (the first registrant's)", impl, err)
+	}
+	if err := r.Remove("MediaService", UserScope); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.Find(Filter{}, UserScope); len(got) != 0 {
+		t.Fatalf("left after removing MediaService: %q", names(got))
+	}
+}
