@@ -179,7 +179,7 @@ func (u *Unit) Serve(conn net.Conn) error {
 func (u *Unit) command(fd *os.File) *exec.Cmd {
 	args := append([]string{"-c", `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`, u.cfg.Path}, u.cfg.Args...)
 	cmd := exec.Command("/bin/sh", args...)
-	cmd.Env = append(append(os.Environ(), u.cfg.Env...), "LISTEN_FDS=1", "LISTEN_FDNAMES="+u.cfg.Name)
+	cmd.Env = append(append(os.Environ(), u.cfg.Env...), "LISTEN_FDS=1", "LISTEN_FDNAMES="+fdName(u.cfg.Name))
 	cmd.ExtraFiles = []*os.File{fd}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -818,4 +818,20 @@ func pair() (ours, theirs *net.TCPConn, err error) {
 		}
 		theirs.Close() // another local process's connection, not ours
 	}
+}
+
+// fdName is name as LISTEN_FDNAMES may carry it: sd_listen_fds_with_names
+// splits the list on ':' and takes up to 255 printable ASCII characters,
+// so anything else becomes '_'.
+func fdName(name string) string {
+	b := []byte(name)
+	if len(b) > 255 {
+		b = b[:255]
+	}
+	for i, c := range b {
+		if c < ' ' || c > '~' || c == ':' {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }

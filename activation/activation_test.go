@@ -594,3 +594,18 @@ func TestSharedInnerSocketPrivate(t *testing.T) {
 		t.Fatalf("another user dialing the inner socket: %s (%v)", out, err)
 	}
 }
+
+// A unit's name reaches LISTEN_FDNAMES as sd_listen_fds_with_names can
+// read it: no ':' (its separator), printable ASCII, at most 255 bytes.
+func TestFDName(t *testing.T) {
+	for name, want := range map[string]string{
+		"echo":                   "echo",
+		"Media@/opt/a:b/plugin":  "Media@/opt/a_b/plugin",
+		"tab\there ünï":          "tab_here __n__", // each byte of ü and ï
+		strings.Repeat("x", 300): strings.Repeat("x", 255),
+	} {
+		if got := fdName(name); got != want {
+			t.Errorf("fdName(%q) = %q, want %q", name, got, want)
+		}
+	}
+}

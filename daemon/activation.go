@@ -3,6 +3,7 @@ package daemon
 import (
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -55,34 +56,61 @@ type activations struct {
 
 // unitID names the unit of one location of an on-demand service. A
 // service registered at several locations (each a <filepath>) has a unit
-// for each: the first registered is known by the service's name and has
-// the socket NAME.sock; each further one is NAME@FILEPATH, with the
-// socket NAME-HASH.sock (HASH from its path, so that it stays the same).
-// NAME is the service's name as a file name, cut to 48 bytes; a socket
-// name another unit has already (two names made the same file name)
-// becomes NAME-HASH.sock with HASH from the unit's key.
+// for each: the first registered is known by the service's name, each
+// further one as NAME@FILEPATH. The first location of a service whose
+// name is plain (letters, digits and . _ + -, at most 48 bytes) has the
+// socket NAME.sock; every other unit's is NAME~HASH.sock, NAME the name
+// made a file name and cut to 40 bytes, HASH from the unit's key. A plain
+// name has no "~": no two units' sockets have one name, and each keeps
+// its name across restarts.
 type unitID struct {
-	key    string // lower-case name and path
+	key    string // folded name and path
 	name   string // in tube services activations
 	socket string // file name of the local socket
 }
 
 // onDemandUnit names the unit of desc, one of the locations locs of its
-// service (in the order they were registered).
+// service (the user's, in the order they were registered, then the
+// system's).
 func onDemandUnit(locs []*registry.Descriptor, desc *registry.Descriptor) unitID {
-	id := unitID{key: strings.ToLower(desc.Name) + "\x00" + desc.FilePath, name: desc.Name, socket: safeName(desc.Name) + ".sock"}
+	id := unitID{key: registry.FoldName(desc.Name) + "\x00" + desc.FilePath, name: desc.Name}
 	first := slices.IndexFunc(locs, func(l *registry.Descriptor) bool { return l.FilePath != "" })
-	if first >= 0 && locs[first].FilePath != desc.FilePath {
+	isFirst := first >= 0 && locs[first].FilePath == desc.FilePath
+	if !isFirst {
 		id.name = desc.Name + "@" + desc.FilePath
-		id.socket = hashedSocket(desc.Name, desc.FilePath)
+	}
+	if isFirst && plainName(desc.Name) {
+		id.socket = desc.Name + ".sock"
+	} else {
+		sum := sha256.Sum256([]byte(id.key))
+		id.socket = fmt.Sprintf("%s~%x.sock", safeName(desc.Name), sum[:8])
 	}
 	return id
 }
 
-// hashedSocket is the socket file name NAME-HASH.sock, HASH from what.
-func hashedSocket(name, what string) string {
-	sum := sha256.Sum256([]byte(what))
-	return fmt.Sprintf("%s-%x.sock", safeName(name), sum[:4])
+// plainName says whether a service name is a file name as it is.
+func plainName(s string) bool {
+	if s == "" || len(s) > 48 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '+' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// onDemandLocations are the locations of service name that have units:
+// the user's, then the system's (lookups list both; publication and
+// tubes by name take the user's).
+func (d *Daemon) onDemandLocations(name string) []*registry.Descriptor {
+	locs, scope, _ := d.services.Service(name, registry.UserScope)
+	if scope == registry.UserScope {
+		sys, _, _ := d.services.Service(name, registry.SystemScope)
+		locs = append(locs, sys...)
+	}
+	return locs
 }
 
 // activated returns the local socket of service location desc, started
@@ -99,7 +127,9 @@ func (d *Daemon) activated(desc *registry.Descriptor, id unitID) (string, error)
 	}
 	for k, u := range d.acts.units {
 		if k != id.key && filepath.Base(u.socket) == id.socket {
-			id.socket = hashedSocket(desc.Name, id.key)
+			// Not made by onDemandUnit: fail closed rather than take
+			// another unit's socket.
+			return "", fmt.Errorf("the socket %s is %s's", id.socket, u.unit.Name())
 		}
 	}
 	cfg := activation.Config{Name: id.name, Path: desc.FilePath, Logger: d.log}
@@ -238,7 +268,7 @@ func ids(s string) []uint32 {
 	return out
 }
 
-// safeName turns a service name into a file name of at most 48 bytes
+// safeName turns a service name into a file name of at most 40 bytes
 // (a Unix socket's path has room for 107).
 func safeName(s string) string {
 	s = strings.Map(func(r rune) rune {
@@ -247,7 +277,7 @@ func safeName(s string) string {
 		}
 		return r
 	}, s)
-	for len(s) > 48 {
+	for len(s) > 40 {
 		_, n := utf8.DecodeLastRuneInString(s)
 		s = s[:len(s)-n]
 	}
@@ -255,37 +285,48 @@ func safeName(s string) string {
 }
 
 // syncActivations gives every registered <filepath> location its unit
-// (sockets ready, nothing started) and ends those of locations gone. A
-// user's service hides the system's of the same name, as in lookups.
+// (sockets ready, nothing started) and ends those of locations gone,
+// first, so that nothing of theirs is in the way.
 func (d *Daemon) syncActivations() {
 	d.acts.sync.Lock()
 	defer d.acts.sync.Unlock()
 	ds, _ := d.services.Services(registry.UserScope)
+	type unit struct {
+		desc *registry.Descriptor
+		id   unitID
+	}
+	var units []unit
 	want := map[string]bool{}
 	done := map[string]bool{}
 	for _, desc := range ds {
-		if done[strings.ToLower(desc.Name)] {
+		if done[registry.FoldName(desc.Name)] {
 			continue
 		}
-		done[strings.ToLower(desc.Name)] = true
-		locs := d.locations(desc.Name)
+		done[registry.FoldName(desc.Name)] = true
+		locs := d.onDemandLocations(desc.Name)
 		for _, l := range locs {
 			if l.FilePath == "" {
 				continue
 			}
-			id := onDemandUnit(locs, l)
-			want[id.key] = true
-			if _, err := d.activated(l, id); err != nil {
-				d.log.Warn("on-demand service not set up", "service", id.name, "err", err)
+			// A path both scopes register under this name is one unit,
+			// the user's.
+			if id := onDemandUnit(locs, l); !want[id.key] {
+				want[id.key] = true
+				units = append(units, unit{l, id})
 			}
 		}
 	}
 	d.acts.mu.Lock()
-	defer d.acts.mu.Unlock()
 	for k, a := range d.acts.units {
 		if !want[k] {
 			a.close()
 			delete(d.acts.units, k)
+		}
+	}
+	d.acts.mu.Unlock()
+	for _, u := range units {
+		if _, err := d.activated(u.desc, u.id); err != nil {
+			d.log.Warn("on-demand service not set up", "service", u.id.name, "err", err)
 		}
 	}
 }
@@ -315,10 +356,21 @@ func (d *Daemon) Activations() map[string]api.ActivationStatus {
 	d.acts.mu.Lock()
 	defer d.acts.mu.Unlock()
 	out := map[string]api.ActivationStatus{}
-	for _, a := range d.acts.units {
+	// In the order of their keys, so that a name two units have (a
+	// service named like another's further location) is told apart the
+	// same way each time: the second gets "#2".
+	for _, k := range slices.Sorted(maps.Keys(d.acts.units)) {
+		a := d.acts.units[k]
 		st := a.unit.Status()
 		st.Socket, st.Path = a.socket, a.desc.FilePath
-		out[a.unit.Name()] = st
+		name := a.unit.Name()
+		for n := 2; ; n++ {
+			if _, taken := out[name]; !taken {
+				break
+			}
+			name = fmt.Sprintf("%s#%d", a.unit.Name(), n)
+		}
+		out[name] = st
 	}
 	return out
 }

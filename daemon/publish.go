@@ -22,6 +22,7 @@ import (
 	"github.com/tubes-dev/tubes/registry"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
+	"github.com/tubes-dev/tubes/tube"
 )
 
 // Publication and discovery of services. A publisher sends the
@@ -80,6 +81,10 @@ type pubState struct {
 	pubs    map[string][]api.Publication                          // account → publications
 	remote  map[string]map[string]map[string]*registry.Descriptor // account → source → service → descriptor
 	browses map[string]chan catalogAnswer
+
+	qmu      sync.Mutex
+	queue    []registry.Event // registry changes for registryChanged
+	draining bool             // a goroutine takes them
 }
 
 func (d *Daemon) openPublications() error {
@@ -106,6 +111,40 @@ func (p *pubState) save() error {
 		return err
 	}
 	return atomicfile.WriteFile(p.file, append(b, '\n'), 0o600)
+}
+
+// registryChanged updates the publications of a service the registry
+// added or removed: events are taken in the order they came, one at a
+// time, so that a withdrawal never overtakes the publication before it.
+func (d *Daemon) registryChanged(e registry.Event) {
+	p := d.pubs
+	p.qmu.Lock()
+	p.queue = append(p.queue, e)
+	start := !p.draining
+	p.draining = true
+	p.qmu.Unlock()
+	if !start {
+		return
+	}
+	go func() {
+		for {
+			p.qmu.Lock()
+			if len(p.queue) == 0 {
+				p.draining = false
+				p.qmu.Unlock()
+				return
+			}
+			e := p.queue[0]
+			p.queue = p.queue[1:]
+			p.qmu.Unlock()
+			switch e.Type {
+			case registry.ServiceRemoved:
+				d.withdrawRemoved(e.Service)
+			case registry.ServiceAdded:
+				d.republish(e.Service)
+			}
+		}
+	}()
 }
 
 func isServiceKind(kind string) bool { return strings.HasPrefix(kind, "svc.") }
@@ -206,10 +245,6 @@ func (d *Daemon) republish(service string) {
 		return
 	}
 	body, err := publishedBody(locs)
-	if err != nil {
-		d.log.Warn("publications not updated", "service", service, "err", err)
-		return
-	}
 	d.pubs.mu.Lock()
 	todo := map[string][]api.Publication{}
 	for acct, list := range d.pubs.pubs {
@@ -220,6 +255,16 @@ func (d *Daemon) republish(service string) {
 		}
 	}
 	d.pubs.mu.Unlock()
+	if err != nil {
+		// What contacts have of it would go on showing what is no longer
+		// so, and catalogs leave it out: withdrawn from them while it is
+		// too large (its publications stay, and say so in the log).
+		if len(todo) > 0 {
+			d.log.Warn("a published service withdrawn", "service", service, "err", err)
+			d.eachPublication(todo, d.sendWithdrawn)
+		}
+		return
+	}
 	d.eachPublication(todo, func(ctx context.Context, a *account, p api.Publication) {
 		_, err := a.conn()
 		if err == nil {
@@ -262,7 +307,10 @@ func (d *Daemon) sendWithdrawn(ctx context.Context, a *account, p api.Publicatio
 // registry.
 func (d *Daemon) withdrawRemoved(service string) {
 	if len(d.locations(service)) > 0 {
-		return // the same name remains in the other scope
+		// The same name remains in the other scope: its publications
+		// now show that one.
+		d.republish(service)
+		return
 	}
 	d.pubs.mu.Lock()
 	gone := map[string][]api.Publication{}
@@ -363,7 +411,7 @@ collect:
 		d.setRemote(a.name, source(ans.from, ans.room), ans.services)
 		impls, _ := registry.Select(req.Filter, ans.services, registry.RemoteScope)
 		for _, impl := range impls {
-			def := ans.defaults[strings.ToLower(impl.Interface)] == impl.Service+" "+impl.Version.String()
+			def := strings.EqualFold(ans.defaults[strings.ToLower(impl.Interface)], impl.Service+" "+impl.Version.String())
 			out = append(out, api.RemoteImplementation{Implementation: impl, Publisher: ans.from, Room: ans.room, Default: def})
 		}
 	}
@@ -517,27 +565,7 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 		}
 	}
 	d.pubs.mu.Unlock()
-	out := []*registry.Descriptor{}
-	defaults := map[string]string{}
-	for _, n := range names {
-		if locs := d.locations(n); len(locs) > 0 && len(out) < maxCatalog {
-			out = append(out, publicForm(locs))
-		}
-	}
-	// Our defaults, where they are among what we show.
-	for _, desc := range out {
-		for _, in := range desc.Interfaces {
-			key := strings.ToLower(in.Name)
-			if _, done := defaults[key]; done {
-				continue
-			}
-			if impl, err := d.services.Default(in.Name, registry.UserScope); err == nil &&
-				slices.ContainsFunc(out, func(x *registry.Descriptor) bool { return strings.EqualFold(x.Name, impl.Service) }) {
-				defaults[key] = impl.Service + " " + impl.Version.String()
-			}
-		}
-	}
-	body, _ := json.Marshal(catalogMsg{ID: id, Services: out, Defaults: defaults})
+	body := d.catalog(id, names)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := a.conn()
@@ -549,6 +577,51 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	}
 }
 
+// catalog is the svc.catalog message answering browse id with the
+// services names: each as publicForm makes it, with our defaults among
+// them, as many as one message carries (the rest, in order, are left out
+// and logged: a service too large to publish, or the message full).
+func (d *Daemon) catalog(id string, names []string) []byte {
+	var out []*registry.Descriptor
+	for _, n := range names {
+		locs := d.locations(n)
+		if len(locs) == 0 || len(out) == maxCatalog {
+			continue
+		}
+		if _, err := publishedBody(locs); err != nil {
+			d.log.Warn("a service left out of a catalog", "service", n, "err", err)
+			continue
+		}
+		out = append(out, publicForm(locs))
+	}
+	for {
+		// Our defaults, where they are among what we show.
+		defaults := map[string]string{}
+		for _, desc := range out {
+			for _, in := range desc.Interfaces {
+				key := strings.ToLower(in.Name)
+				if _, done := defaults[key]; done {
+					continue
+				}
+				impl, err := d.services.Default(in.Name, registry.UserScope)
+				if err != nil {
+					continue
+				}
+				if i := slices.IndexFunc(out, func(x *registry.Descriptor) bool { return strings.EqualFold(x.Name, impl.Service) }); i >= 0 {
+					defaults[key] = out[i].Name + " " + impl.Version.String()
+				}
+			}
+		}
+		body, _ := json.Marshal(catalogMsg{ID: id, Services: out, Defaults: defaults})
+		if len(body) <= tube.MaxMessageBody || len(out) == 0 {
+			return body
+		}
+		d.log.Warn("a service left out of a catalog", "service", out[len(out)-1].Name,
+			"err", fmt.Sprintf("the catalog is %d bytes, at most %d", len(body), tube.MaxMessageBody))
+		out = out[:len(out)-1]
+	}
+}
+
 // publishedExport is the export that serves a service account publishes,
 // when its descriptor's ipcaddress is a TCP HOST:PORT or a Unix socket
 // path, or it has a <filepath> (a service started on demand). Of a
@@ -556,39 +629,7 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 // implements impl ("INTERFACE@M.m"), or, with no impl, the first
 // registered that it can reach.
 func (d *Daemon) publishedExport(account, service, impl, from string) (api.Export, bool) {
-	locs := d.locations(service)
-	var desc *registry.Descriptor
-	for i, l := range locs {
-		if impl == "" && reachable(l) || impl != "" && implements(l, impl) {
-			desc = locs[i]
-			break
-		}
-	}
-	if desc == nil {
-		return api.Export{}, false
-	}
-	if missing := d.missingCaps(account, from, desc); len(missing) > 0 {
-		d.log.Info("a contact lacks the capabilities a service requires", "account", account, "contact", from,
-			"service", desc.Name, "missing", missing)
-		return api.Export{}, false
-	}
-	e := api.Export{Service: desc.Name}
-	if ap, err := netip.ParseAddrPort(desc.IPCAddress); err == nil {
-		e.TCP = ap.String()
-	} else if strings.HasPrefix(desc.IPCAddress, "/") {
-		e.Unix = desc.IPCAddress
-	} else if desc.FilePath != "" {
-		// Tubes reach it through its unit (connectActivated); the socket
-		// names it for the export.
-		sock, err := d.activated(desc, onDemandUnit(locs, desc))
-		if err != nil {
-			d.log.Warn("on-demand service unavailable", "service", desc.Name, "err", err)
-			return api.Export{}, false
-		}
-		e.Unix = sock
-	} else {
-		return api.Export{}, false
-	}
+	var e api.Export
 	d.pubs.mu.Lock()
 	for _, p := range d.pubs.pubs[account] {
 		if !strings.EqualFold(p.Service, service) {
@@ -602,6 +643,48 @@ func (d *Daemon) publishedExport(account, service, impl, from string) (api.Expor
 	}
 	d.pubs.mu.Unlock()
 	if len(e.Allow)+len(e.AllowRooms) == 0 {
+		return api.Export{}, false
+	}
+	// The location implementing impl; with none named, the first that a
+	// tube reaches and whose capabilities the contact holds.
+	locs := d.locations(service)
+	var desc *registry.Descriptor
+	var missing []string
+	for _, l := range locs {
+		if impl != "" && !implements(l, impl) || impl == "" && !reachable(l) {
+			continue
+		}
+		if m := d.missingCaps(account, from, l); len(m) > 0 {
+			if missing == nil {
+				missing = m
+			}
+			continue
+		}
+		desc = l
+		break
+	}
+	if desc == nil {
+		if missing != nil {
+			d.log.Info("a contact lacks the capabilities a service requires", "account", account, "contact", from,
+				"service", service, "implementation", impl, "missing", missing)
+		}
+		return api.Export{}, false
+	}
+	e.Service = desc.Name
+	if ap, err := netip.ParseAddrPort(desc.IPCAddress); err == nil {
+		e.TCP = ap.String()
+	} else if strings.HasPrefix(desc.IPCAddress, "/") {
+		e.Unix = desc.IPCAddress
+	} else if desc.FilePath != "" {
+		// Tubes reach it through its unit (connectActivated); the socket
+		// names it for the export.
+		sock, err := d.activated(desc, onDemandUnit(d.onDemandLocations(service), desc))
+		if err != nil {
+			d.log.Warn("on-demand service unavailable", "service", desc.Name, "err", err)
+			return api.Export{}, false
+		}
+		e.Unix = sock
+	} else {
 		return api.Export{}, false
 	}
 	return e, true

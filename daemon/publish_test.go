@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -732,45 +733,172 @@ func say(t *testing.T, who *tubetest.Daemon, contact, target, msg string) string
 	return string(got)
 }
 
-// Every on-demand unit has a socket of its own that a local client
-// reaches, whatever the service's name: names that make the same file
-// name ("x/y" and "x_y") and a name too long for a socket's path.
+// Every on-demand unit has a socket of its own, which reaches that unit
+// and keeps its name across a restart, whatever the services' names:
+// names that make the same file name ("x/y" and "x_y"), one written to
+// look like another's hashed socket name, and names too long for a
+// socket's path that begin alike.
 func TestOnDemandSocketsDistinct(t *testing.T) {
 	ctx := context.Background()
-	d := tubetest.StartDaemon(t, "")
-	dir := t.TempDir()
-	long := strings.Repeat("Long", 60)
-	for i, name := range []string{"x/y", "x_y", long} {
-		xml := `<SFW version="1.1"><service><name>` + name + `</name><filepath>` + tubetest.ActivatedScript(t, dir, fmt.Sprint("s", i)) +
+	state, scripts := t.TempDir(), t.TempDir()
+	d := tubetest.StartDaemon(t, state)
+	long := strings.Repeat("Long", 12)
+	path := func(i int) string { return tubetest.ActivatedScript(t, scripts, fmt.Sprint("s", i)) }
+	sum := sha256.Sum256([]byte("x/y\x00" + path(0)))
+	names := []string{"x/y", "x_y", fmt.Sprintf("x_y~%x", sum[:8]), long + "AA", long + "BB"}
+	for i, name := range names {
+		xml := `<SFW version="1.1"><service><name>` + name + `</name><filepath>` + path(i) +
 			`</filepath><interface><name>org.example.S</name><version>1.` + fmt.Sprint(i) + `</version></interface></service></SFW>`
 		if _, err := d.C.AddService(ctx, xml, "s.xml", ""); err != nil {
 			t.Fatal(err)
 		}
 	}
-	acts, err := d.C.Activations(ctx)
-	if err != nil {
+	check := func(d *tubetest.Daemon) map[string]string {
+		t.Helper()
+		acts, err := d.C.Activations(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sockets := map[string]string{} // socket → unit
+		for name, st := range acts {
+			if other, dup := sockets[st.Socket]; dup || st.Socket == "" {
+				t.Fatalf("%s and %s share the socket %q", name, other, st.Socket)
+			}
+			sockets[st.Socket] = name
+			c, err := net.Dial("unix", st.Socket)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.WriteString(c, "hi")
+			c.(*net.UnixConn).CloseWrite()
+			got, _ := io.ReadAll(c)
+			c.Close()
+			var pid int
+			if _, err := fmt.Sscanf(string(got), "activated %d", &pid); err != nil {
+				t.Fatalf("%s answered %q", name, got)
+			}
+			if st := statusOf(t, d, name); st.PID != pid {
+				t.Fatalf("%s's socket reached pid %d; its unit runs %d", name, pid, st.PID)
+			}
+		}
+		if len(sockets) != len(names) {
+			t.Fatalf("activations %+v", acts)
+		}
+		return sockets
+	}
+	before := check(d)
+	d.Close()
+	if after := check(tubetest.StartDaemon(t, state)); !maps.Equal(after, before) {
+		t.Fatalf("sockets before a restart %v, after %v", before, after)
+	}
+}
+
+// What alice shows of services at several locations, and which location
+// serves bob: a service asked for by name is served by its first
+// location whose capabilities bob holds; the publisher's defaults are
+// flagged whatever case each location writes the name in; a catalog
+// larger than one message leaves out services, in order, rather than
+// fail; a service grown too large to publish by a new location is
+// withdrawn, and the rest of the catalog still answers.
+func TestPublishedLocationsChosen(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := contacts(t)
+	bobEv := tubetest.Record(t, bob.C, "bob")
+	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
 		t.Fatal(err)
 	}
-	sockets := map[string]string{}
-	for name, st := range acts {
-		if other, dup := sockets[st.Socket]; dup || st.Socket == "" {
-			t.Fatalf("%s and %s share the socket %q", name, other, st.Socket)
+	serve := func(prefix string) string {
+		return tubetest.ServeTCP(t, func(c net.Conn) {
+			defer c.Close()
+			b, _ := io.ReadAll(c)
+			fmt.Fprintf(c, "%s:%s", prefix, b)
+		}).Addr().String()
+	}
+	ifaces := func(prefix string, n int, caps string) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, `<interface><name>%s%04d</name><version>1.0</version>%s</interface>`, prefix, i, caps)
 		}
-		sockets[st.Socket] = name
-		c, err := net.Dial("unix", st.Socket)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		io.WriteString(c, "hi")
-		c.(*net.UnixConn).CloseWrite()
-		got, _ := io.ReadAll(c)
-		c.Close()
-		if !strings.HasPrefix(string(got), "activated ") {
-			t.Fatalf("%s answered %q", name, got)
+		return b.String()
+	}
+	add := func(name, addr, ifs string) {
+		t.Helper()
+		xml := `<SFW version="1.1"><service><name>` + name + `</name><ipcaddress>` + addr + `</ipcaddress>` + ifs + `</service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, name+".xml", ""); err != nil {
+			t.Fatalf("add %s: %v", name, err)
 		}
 	}
-	if len(sockets) != 3 {
-		t.Fatalf("activations %+v", acts)
+	publish := func(name string) {
+		t.Helper()
+		if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: name, To: "bob"}); err != nil {
+			t.Fatalf("publish %s: %v", name, err)
+		}
+	}
+	add("Vault", serve("secret"), ifaces("org.vault.Secret", 1, "<capabilities>ReadSecrets</capabilities>"))
+	add("vault", serve("public"), ifaces("org.vault.Public", 1, ""))
+	add("Media", serve("admin"), ifaces("org.media.Admin", 1, ""))
+	add("media", serve("play"), ifaces("org.media.Play", 1, ""))
+	add("Big", serve("big"), ifaces("org.big.A", 1, ""))
+	for _, n := range []string{"Vault", "Media", "Big"} {
+		publish(n)
+	}
+	// Each Fat is under the limit of one publication; together they are
+	// over that of one message.
+	for i := range 4 {
+		n := fmt.Sprint("Fat", i)
+		add(n, serve(n), ifaces("org.example.fat"+n+".Interface", 130, ""))
+		publish(n)
+	}
+
+	if got := say(t, bob, "alice", "Vault", "hello"); got != "public:hello" {
+		t.Fatalf("Vault by name reached %q, want its location that needs no capability", got)
+	}
+	if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "org.vault.Secret0000@1.0"}); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("the interface bob lacks the capability for: %v", err)
+	}
+
+	browse := func() map[string][]api.RemoteImplementation {
+		t.Helper()
+		impls, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"})
+		if err != nil {
+			t.Fatalf("browse: %v", err)
+		}
+		by := map[string][]api.RemoteImplementation{}
+		for _, i := range impls {
+			by[i.Service] = append(by[i.Service], i)
+		}
+		return by
+	}
+	by := browse()
+	for _, i := range by["Media"] {
+		if !i.Default {
+			t.Errorf("%s %s is alice's default, not flagged", i.Interface, i.Version)
+		}
+	}
+	if len(by["Media"]) != 2 || len(by["Vault"]) != 2 || len(by["Big"]) != 1 {
+		t.Fatalf("bob browses %v", by)
+	}
+	fat := 0
+	for i := range 4 {
+		if len(by[fmt.Sprint("Fat", i)]) == 130 {
+			fat++
+		}
+	}
+	if fat != 3 || len(by["Fat3"]) != 0 {
+		t.Fatalf("bob sees %d whole Fat services (Fat3: %d interfaces), want the first 3 and not Fat3", fat, len(by["Fat3"]))
+	}
+
+	// Big grows past what one publication carries: bob is told it is
+	// gone, and browses the rest.
+	mark := len(bobEv.All())
+	add("big", serve("big2"), ifaces("org.big.B", 400, ""))
+	if _, ok := bobEv.WaitFrom(mark, func(e api.Event) bool {
+		return e.Type == api.EventServiceRemoved && e.Service == "Big" && e.Scope == "remote"
+	}, 10*time.Second); !ok {
+		t.Fatal("bob was not told that Big was withdrawn")
+	}
+	if by := browse(); len(by["Big"]) != 0 || len(by["Media"]) != 2 {
+		t.Fatalf("after Big grew, bob browses %v", by)
 	}
 }

@@ -25,12 +25,7 @@ func (d *Daemon) openServices() error {
 		SystemFile: sys,
 		Notify: func(e registry.Event) {
 			d.bus.Publish(api.Event{Type: e.Type, Service: e.Service, Scope: string(e.Scope)})
-			switch e.Type {
-			case registry.ServiceRemoved:
-				go d.withdrawRemoved(e.Service)
-			case registry.ServiceAdded:
-				go d.republish(e.Service)
-			}
+			d.registryChanged(e)
 			go d.syncActivations()
 		},
 	})

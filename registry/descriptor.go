@@ -349,7 +349,7 @@ func (p *parser) service(d *Descriptor, start int) error {
 			if err != nil {
 				return err
 			}
-			key := strings.ToLower(in.Name) + "\x00" + in.Version.String()
+			key := foldKey(in.Name) + "\x00" + in.Version.String()
 			if first, dup := ifaces[key]; dup {
 				return p.errf(line, RuleDuplicateIface, "interface %s %s is declared twice (first on line %d)", in.Name, in.Version, first)
 			}
@@ -548,7 +548,7 @@ func validate(d *Descriptor, published bool) error {
 	}
 	seen := map[string]bool{}
 	for _, in := range d.Interfaces {
-		key := strings.ToLower(in.Name) + "\x00" + in.Version.String()
+		key := foldKey(in.Name) + "\x00" + in.Version.String()
 		switch {
 		case strings.TrimSpace(in.Name) == "":
 			return bad(RuleInterfaceName, "an interface of %s has no name", clip(d.Name))

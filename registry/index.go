@@ -158,3 +158,7 @@ func foldRune(r rune) rune {
 	}
 	return least
 }
+
+// FoldName is the form in which names that differ only in case are one:
+// two service names are the same service when their FoldName is.
+func FoldName(s string) string { return foldKey(s) }

@@ -116,12 +116,12 @@ func (st *state) edit() *state {
 // named returns the descriptors of service name in st: one per
 // location, in the order they were registered.
 func (st *state) named(name string) []*Descriptor {
-	key := strings.ToLower(name)
+	key := foldKey(name)
 	i, _ := slices.BinarySearchFunc(st.Services, key, func(d *Descriptor, key string) int {
-		return strings.Compare(strings.ToLower(d.Name), key)
+		return strings.Compare(foldKey(d.Name), key)
 	})
 	j := i
-	for j < len(st.Services) && strings.ToLower(st.Services[j].Name) == key {
+	for j < len(st.Services) && foldKey(st.Services[j].Name) == key {
 		j++
 	}
 	return st.Services[i:j:j]
@@ -482,7 +482,7 @@ func (st *state) sanitize(scope Scope) {
 	locations := map[string]bool{}
 	impls := map[string]bool{} // service, interface, version
 	st.Services = slices.DeleteFunc(st.Services, func(d *Descriptor) bool {
-		if d == nil || Validate(d) != nil || locations[strings.ToLower(d.Location())] {
+		if d == nil || Validate(d) != nil || locations[foldKey(d.Location())] {
 			return true
 		}
 		keys := make([]string, len(d.Interfaces))
@@ -492,14 +492,14 @@ func (st *state) sanitize(scope Scope) {
 				return true
 			}
 		}
-		locations[strings.ToLower(d.Location())] = true
+		locations[foldKey(d.Location())] = true
 		for _, k := range keys {
 			impls[k] = true
 		}
 		return false
 	})
 	slices.SortStableFunc(st.Services, func(a, b *Descriptor) int {
-		return strings.Compare(strings.ToLower(a.Name), strings.ToLower(b.Name))
+		return strings.Compare(foldKey(a.Name), foldKey(b.Name))
 	})
 	for _, d := range st.Services {
 		sortInterfaces(d.Interfaces)
@@ -507,11 +507,13 @@ func (st *state) sanitize(scope Scope) {
 	if st.Defaults == nil {
 		st.Defaults = map[string]ref{}
 	}
+	defaults := map[string]ref{}
 	for key, def := range st.Defaults {
-		if def.Scope != scope && (scope != UserScope || def.Scope != SystemScope) {
-			delete(st.Defaults, key)
+		if def.Scope == scope || (scope == UserScope && def.Scope == SystemScope) {
+			defaults[foldKey(key)] = def
 		}
 	}
+	st.Defaults = defaults
 }
 
 // commit saves next as scope's state and makes it current; if the save
@@ -619,12 +621,12 @@ func (r *Registry) Add(d *Descriptor, scope Scope) error {
 	sortInterfaces(c.Interfaces)
 	// After the service's other locations: they stay in the order they
 	// were registered.
-	i, _ := slices.BinarySearchFunc(next.Services, strings.ToLower(c.Name), func(o *Descriptor, name string) int {
-		return strings.Compare(strings.ToLower(o.Name), name)
+	i, _ := slices.BinarySearchFunc(next.Services, foldKey(c.Name), func(o *Descriptor, name string) int {
+		return strings.Compare(foldKey(o.Name), name)
 	})
 	next.Services = slices.Insert(next.Services, i+len(same), &c)
 	for _, in := range d.Interfaces {
-		key := strings.ToLower(in.Name)
+		key := foldKey(in.Name)
 		if _, ok := next.Defaults[key]; ok {
 			continue
 		}
@@ -684,11 +686,11 @@ func latest(st *state, scope Scope, key string) (ref, bool) {
 	found := false
 	for _, d := range st.Services {
 		for _, in := range d.Interfaces {
-			if strings.ToLower(in.Name) != key {
+			if foldKey(in.Name) != key {
 				continue
 			}
 			if !found || best.Version.Less(in.Version) ||
-				(best.Version == in.Version && strings.ToLower(d.Name) < strings.ToLower(best.Service)) {
+				(best.Version == in.Version && foldKey(d.Name) < foldKey(best.Service)) {
 				best, found = ref{Service: d.Name, Version: in.Version, Scope: scope}, true
 			}
 		}
@@ -770,7 +772,7 @@ func scopesFor(scope Scope) []Scope {
 // version.
 func sortInterfaces(ins []Interface) {
 	slices.SortStableFunc(ins, func(a, b Interface) int {
-		if c := strings.Compare(strings.ToLower(a.Name), strings.ToLower(b.Name)); c != 0 {
+		if c := strings.Compare(foldKey(a.Name), foldKey(b.Name)); c != 0 {
 			return c
 		}
 		switch {
@@ -785,7 +787,7 @@ func sortInterfaces(ins []Interface) {
 
 // implKey names one implementation: service, interface and version.
 func implKey(service string, in Interface) string {
-	return strings.ToLower(service) + "\x00" + strings.ToLower(in.Name) + "\x00" + in.Version.String()
+	return foldKey(service) + "\x00" + foldKey(in.Name) + "\x00" + in.Version.String()
 }
 
 func implOf(d *Descriptor, in Interface, scope Scope) Implementation {
@@ -821,7 +823,7 @@ func (r *Registry) Default(iface string, scope Scope) (Implementation, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.syncSystem()
-	key := strings.ToLower(iface)
+	key := foldKey(iface)
 	if scope == UserScope {
 		if def, ok := r.st[UserScope].Defaults[key]; ok {
 			if impl, ok := r.lookup(def.Scope, def.Service, iface, def.Version); ok {
@@ -891,7 +893,7 @@ func (r *Registry) SetDefault(service, iface string, version *Version, scope Sco
 	st := r.st[scope]
 	next := st.edit()
 	next.idx = st.idx // the services are the same
-	next.Defaults[strings.ToLower(iface)] = *target
+	next.Defaults[foldKey(iface)] = *target
 	return r.commit(scope, next)
 }
 
@@ -921,7 +923,7 @@ func (r *Registry) Defaults(scope Scope) ([]DefaultRule, error) {
 			rules = append(rules, DefaultRule{Interface: impl.Interface, Scope: s, Implementation: impl})
 		}
 		slices.SortFunc(rules, func(a, b DefaultRule) int {
-			return strings.Compare(strings.ToLower(a.Interface), strings.ToLower(b.Interface))
+			return strings.Compare(foldKey(a.Interface), foldKey(b.Interface))
 		})
 		out = append(out, rules...)
 	}
@@ -938,7 +940,7 @@ func (r *Registry) ClearDefault(iface string, scope Scope) error {
 		return err
 	}
 	defer end()
-	key := strings.ToLower(iface)
+	key := foldKey(iface)
 	st := r.st[scope]
 	if _, ok := st.Defaults[key]; !ok {
 		return errf(ComponentNotFound, "the %s scope has no default for %s", scope, iface)

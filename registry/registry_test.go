@@ -677,3 +677,34 @@ func TestDefaultsListAndClear(t *testing.T) {
 		t.Fatalf("with no user implementation left the default is %s, want the system's", got)
 	}
 }
+
+// Service names are one service however their case is written, by the
+// same folding everywhere (ſ is s, K is k): registering, finding,
+// defaults and removing agree on what is one service.
+func TestNamesFoldAsOne(t *testing.T) {
+	r, _ := newReg(t)
+	mustAdd(t, r, desc("svc", "/a", "i.x 1.0"), UserScope)
+	if err := r.Add(desc("ſvc", "/b", "i.x 1.0"), UserScope); CodeOf(err) != ImplementationAlreadyExists {
+		t.Fatalf("ſvc with svc's implementation: %v", err)
+	}
+	mustAdd(t, r, desc("ſvc", "/b", "i.x 2.0"), UserScope)
+	mustAdd(t, r, desc("SVC", "/c", "I.X 3.0"), UserScope)
+	if ds, _, _ := r.Service("svc", UserScope); len(ds) != 3 {
+		t.Fatalf("svc has %d locations, want 3", len(ds))
+	}
+	if got, _ := r.Find(Filter{Service: "ſvc"}, UserScope); len(got) != 3 {
+		t.Fatalf("find ſvc: %q", names(got))
+	}
+	v := Version{2, 0}
+	mustSetDefault(t, r, "SVC", "i.x", &v, UserScope)
+	if got := defaultOf(t, r, "i.x", UserScope); got != "ſvc 2.0 user" {
+		t.Fatalf("default %s", got)
+	}
+	mustRemove(t, r, "svc", UserScope)
+	if got, _ := r.Find(Filter{}, UserScope); len(got) != 0 {
+		t.Fatalf("left after removing svc: %q", names(got))
+	}
+	if err := r.Remove("ſvc", UserScope); CodeOf(err) != ComponentNotFound {
+		t.Fatalf("remove ſvc after svc: %v", err)
+	}
+}
