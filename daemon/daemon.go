@@ -133,8 +133,9 @@ type Daemon struct {
 	acts     activations
 }
 
-// New loads the state directory.
-func New(cfg Config) (*Daemon, error) {
+// New loads the state directory, which the daemon holds until Wait
+// returns.
+func New(cfg Config) (_ *Daemon, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -159,6 +160,12 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger.With("component", "daemon"), store: st, accounts: map[string]*account{}, paramReqs: map[string]paramReq{}}
+	defer func() {
+		if err != nil {
+			d.closeActivations()
+			st.close()
+		}
+	}()
 	d.bus.MaxBytes = cfg.Limits.EventBytes
 	d.metrics = newMetrics(cfg.Registerer, d)
 	// Publications first: the registry's events update them.
@@ -204,6 +211,7 @@ func (d *Daemon) Start(ctx context.Context) {
 func (d *Daemon) Wait() {
 	d.loops.Wait()
 	d.closeActivations()
+	d.store.close()
 }
 
 // Run is Start, then Wait once ctx ends.

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
@@ -518,5 +520,33 @@ func TestRosterAndRooms(t *testing.T) {
 	}
 	if _, err := dA.C.Send(ctx, "alice", api.SendRequest{To: "bob", Kind: "x"}); !tperr.Has(err, tperr.PermissionDenied) {
 		t.Fatalf("send after removal: %v", err)
+	}
+}
+
+// A state directory is one daemon's: a second daemon given it is refused
+// with a sentence naming the first, and gets it once the first is gone;
+// what a daemon killed mid-write left behind is cleared.
+func TestStateDirectoryHeldByOne(t *testing.T) {
+	dir := t.TempDir()
+	leftover := filepath.Join(dir, ".accounts.json.tmp123456")
+	if err := os.WriteFile(leftover, []byte(`{"accou`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first := tubetest.StartDaemon(t, dir)
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Fatalf("a killed write's temporary file is still there: %v", err)
+	}
+	second, err := node.StartDaemon(ctx, node.DaemonConfig{StateDir: dir, Socket: filepath.Join(t.TempDir(), "second.sock")})
+	if err == nil {
+		second.Close()
+		t.Fatal("a second daemon started on the first's state directory")
+	}
+	if tperr.Name(err) != tperr.NotAvailable || !strings.Contains(err.Error(), fmt.Sprintf("in use by another daemon (pid %d)", os.Getpid())) {
+		t.Fatalf("second daemon: %v", err)
+	}
+	first.Close()
+	again := tubetest.StartDaemon(t, dir)
+	if _, err := again.C.Accounts(ctx); err != nil {
+		t.Fatalf("the daemon after the first: %v", err)
 	}
 }

@@ -23,6 +23,7 @@ func (d *Daemon) openServices() error {
 	r, err := registry.Open(registry.Config{
 		UserFile:   filepath.Join(d.cfg.StateDir, "services.json"),
 		SystemFile: sys,
+		Warn:       func(msg string) { d.log.Warn(msg) },
 		Notify: func(e registry.Event) {
 			d.bus.Publish(api.Event{Type: e.Type, Service: e.Service, Scope: string(e.Scope)})
 			d.registryChanged(e)

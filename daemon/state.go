@@ -6,6 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tubes-dev/tubes/identity"
 	"github.com/tubes-dev/tubes/internal/atomicfile"
@@ -32,9 +37,15 @@ type accountState struct {
 }
 
 type store struct {
-	dir string
+	dir  string
+	lock *os.File // daemon.lock, flocked while the daemon runs
 }
 
+// openStore opens the state directory for this daemon alone: a second
+// daemon given the same directory is refused (each would undo the
+// other's writes, and both log in as the same accounts). Once it holds
+// the directory, what a daemon killed mid-write left (atomicfile's
+// temporary files) is removed.
 func openStore(dir string) (*store, error) {
 	if dir == "" {
 		return nil, errors.New("daemon: no state directory")
@@ -47,7 +58,40 @@ func openStore(dir string) (*store, error) {
 			return nil, fmt.Errorf("daemon: state directory: %w", err)
 		}
 	}
-	return &store{dir: dir}, nil
+	name := filepath.Join(dir, "daemon.lock")
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: state directory: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		holder, _ := os.ReadFile(name)
+		f.Close()
+		if err == unix.EWOULDBLOCK {
+			return nil, tperr.New(tperr.NotAvailable, "the state directory %s is in use by another daemon (pid %s); stop it, or give this one --state of its own",
+				dir, strings.TrimSpace(string(holder)))
+		}
+		return nil, fmt.Errorf("daemon: lock %s: %w", name, err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	for _, d := range []string{dir, filepath.Join(dir, "keys")} {
+		atomicfile.RemoveLeftovers(d)
+	}
+	return &store{dir: dir, lock: f}, nil
+}
+
+// close gives the state directory up.
+func (s *store) close() {
+	if s.lock != nil {
+		s.lock.Close() // closing releases the lock
+		s.lock = nil
+	}
 }
 
 func (s *store) path() string { return filepath.Join(s.dir, "accounts.json") }

@@ -104,6 +104,8 @@ type state struct {
 
 	// idx is built by the first lookup that needs it, under Registry.mu.
 	idx *index
+	// dropped says what load left out of the file, and why.
+	dropped []string
 }
 
 // edit returns a copy of st to change: its own service list and
@@ -160,6 +162,10 @@ type Config struct {
 	CanWriteSystem func() bool
 	// Notify receives every change, in order.
 	Notify func(Event)
+	// Warn is told of each service a scope's file held that the registry
+	// left out (it breaks a rule Add would have enforced), as the file is
+	// read.
+	Warn func(msg string)
 }
 
 // Registry is the services of a user and of the system.
@@ -197,6 +203,9 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.Notify == nil {
 		cfg.Notify = func(Event) {}
 	}
+	if cfg.Warn == nil {
+		cfg.Warn = func(string) {}
+	}
 	r := &Registry{cfg: cfg, st: map[Scope]*state{}, writer: make(chan struct{}, 1)}
 	st, _, f, err := load(cfg.UserFile, UserScope)
 	if f != nil {
@@ -206,12 +215,15 @@ func Open(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r.st[UserScope] = st
+	r.warnDropped(cfg.UserFile, st)
 	sys, stamp, f, err := load(cfg.SystemFile, SystemScope)
 	switch {
 	case err == nil:
 		r.st[SystemScope] = sys
+		r.warnDropped(cfg.SystemFile, sys)
 		r.holdSystem(stamp, f)
 	case f != nil: // corrupt: read again once it changes
+		cfg.Warn(err.Error() + ": the system scope is empty until it is written again")
 		r.st[SystemScope] = emptyState()
 		r.holdSystem(stamp, f)
 	default: // unreadable: read again at the next sync
@@ -400,11 +412,13 @@ func (r *Registry) syncSystem() {
 	next, stamp, f, err := load(file, SystemScope)
 	if err != nil {
 		if f != nil { // read, and corrupt: not worth reading again
+			r.cfg.Warn(err.Error() + ": the system scope stays as it was until it is written again")
 			r.holdSystem(stamp, f)
 		}
 		return
 	}
 	r.holdSystem(stamp, f)
+	r.warnDropped(file, next)
 	old := r.st[SystemScope]
 	r.st[SystemScope] = next
 	next.eachName(func(ds []*Descriptor) {
@@ -417,6 +431,14 @@ func (r *Registry) syncSystem() {
 			r.cfg.Notify(Event{Type: ServiceRemoved, Service: ds[0].Name, Scope: SystemScope})
 		}
 	})
+}
+
+// warnDropped tells Config.Warn what load left out of file.
+func (r *Registry) warnDropped(file string, st *state) {
+	for _, why := range st.dropped {
+		r.cfg.Warn("registry: " + file + ": left out " + why)
+	}
+	st.dropped = nil
 }
 
 // maxScopeFile bounds the size of a scope's file.
@@ -482,13 +504,24 @@ func (st *state) sanitize(scope Scope) {
 	locations := map[string]bool{}
 	impls := map[string]bool{} // service, interface, version
 	st.Services = slices.DeleteFunc(st.Services, func(d *Descriptor) bool {
-		if d == nil || Validate(d) != nil || locations[foldKey(d.Location())] {
+		if d == nil {
+			st.dropped = append(st.dropped, "a null service")
+			return true
+		}
+		where := fmt.Sprintf("service %q at %q", clip(d.Name), clip(d.Location()))
+		if err := Validate(d); err != nil {
+			st.dropped = append(st.dropped, where+": "+err.Error())
+			return true
+		}
+		if locations[foldKey(d.Location())] {
+			st.dropped = append(st.dropped, where+": the location is registered already (ServiceAlreadyExists)")
 			return true
 		}
 		keys := make([]string, len(d.Interfaces))
 		for i, in := range d.Interfaces {
 			keys[i] = implKey(d.Name, in)
 			if impls[keys[i]] {
+				st.dropped = append(st.dropped, fmt.Sprintf("%s: the service implements %s %s already (ImplementationAlreadyExists)", where, clip(in.Name), in.Version))
 				return true
 			}
 		}

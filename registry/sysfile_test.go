@@ -188,10 +188,11 @@ func TestCorruptSystemFile(t *testing.T) {
 		name, content string
 		want          []string // Find(i.x) in the user scope
 		def           string   // the user scope's default for i.x
+		warns         []string // what Warn is told, in part
 	}{
-		{"null service", `{"services":[null]}`, nil, "none"},
+		{"null service", `{"services":[null]}`, nil, "none", []string{"a null service"}},
 		{"null beside a valid one", `{"services":[null,` + valid + `,null],"defaults":{"i.x":{"service":"Good","version":"1.0","scope":"system"}}}`,
-			[]string{"Good i.x 1.0"}, "Good 1.0 system"},
+			[]string{"Good i.x 1.0"}, "Good 1.0 system", []string{"a null service"}},
 		{"invalid beside a valid one", `{"services":[
 			{"sfw_version":"1.1","name":"NoLocation","interfaces":[{"name":"i.x","version":"2.0"}]},
 			{"sfw_version":"1.1","name":"NoInterfaces","ipcaddress":"n"},
@@ -206,19 +207,24 @@ func TestCorruptSystemFile(t *testing.T) {
 			// Other repeats Good's location, and good's third location one
 			// of its implementations: both dropped. GOOD at another location
 			// is Good's second.
-			[]string{"Good i.x 1.0", "GOOD i.x 3.0"}, "none"},
+			[]string{"Good i.x 1.0", "GOOD i.x 3.0"}, "none", []string{
+				`service "NoLocation" at "": `, `service "NoInterfaces" at "n": `, `service "" at "e": `,
+				`service "Twice" at "t": `, `service "Future" at "f": `,
+				`service "Other" at "GOOD": the location is registered already (ServiceAlreadyExists)`,
+				`service "good" at "third": the service implements I.X 1.0 already (ImplementationAlreadyExists)`,
+			}},
 		{"a default naming another scope", `{"services":[` + valid + `],"defaults":{
 			"i.x":{"service":"Good","version":"1.0","scope":"remote"},
 			"i.y":{"service":"Good","version":"1.0","scope":"user"},
 			"i.z":null}}`,
-			[]string{"Good i.x 1.0"}, "none"},
+			[]string{"Good i.x 1.0"}, "none", nil},
 		{"services out of order", `{"services":[
 			{"sfw_version":"1.1","name":"Zed","ipcaddress":"z","interfaces":[{"name":"i.x","version":"2.0"},{"name":"i.x","version":"1.0"}]},
 			` + valid + `]}`,
-			[]string{"Good i.x 1.0", "Zed i.x 1.0", "Zed i.x 2.0"}, "none"},
-		{"truncated", `{"services":[` + valid[:40], nil, "none"},
-		{"not an object", `[1,2,3]`, nil, "none"},
-		{"empty", ``, nil, "none"},
+			[]string{"Good i.x 1.0", "Zed i.x 1.0", "Zed i.x 2.0"}, "none", nil},
+		{"truncated", `{"services":[` + valid[:40], nil, "none", []string{"is corrupt"}},
+		{"not an object", `[1,2,3]`, nil, "none", []string{"is corrupt"}},
+		{"empty", ``, nil, "none", []string{"is corrupt"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -228,10 +234,27 @@ func TestCorruptSystemFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			var evs []Event
+			var warns []string
 			r, err := Open(Config{UserFile: filepath.Join(dir, "user.json"), SystemFile: sys,
-				CanWriteSystem: func() bool { return false }, Notify: func(e Event) { evs = append(evs, e) }})
+				CanWriteSystem: func() bool { return false }, Notify: func(e Event) { evs = append(evs, e) },
+				Warn: func(m string) { warns = append(warns, m) }})
 			if err != nil {
 				t.Fatalf("open with that system file: %v", err)
+			}
+			// Whatever it left out, it said, naming the file.
+			all := strings.Join(warns, "\n")
+			for _, w := range c.warns {
+				if !strings.Contains(all, w) {
+					t.Errorf("warnings %q, want one with %q", warns, w)
+				}
+			}
+			for _, w := range warns {
+				if !strings.HasPrefix(w, "registry: "+sys) {
+					t.Errorf("warning %q does not name the file", w)
+				}
+			}
+			if len(c.warns) == 0 && len(warns) > 0 {
+				t.Errorf("warnings for a file with nothing wrong: %q", warns)
 			}
 			checkUsable(t, r, c.want, c.def)
 			for _, i := range []string{"i.y", "i.z"} {

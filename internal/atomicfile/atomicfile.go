@@ -53,3 +53,20 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// RemoveLeftovers removes from dir the temporary files WriteFile leaves
+// when its process dies mid-write (".NAME.tmpDIGITS"). Only a process
+// that alone writes dir's files may call it: another's write in progress
+// would lose its temporary file.
+func RemoveLeftovers(dir string) error {
+	tmps, err := filepath.Glob(filepath.Join(dir, ".*.tmp*"))
+	if err != nil {
+		return err
+	}
+	for _, t := range tmps {
+		if fi, err := os.Lstat(t); err == nil && fi.Mode().IsRegular() {
+			os.Remove(t)
+		}
+	}
+	return nil
+}

@@ -113,6 +113,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 	}
 	ln, err := localapi.Listen(cfg.Socket)
 	if err != nil {
+		d.Wait() // gives the state directory up
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
