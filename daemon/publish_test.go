@@ -902,3 +902,44 @@ func TestPublishedLocationsChosen(t *testing.T) {
 		t.Fatalf("after Big grew, bob browses %v", by)
 	}
 }
+
+// A user's service hides the system's of the same name; once the user's
+// is removed, its publications show the system's, and contacts are told.
+func TestPublishedSystemServiceBehindUsers(t *testing.T) {
+	testenvRoot(t) // the system scope is root's
+	ctx := context.Background()
+	alice, bob := contacts(t)
+	bobEv := tubetest.Record(t, bob.C, "bob")
+	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
+		t.Fatal(err)
+	}
+	for scope, iface := range map[string]string{"system": "org.shadow.System", "": "org.shadow.User"} {
+		addr := tubetest.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c); io.WriteString(c, iface); c.Close() }).Addr().String()
+		xml := `<SFW version="1.1"><service><name>Shadow</name><ipcaddress>` + addr + `</ipcaddress><interface><name>` + iface +
+			`</name><version>1.0</version></interface></service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, "shadow.xml", scope); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Shadow", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	published := func(e api.Event) bool { return e.Type == api.EventServiceAdded && e.Service == "Shadow" && e.Scope == "remote" }
+	bobEv.MustWait("Shadow published", published)
+	if got := say(t, bob, "alice", "Shadow", ""); got != "org.shadow.User" {
+		t.Fatalf("Shadow reached %q, want the user's", got)
+	}
+	mark := len(bobEv.All())
+	if err := alice.C.RemoveService(ctx, "Shadow", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := bobEv.WaitFrom(mark, published, 10*time.Second); !ok {
+		t.Fatal("bob was not told that Shadow is now the system's")
+	}
+	if got := say(t, bob, "alice", "Shadow", ""); got != "org.shadow.System" {
+		t.Fatalf("Shadow reached %q after the user's went, want the system's", got)
+	}
+	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 1 {
+		t.Fatalf("publications %+v", ps)
+	}
+}
