@@ -924,7 +924,9 @@ func TestPublishedSystemServiceBehindUsers(t *testing.T) {
 	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Shadow", To: "bob"}); err != nil {
 		t.Fatal(err)
 	}
-	published := func(e api.Event) bool { return e.Type == api.EventServiceAdded && e.Service == "Shadow" && e.Scope == "remote" }
+	published := func(e api.Event) bool {
+		return e.Type == api.EventServiceAdded && e.Service == "Shadow" && e.Scope == "remote"
+	}
 	bobEv.MustWait("Shadow published", published)
 	if got := say(t, bob, "alice", "Shadow", ""); got != "org.shadow.User" {
 		t.Fatalf("Shadow reached %q, want the user's", got)
