@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -160,6 +161,44 @@ func unexportCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&e.account, "account", "", "account to act as")
+	return cmd
+}
+
+func exportsCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "exports",
+		Short: "List the exported services of every account (kept across daemon restarts)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			xs, err := e.client().Exports(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if e.jsonOut {
+				return e.printJSON(xs)
+			}
+			tw := e.table()
+			fmt.Fprintln(tw, "ACCOUNT\tSERVICE\tTARGET\tPARAMETERS\tALLOW")
+			for _, x := range xs {
+				params := "-"
+				switch {
+				case x.ParamsGenerator:
+					params = "generator"
+				case x.ParamsExec != "":
+					params = "exec"
+				case len(x.Parameters) > 0:
+					params = fmt.Sprint(len(x.Parameters))
+				}
+				allow := slices.Clone(x.Allow)
+				for _, r := range x.AllowRooms {
+					allow = append(allow, "room:"+r)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", x.Account, x.Service, orStr(x.TCP, x.Unix), params, orStr(strings.Join(allow, ","), "-"))
+			}
+			return tw.Flush()
+		},
+	}
+	jsonFlag(cmd, e)
 	return cmd
 }
 

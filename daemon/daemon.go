@@ -128,6 +128,7 @@ type Daemon struct {
 	loops     sync.WaitGroup
 	paramReqs map[string]paramReq // pending parameters-generator requests
 
+	expMu    sync.Mutex // orders export changes and their saves (exports.go)
 	services *registry.Registry
 	pubs     *pubState
 	acts     activations
@@ -190,6 +191,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 		}
 		d.accounts[as.Name] = a
 		d.order = append(d.order, as.Name)
+	}
+	if err := d.restoreExports(); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -438,7 +442,7 @@ func (d *Daemon) RemoveAccount(name string) error {
 	a.mu.Unlock()
 	a.nudge()
 	d.bus.Publish(api.Event{Type: api.EventAccountRemoved, Account: a.name})
-	return errors.Join(err, d.store.removeKey(a.name))
+	return errors.Join(err, d.store.removeKey(a.name), d.forgetExports())
 }
 
 // Connect asks an account to connect. Connecting or connected accounts are

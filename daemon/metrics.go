@@ -93,6 +93,17 @@ func limitMetrics(d *Daemon) []prometheus.Collector {
 			links(func(s tube.LinkStats) float64 { return float64(s.HandshakesRefused) })),
 		gauge("tubes_links", "Peer links open, replaced ones still carrying connections included.",
 			links(func(s tube.LinkStats) float64 { return float64(s.Links) })),
+		gauge("tubes_exports", "Services exported, every account's (at most tube.MaxExports each).", func() float64 {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			n := 0
+			for _, a := range d.accounts {
+				if a != nil && a.tubes != nil {
+					n += len(a.tubes.Exports())
+				}
+			}
+			return float64(n)
+		}),
 		gauge("tubes_daemon_event_subscribers", "Event-stream clients connected.",
 			func() float64 { return float64(d.bus.Subscribers()) }),
 		counter("tubes_daemon_event_subscribers_cut_total", "Event-stream clients cut off for falling behind (their queue was over its bytes or events).",

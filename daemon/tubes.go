@@ -230,7 +230,16 @@ func (d *Daemon) Export(name, client string, e api.Export) (api.Export, error) {
 	if err != nil {
 		return api.Export{}, err
 	}
-	return m.Export(client, e)
+	if !durable(e) {
+		return m.Export(client, e)
+	}
+	var x api.Export
+	err = d.changeExport(name, e.Service, func() error {
+		var err error
+		x, err = m.Export(client, e)
+		return err
+	})
+	return x, err
 }
 
 // generate asks a client for an offer's parameters: a ParametersRequested
@@ -297,7 +306,7 @@ func (d *Daemon) Unexport(name, service string) error {
 	if err != nil {
 		return err
 	}
-	return m.Unexport(service)
+	return d.changeExport(name, service, func() error { return m.Unexport(service) })
 }
 
 // Exports lists every account's exports.

@@ -835,7 +835,7 @@ func (r *loadReport) markdown() string {
 		b.WriteString("- NAT mappings flushed: not run here (it needs root, iptables and conntrack for its network namespaces)\n")
 	}
 	b.WriteString("\nEntries are counted through the daemons and the relay: accounts that log in, both rosters, rooms and their members, " +
-		"alice's registry and publications, and what bob browses of them.\n")
+		"alice's registry, publications and exports, and what bob browses of them.\n")
 	return b.String()
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -132,3 +133,67 @@ func contacts(t *testing.T, aliceFlags ...string) (*proc, []string, []string) {
 
 // serveTCP runs handle on each connection to a new loopback listener.
 func serveTCP(t *testing.T, handle func(net.Conn)) net.Listener { return tubetest.ServeTCP(t, handle) }
+
+// Exports are kept across a daemon killed and started again on its
+// state: `tube exports` lists them as before, and a contact allowed to
+// ask reaches the service again. A second daemon on the same state
+// directory is refused while the first runs.
+func TestExportsKeptAcrossRestart(t *testing.T) {
+	relay := start(t, nil, "relay", "--turn-listen", "127.0.0.1:0", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	url := strings.TrimSpace(relay.waitLine("rendezvous: "))
+	state := t.TempDir()
+	sock := filepath.Join(state, "daemon.sock")
+	startAlice := func() *proc {
+		p := start(t, nil, "daemon", "--state", state, "--socket", sock)
+		p.waitLine("daemon: ")
+		return p
+	}
+	aliceProc, alice := startAlice(), []string{"TUBE_SOCKET=" + sock}
+	_, bob := daemon(t)
+	mustRun(t, alice, "account", "add", "alice", "--server", url, "--register")
+	mustRun(t, bob, "account", "add", "bob", "--server", url, "--register")
+	mustRun(t, alice, "contact", "add", "bob")
+	mustRun(t, bob, "contact", "approve", "alice")
+	l := serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
+	mustRun(t, alice, "export", "echo", "--tcp", l.Addr().String(), "--param", "pw=hunter2", "--allow", "bob")
+	mustRun(t, alice, "export", "files", "--unix", "/run/files.sock", "--allow-room", "lab")
+	want := mustRun(t, alice, "exports")
+	rows := map[string]string{}
+	for _, line := range strings.Split(want, "\n") {
+		if f := strings.Fields(line); len(f) == 5 {
+			rows[f[1]] = strings.Join(f, " ")
+		}
+	}
+	if rows["echo"] != "alice echo "+l.Addr().String()+" 1 bob" || rows["files"] != "alice files /run/files.sock - room:lab" {
+		t.Fatalf("tube exports:\n%s", want)
+	}
+	if code, out := run(t, nil, "daemon", "--state", state, "--socket", filepath.Join(t.TempDir(), "second.sock")); code != 1 ||
+		!strings.Contains(out, "in use by another daemon") || !strings.Contains(out, "(NotAvailable)") {
+		t.Fatalf("a second daemon on alice's state: exit %d %s", code, out)
+	}
+
+	aliceProc.kill()
+	startAlice()
+	if got := mustRun(t, alice, "exports"); got != want {
+		t.Fatalf("tube exports after the restart:\n%s\nwant\n%s", got, want)
+	}
+	var addr string
+	for deadline := time.Now().Add(20 * time.Second); addr == ""; time.Sleep(50 * time.Millisecond) {
+		// alice's daemon logs in again by itself.
+		if code, out := run(t, bob, "open", "alice/echo"); code == 0 {
+			addr = strings.TrimSpace(out)
+		} else if time.Now().After(deadline) {
+			t.Fatalf("bob opens the kept export: %s", out)
+		}
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "ping")
+	if b := make([]byte, 4); func() error { _, err := io.ReadFull(c, b); return err }() != nil || string(b) != "ping" {
+		t.Fatalf("echo through the kept export: %q", b)
+	}
+}

@@ -29,6 +29,9 @@ func (m *Manager) Export(client string, e api.Export) (api.Export, error) {
 	if m.closed {
 		return api.Export{}, tperr.New(tperr.Disconnected, "account %s is being removed", m.cfg.Account)
 	}
+	if m.exports[e.Service] == nil && len(m.exports) >= MaxExports {
+		return api.Export{}, tperr.New(tperr.NotAvailable, "%s has %d exports, the most an account may have; unexport one first", m.cfg.Account, MaxExports)
+	}
 	m.exports[e.Service] = x
 	m.log.Info("exported", "service", e.Service, "tcp", e.TCP, "unix", e.Unix)
 	return x.Export, nil
@@ -68,6 +71,27 @@ func (m *Manager) newExport(client string, e api.Export) (*export, error) {
 		x.client = client
 	}
 	return x, nil
+}
+
+// MaxExports bounds the exports of one account.
+const MaxExports = 1024
+
+// KeepExport returns a function that puts the export of service back as
+// it is now (none: no export): a caller undoes an Export or Unexport
+// that it could not make last (saved).
+func (m *Manager) KeepExport(service string) (undo func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev := m.exports[service]
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if prev == nil {
+			delete(m.exports, service)
+		} else {
+			m.exports[service] = prev
+		}
+	}
 }
 
 // Unexport removes an export; tubes already offered keep working.
