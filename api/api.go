@@ -84,6 +84,10 @@ type Export struct {
 	ParamsGenerator bool     `json:"params_generator,omitempty"`
 	Allow           []string `json:"allow,omitempty"`       // contacts who may ask for a tube (tube open)
 	AllowRooms      []string `json:"allow_rooms,omitempty"` // rooms whose members may ask
+	// Unit, set by the daemon on the export of a published service it
+	// starts on demand, names the unit the tube was granted (never sent
+	// or taken through the local API).
+	Unit string `json:"-"`
 }
 
 // OfferRequest is the body of POST /v1/accounts/{name}/tubes.

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -45,13 +46,23 @@ type activated struct {
 	local  net.Listener // Unix socket, for local clients (uid/gid filtered)
 	socket string
 	desc   *registry.Descriptor // as the unit was made for it
+	id     unitID
+	// serial names this unit and no other, before or after it: a tube
+	// granted it carries it (api.Export.Unit), so that a unit made later
+	// on the same socket (the service removed, another registered under
+	// its name) is not reached through that tube.
+	serial string
 }
 
 type activations struct {
-	sync  sync.Mutex // one syncActivations at a time, so none undoes a newer one
-	mu    sync.Mutex
-	units map[string]*activated // unit key (unitID.key) → unit
-	dir   string                // where the local sockets are (localSocketDir), once made
+	sync   sync.Mutex // one syncActivations at a time, so none undoes a newer one
+	mu     sync.Mutex
+	units  map[string]*activated // unit key (unitID.key) → unit
+	serial uint64                // of the last unit made
+	// failed are the units that could not be set up, by name, with why
+	// (tube services activations shows them).
+	failed map[string]api.ActivationStatus
+	dir    string // where the local sockets are (localSocketDir), once made
 }
 
 // unitID names the unit of one location of an on-demand service. A
@@ -113,23 +124,37 @@ func (d *Daemon) onDemandLocations(name string) []*registry.Descriptor {
 	return locs
 }
 
-// activated returns the local socket of service location desc, started
-// on demand, making its unit on first use (again when its descriptor
-// changed).
-func (d *Daemon) activated(desc *registry.Descriptor, id unitID) (string, error) {
+// activated returns the unit of service location desc, named id, making
+// it on first use, and again when its descriptor or its name changed (a
+// user's location of the name came before it, say). A unit that cannot
+// be made is listed as failed, with why.
+func (d *Daemon) activated(desc *registry.Descriptor, id unitID) (*activated, error) {
 	d.acts.mu.Lock()
 	defer d.acts.mu.Unlock()
-	if a := d.acts.units[id.key]; a != nil && reflect.DeepEqual(a.desc, desc) {
-		return a.socket, nil
+	a, err := d.activatedLocked(desc, id)
+	if d.acts.failed == nil {
+		d.acts.failed = map[string]api.ActivationStatus{}
+	}
+	if err != nil {
+		d.acts.failed[id.name] = api.ActivationStatus{Path: desc.FilePath, LastError: err.Error()}
+	} else {
+		delete(d.acts.failed, id.name)
+	}
+	return a, err
+}
+
+func (d *Daemon) activatedLocked(desc *registry.Descriptor, id unitID) (*activated, error) {
+	if a := d.acts.units[id.key]; a != nil && a.id == id && reflect.DeepEqual(a.desc, desc) {
+		return a, nil
 	} else if a != nil {
 		a.close()
 		delete(d.acts.units, id.key)
 	}
-	for k, u := range d.acts.units {
-		if k != id.key && filepath.Base(u.socket) == id.socket {
+	for _, u := range d.acts.units {
+		if filepath.Base(u.socket) == id.socket {
 			// Not made by onDemandUnit: fail closed rather than take
 			// another unit's socket.
-			return "", fmt.Errorf("the socket %s is %s's", id.socket, u.unit.Name())
+			return nil, fmt.Errorf("its socket %s is the one of %s (%s)", id.socket, u.unit.Name(), u.desc.FilePath)
 		}
 	}
 	cfg := activation.Config{Name: id.name, Path: desc.FilePath, Logger: d.log}
@@ -147,16 +172,17 @@ func (d *Daemon) activated(desc *registry.Descriptor, id unitID) (string, error)
 			cfg.MaxInstances = n
 		}
 	}
-	act := &activated{unit: activation.New(cfg), desc: desc}
+	d.acts.serial++
+	act := &activated{unit: activation.New(cfg), desc: desc, id: id, serial: strconv.FormatUint(d.acts.serial, 10)}
 	if err := d.serveLocal(act, desc, id.socket); err != nil {
 		act.unit.Close()
-		return "", fmt.Errorf("no local socket for %s: %w", id.name, err)
+		return nil, fmt.Errorf("no local socket for %s: %w", id.name, err)
 	}
 	if d.acts.units == nil {
 		d.acts.units = map[string]*activated{}
 	}
 	d.acts.units[id.key] = act
-	return act.socket, nil
+	return act, nil
 }
 
 func (a *activated) close() {
@@ -296,7 +322,7 @@ func (d *Daemon) syncActivations() {
 		id   unitID
 	}
 	var units []unit
-	want := map[string]bool{}
+	want := map[string]unitID{}
 	done := map[string]bool{}
 	for _, desc := range ds {
 		if done[registry.FoldName(desc.Name)] {
@@ -310,17 +336,22 @@ func (d *Daemon) syncActivations() {
 			}
 			// A path both scopes register under this name is one unit,
 			// the user's.
-			if id := onDemandUnit(locs, l); !want[id.key] {
-				want[id.key] = true
+			if id := onDemandUnit(locs, l); want[id.key] == (unitID{}) {
+				want[id.key] = id
 				units = append(units, unit{l, id})
 			}
 		}
 	}
 	d.acts.mu.Lock()
 	for k, a := range d.acts.units {
-		if !want[k] {
+		if id, ok := want[k]; !ok || id != a.id {
 			a.close()
 			delete(d.acts.units, k)
+		}
+	}
+	for name, f := range d.acts.failed {
+		if !slices.ContainsFunc(units, func(u unit) bool { return u.id.name == name && u.desc.FilePath == f.Path }) {
+			delete(d.acts.failed, name)
 		}
 	}
 	d.acts.mu.Unlock()
@@ -334,16 +365,24 @@ func (d *Daemon) syncActivations() {
 // connectActivated connects a tube whose export is the local socket of
 // a service started on demand to the service, through its unit, so
 // that a service that does not take the connection is refused
-// (ConnectionRefused), not cut after a connection seemed made.
-func (d *Daemon) connectActivated(socket string) (net.Conn, func(), bool, error) {
+// (ConnectionRefused), not cut after a connection seemed made. A tube
+// granted a unit (a published service's: e.Unit) reaches that unit
+// only: once it is gone, its connections are refused.
+func (d *Daemon) connectActivated(e api.Export) (net.Conn, func(), bool, error) {
+	if e.Unix == "" {
+		return nil, nil, false, nil
+	}
 	d.acts.mu.Lock()
 	var a *activated
 	for _, u := range d.acts.units {
-		if u.socket == socket {
+		if u.socket == e.Unix {
 			a = u
 		}
 	}
 	d.acts.mu.Unlock()
+	if e.Unit != "" && (a == nil || a.serial != e.Unit) {
+		return nil, nil, true, errors.New("the service this tube was granted is no longer registered")
+	}
 	if a == nil {
 		return nil, nil, false, nil
 	}
@@ -371,6 +410,11 @@ func (d *Daemon) Activations() map[string]api.ActivationStatus {
 			name = fmt.Sprintf("%s#%d", a.unit.Name(), n)
 		}
 		out[name] = st
+	}
+	for name, f := range d.acts.failed {
+		if _, taken := out[name]; !taken {
+			out[name] = f
+		}
 	}
 	return out
 }

@@ -678,12 +678,12 @@ func (d *Daemon) publishedExport(account, service, impl, from string) (api.Expor
 	} else if desc.FilePath != "" {
 		// Tubes reach it through its unit (connectActivated); the socket
 		// names it for the export.
-		sock, err := d.activated(desc, onDemandUnit(d.onDemandLocations(service), desc))
+		a, err := d.activated(desc, onDemandUnit(d.onDemandLocations(service), desc))
 		if err != nil {
 			d.log.Warn("on-demand service unavailable", "service", desc.Name, "err", err)
 			return api.Export{}, false
 		}
-		e.Unix = sock
+		e.Unix, e.Unit = a.socket, a.serial
 	} else {
 		return api.Export{}, false
 	}

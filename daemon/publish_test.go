@@ -945,3 +945,86 @@ func TestPublishedSystemServiceBehindUsers(t *testing.T) {
 		t.Fatalf("publications %+v", ps)
 	}
 }
+
+// A tube granted one on-demand unit reaches that unit only: once the
+// service is removed and another registered under its name (on the same
+// socket name), the old tube's connections are refused, not handed to
+// the newcomer, which was never published.
+func TestTubeKeepsItsUnit(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := contacts(t)
+	dir := t.TempDir()
+	add := func(script, iface string) {
+		t.Helper()
+		xml := `<SFW version="1.1"><service><name>vault</name><filepath>` + tubetest.ActivatedScript(t, dir, script) +
+			`</filepath><interface><name>` + iface + `</name><version>1.0</version></interface></service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, "vault.xml", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("published", "org.vault.Public")
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "vault", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "vault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip := func() (string, error) {
+		c, err := net.Dial("tcp", tb.Address)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, "hi")
+		c.(*net.TCPConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	if got, err := roundTrip(); err != nil || !strings.HasPrefix(got, "activated ") {
+		t.Fatalf("the published unit: %q %v", got, err)
+	}
+	first := statusOf(t, alice, "vault")
+	if err := alice.C.RemoveService(ctx, "vault", ""); err != nil {
+		t.Fatal(err)
+	}
+	add("secret", "org.vault.Secret")
+	if st := statusOf(t, alice, "vault"); st.Socket != first.Socket || st.Starts != 0 {
+		t.Fatalf("the newcomer's unit %+v, the first's %+v: want the same socket, not started", st, first)
+	}
+	if got, err := roundTrip(); err == nil && got != "" {
+		t.Fatalf("bob's old tube reached the unpublished newcomer: %q", got)
+	}
+	if st := statusOf(t, alice, "vault"); st.Starts != 0 {
+		t.Fatalf("the newcomer was started through bob's old tube: %+v", st)
+	}
+}
+
+// A user's location of a name the system scope registers comes first:
+// it gets the name's unit and socket at once, and the system's location
+// moves to NAME@PATH.
+func TestUserLocationComesFirst(t *testing.T) {
+	testenvRoot(t) // the system scope is root's
+	ctx := context.Background()
+	d := tubetest.StartDaemon(t, "")
+	dir := t.TempDir()
+	paths := map[string]string{}
+	for _, scope := range []string{"system", ""} {
+		paths[scope] = tubetest.ActivatedScript(t, dir, "s"+scope)
+		xml := `<SFW version="1.1"><service><name>svc</name><filepath>` + paths[scope] +
+			`</filepath><interface><name>org.ex.S</name><version>1.` + fmt.Sprint(len(scope)) + `</version></interface></service></SFW>`
+		if _, err := d.C.AddService(ctx, xml, "svc.xml", scope); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acts, err := d.C.Activations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, sys := acts["svc"], acts["svc@"+paths["system"]]
+	if len(acts) != 2 || user.Path != paths[""] || filepath.Base(user.Socket) != "svc.sock" || sys.Path != paths["system"] ||
+		!strings.HasPrefix(filepath.Base(sys.Socket), "svc~") || user.LastError != "" || sys.LastError != "" {
+		t.Fatalf("activations %+v", acts)
+	}
+}

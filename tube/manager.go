@@ -110,11 +110,11 @@ type Config struct {
 	// TURN gives the TURN server and credentials for the account's relay
 	// allocation; nil means tubes go direct only.
 	TURN func(ctx context.Context) (turnclient.Config, error)
-	// Connect, when socket (an export's Unix socket) is one it serves
-	// itself, connects to the service there itself (a service started on
-	// demand: the error then means it did not take the connection) and
-	// gives done, called when the connection ends.
-	Connect func(socket string) (conn net.Conn, done func(), ok bool, err error)
+	// Connect, when the export's Unix socket is one it serves itself,
+	// connects to the service there itself (a service started on demand:
+	// the error then means it did not take the connection) and gives
+	// done, called when the connection ends.
+	Connect func(e api.Export) (conn net.Conn, done func(), ok bool, err error)
 	// Published gives the export of a service the account publishes
 	// (service framework) when a reverse-tube request names one that is
 	// not exported; its Allow and AllowRooms say who it is published to.

@@ -61,10 +61,10 @@ func (m *Manager) connectService(t *tube, c *tconn, e *export) {
 	var svc net.Conn
 	var err error
 	done := func() {}
-	if m.cfg.Connect != nil && e.Unix != "" {
+	if m.cfg.Connect != nil {
 		var ok bool
 		var d func()
-		if svc, d, ok, err = m.cfg.Connect(e.Unix); ok && err == nil {
+		if svc, d, ok, err = m.cfg.Connect(e.Export); ok && err == nil {
 			done = d
 		}
 		if !ok {
