@@ -85,6 +85,9 @@ type pubState struct {
 	qmu      sync.Mutex
 	queue    []registry.Event // registry changes for registryChanged
 	draining bool             // a goroutine takes them
+	// changeMu orders publishing, unpublishing and taking in a registry
+	// change: each sees the others whole. Taken before mu.
+	changeMu sync.Mutex
 }
 
 func (d *Daemon) openPublications() error {
@@ -137,12 +140,14 @@ func (d *Daemon) registryChanged(e registry.Event) {
 			e := p.queue[0]
 			p.queue = p.queue[1:]
 			p.qmu.Unlock()
+			p.changeMu.Lock()
 			switch e.Type {
 			case registry.ServiceRemoved:
 				d.withdrawRemoved(e.Service)
 			case registry.ServiceAdded:
 				d.republish(e.Service)
 			}
+			p.changeMu.Unlock()
 		}
 	}()
 }
@@ -169,6 +174,10 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	if err != nil {
 		return p, err
 	}
+	// From the lookup to the record, no registry change is taken in: a
+	// removal meanwhile then withdraws this publication too.
+	d.pubs.changeMu.Lock()
+	defer d.pubs.changeMu.Unlock()
 	locs := d.locations(p.Service)
 	if len(locs) == 0 {
 		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
@@ -180,6 +189,9 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	}
 	if _, err := a.tubes.SendSigned(ctx, p.To, p.Room, kindPublished, body); err != nil {
 		return p, err
+	}
+	if afterPublishSent != nil {
+		afterPublishSent()
 	}
 	d.pubs.mu.Lock()
 	defer d.pubs.mu.Unlock()
@@ -194,6 +206,10 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	return p, nil
 }
 
+// afterPublishSent, set by tests, runs between a publication's sending
+// and its record.
+var afterPublishSent func()
+
 // Unpublish withdraws a publication.
 func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) error {
 	if err := normalizeNames(&p.To, &p.Room); err != nil {
@@ -203,6 +219,8 @@ func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) 
 	if err != nil {
 		return err
 	}
+	d.pubs.changeMu.Lock()
+	defer d.pubs.changeMu.Unlock()
 	d.pubs.mu.Lock()
 	list := d.pubs.pubs[a.name]
 	i := slices.IndexFunc(list, func(q api.Publication) bool {

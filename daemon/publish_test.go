@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
+	"github.com/tubes-dev/tubes/daemon"
 	"github.com/tubes-dev/tubes/internal/tubetest"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
@@ -1026,5 +1027,47 @@ func TestUserLocationComesFirst(t *testing.T) {
 	if len(acts) != 2 || user.Path != paths[""] || filepath.Base(user.Socket) != "svc.sock" || sys.Path != paths["system"] ||
 		!strings.HasPrefix(filepath.Base(sys.Socket), "svc~") || user.LastError != "" || sys.LastError != "" {
 		t.Fatalf("activations %+v", acts)
+	}
+}
+
+// A service removed while a publication of it is on its way (sent, not
+// yet recorded) takes that publication too: bob is told it is
+// withdrawn, alice keeps no publication of it, and a service registered
+// later under the name is not published by it.
+func TestRemovedWhilePublishing(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := contacts(t)
+	bobEv := tubetest.Record(t, bob.C, "bob")
+	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
+		t.Fatal(err)
+	}
+	add := func(addr string) {
+		t.Helper()
+		xml := `<SFW version="1.1"><service><name>racex</name><ipcaddress>` + addr +
+			`</ipcaddress><interface><name>org.ex.R</name><version>1.0</version></interface></service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, "racex.xml", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("127.0.0.1:11")
+	daemon.SetAfterPublishSent(func() {
+		if err := alice.C.RemoveService(ctx, "racex", ""); err != nil {
+			t.Errorf("remove racex: %v", err)
+		}
+	})
+	defer daemon.SetAfterPublishSent(nil)
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "racex", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	daemon.SetAfterPublishSent(nil)
+	bobEv.MustWait("racex withdrawn", func(e api.Event) bool {
+		return e.Type == api.EventServiceRemoved && e.Service == "racex" && e.Scope == "remote"
+	})
+	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 0 {
+		t.Fatalf("publications of a removed service: %+v", ps)
+	}
+	add("127.0.0.1:12")
+	if impls, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"}); err != nil || len(impls) != 0 {
+		t.Fatalf("bob browses %+v (%v): the newcomer was never published", impls, err)
 	}
 }
