@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -156,6 +157,16 @@ func New(cfg Config) (_ *Daemon, err error) {
 		cfg.EarlyOutage = DefaultEarlyOutage
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
+	// Absolute: the state directory names this daemon's socket
+	// directory, which a relative name would share with another daemon
+	// started elsewhere.
+	if cfg.StateDir != "" {
+		abs, err := filepath.Abs(cfg.StateDir)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: state directory: %w", err)
+		}
+		cfg.StateDir = abs
+	}
 	st, err := openStore(cfg.StateDir)
 	if err != nil {
 		return nil, err

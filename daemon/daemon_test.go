@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -548,5 +549,42 @@ func TestStateDirectoryHeldByOne(t *testing.T) {
 	again := tubetest.StartDaemon(t, dir)
 	if _, err := again.C.Accounts(ctx); err != nil {
 		t.Fatalf("the daemon after the first: %v", err)
+	}
+}
+
+// A daemon.lock that is not a regular file (a FIFO) is refused at once,
+// not waited on.
+func TestStateLockNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(dir, "daemon.lock"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := node.StartDaemon(ctx, node.DaemonConfig{StateDir: dir})
+	if err == nil || !strings.Contains(err.Error(), "daemon.lock is not a regular file") {
+		t.Fatalf("a FIFO for daemon.lock: %v", err)
+	}
+}
+
+// Two daemons given the same relative --state from different working
+// directories have socket directories of their own.
+func TestRelativeStateDirectories(t *testing.T) {
+	scripts := t.TempDir()
+	sockets := map[string]bool{}
+	for _, wd := range []string{t.TempDir(), t.TempDir()} {
+		t.Chdir(wd)
+		d := tubetest.StartDaemon(t, "state")
+		xml := `<SFW version="1.1"><service><name>rsvc</name><filepath>` + tubetest.ActivatedScript(t, scripts, "rsvc") +
+			`</filepath><interface><name>org.ex.R</name><version>1.0</version></interface></service></SFW>`
+		if _, err := d.C.AddService(ctx, xml, "rsvc.xml", ""); err != nil {
+			t.Fatal(err)
+		}
+		acts, err := d.C.Activations(ctx)
+		if err != nil || acts["rsvc"].Socket == "" {
+			t.Fatalf("activations %+v %v", acts, err)
+		}
+		sockets[acts["rsvc"].Socket] = true
+	}
+	if len(sockets) != 2 {
+		t.Fatalf("both daemons' rsvc on %v", sockets)
 	}
 }

@@ -104,6 +104,13 @@ func limitMetrics(d *Daemon) []prometheus.Collector {
 			}
 			return float64(n)
 		}),
+		counter("tubes_daemon_browses_dropped_total", "Browses from contacts dropped: as many catalogs were being answered as the daemon answers at once.",
+			func() float64 {
+				if d.pubs == nil {
+					return 0
+				}
+				return float64(d.pubs.browsesDropped.Load())
+			}),
 		gauge("tubes_daemon_event_subscribers", "Event-stream clients connected.",
 			func() float64 { return float64(d.bus.Subscribers()) }),
 		counter("tubes_daemon_event_subscribers_cut_total", "Event-stream clients cut off for falling behind (their queue was over its bytes or events).",

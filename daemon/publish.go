@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tubes-dev/tubes/api"
@@ -42,6 +43,7 @@ const (
 	maxSources    = 4096     // publishers (contact, or room member) remembered per account
 	maxRemote     = 4096     // published services remembered per account, all publishers
 	maxPublished  = 16 << 10 // bytes of one published service's message
+	maxAnswering  = 4        // catalogs being answered at once, all contacts
 	browseTimeout = 5 * time.Second
 	roomWait      = 2 * time.Second
 )
@@ -81,6 +83,10 @@ type pubState struct {
 	pubs    map[string][]api.Publication                          // account → publications
 	remote  map[string]map[string]map[string]*registry.Descriptor // account → source → service → descriptor
 	browses map[string]chan catalogAnswer
+	// answering holds a token per catalog being made and sent (at most
+	// maxAnswering: each costs a registry walk and a message).
+	answering      chan struct{}
+	browsesDropped atomic.Int64
 
 	qmu      sync.Mutex
 	queue    []registry.Event // registry changes for registryChanged
@@ -92,7 +98,8 @@ type pubState struct {
 
 func (d *Daemon) openPublications() error {
 	p := &pubState{file: filepath.Join(d.cfg.StateDir, "publications.json"), pubs: map[string][]api.Publication{},
-		remote: map[string]map[string]map[string]*registry.Descriptor{}, browses: map[string]chan catalogAnswer{}}
+		remote: map[string]map[string]map[string]*registry.Descriptor{}, browses: map[string]chan catalogAnswer{},
+		answering: make(chan struct{}, maxAnswering)}
 	b, err := os.ReadFile(p.file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -183,7 +190,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
 	}
 	p.Service = locs[0].Name
-	body, err := publishedBody(locs)
+	body, err := d.publishedBody(locs)
 	if err != nil {
 		return p, err
 	}
@@ -207,8 +214,8 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 }
 
 // afterPublishSent, set by tests, runs between a publication's sending
-// and its record.
-var afterPublishSent func()
+// and its record; beforeCatalog before a catalog is made.
+var afterPublishSent, beforeCatalog func()
 
 // Unpublish withdraws a publication.
 func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) error {
@@ -245,13 +252,14 @@ func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) 
 }
 
 // publishedBody is the svc.published message of a service: its public
-// form, which those it is published to must be able to take.
-func publishedBody(locs []*registry.Descriptor) ([]byte, error) {
-	body, _ := json.Marshal(publishedMsg{Service: publicForm(locs)})
-	if len(body) > maxPublished {
-		return nil, tperr.New(tperr.InvalidArgument, "service %s is too large to publish: %d bytes of descriptor, at most %d",
-			locs[0].Name, len(body), maxPublished)
+// form, which those it is published to must be able to take, in it and
+// in a catalog with our defaults.
+func (d *Daemon) publishedBody(locs []*registry.Descriptor) ([]byte, error) {
+	sh := show(locs, d.defaultRules())
+	if err := sh.check(); err != nil {
+		return nil, err
 	}
+	body, _ := json.Marshal(publishedMsg{Service: sh.desc})
 	return body, nil
 }
 
@@ -262,7 +270,7 @@ func (d *Daemon) republish(service string) {
 	if len(locs) == 0 {
 		return
 	}
-	body, err := publishedBody(locs)
+	body, err := d.publishedBody(locs)
 	d.pubs.mu.Lock()
 	todo := map[string][]api.Publication{}
 	for acct, list := range d.pubs.pubs {
@@ -545,7 +553,19 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 		if err := json.Unmarshal(m.Body, &b); err != nil || b.ID == "" || len(b.ID) > 64 {
 			return errors.New("malformed browse request")
 		}
-		go d.answerBrowse(a, m.From, m.Room, b.ID)
+		select {
+		case d.pubs.answering <- struct{}{}:
+		default:
+			d.pubs.browsesDropped.Add(1)
+			return fmt.Errorf("%d catalogs are being answered already: this browse is dropped", maxAnswering)
+		}
+		go func() {
+			defer func() { <-d.pubs.answering }()
+			if beforeCatalog != nil {
+				beforeCatalog()
+			}
+			d.answerBrowse(a, m.From, m.Room, b.ID)
+		}()
 	case kindCatalog:
 		var c catalogMsg
 		if err := json.Unmarshal(m.Body, &c); err != nil || len(c.Services) > maxCatalog {
@@ -597,47 +617,86 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 
 // catalog is the svc.catalog message answering browse id with the
 // services names: each as publicForm makes it, with our defaults among
-// them, as many as one message carries (the rest, in order, are left out
-// and logged: a service too large to publish, or the message full).
+// its interfaces, as many as one message carries. The rest are left out
+// and logged: a service too large to publish, or one that would make the
+// message too large (those after it may still fit).
 func (d *Daemon) catalog(id string, names []string) []byte {
-	var out []*registry.Descriptor
+	rules := d.defaultRules()
+	msg := catalogMsg{ID: id, Services: []*registry.Descriptor{}, Defaults: map[string]string{}}
+	empty, _ := json.Marshal(msg)
+	total := len(empty)
 	for _, n := range names {
 		locs := d.locations(n)
-		if len(locs) == 0 || len(out) == maxCatalog {
+		if len(locs) == 0 || len(msg.Services) == maxCatalog {
 			continue
 		}
-		if _, err := publishedBody(locs); err != nil {
+		sh := show(locs, rules)
+		if err := sh.check(); err != nil {
 			d.log.Warn("a service left out of a catalog", "service", n, "err", err)
 			continue
 		}
-		out = append(out, publicForm(locs))
-	}
-	for {
-		// Our defaults, where they are among what we show.
-		defaults := map[string]string{}
-		for _, desc := range out {
-			for _, in := range desc.Interfaces {
-				key := strings.ToLower(in.Name)
-				if _, done := defaults[key]; done {
-					continue
-				}
-				impl, err := d.services.Default(in.Name, registry.UserScope)
-				if err != nil {
-					continue
-				}
-				if i := slices.IndexFunc(out, func(x *registry.Descriptor) bool { return strings.EqualFold(x.Name, impl.Service) }); i >= 0 {
-					defaults[key] = out[i].Name + " " + impl.Version.String()
-				}
-			}
+		if total+sh.size > tube.MaxMessageBody {
+			d.log.Warn("a service left out of a catalog", "service", n,
+				"err", fmt.Sprintf("with it the catalog would be %d bytes, at most %d", total+sh.size, tube.MaxMessageBody))
+			continue
 		}
-		body, _ := json.Marshal(catalogMsg{ID: id, Services: out, Defaults: defaults})
-		if len(body) <= tube.MaxMessageBody || len(out) == 0 {
-			return body
-		}
-		d.log.Warn("a service left out of a catalog", "service", out[len(out)-1].Name,
-			"err", fmt.Sprintf("the catalog is %d bytes, at most %d", len(body), tube.MaxMessageBody))
-		out = out[:len(out)-1]
+		total += sh.size
+		msg.Services = append(msg.Services, sh.desc)
+		maps.Copy(msg.Defaults, sh.defaults)
 	}
+	body, _ := json.Marshal(msg)
+	return body
+}
+
+// shown is a service as a catalog carries it: its public form and our
+// defaults among its interfaces (interface, lower case → "NAME M.m").
+type shown struct {
+	desc     *registry.Descriptor
+	defaults map[string]string
+	size     int // bytes it adds to a catalog, at most
+}
+
+// defaultRules are the defaults lookups in the user scope follow, by
+// interface (lower case): the user's rule, else the system's.
+func (d *Daemon) defaultRules() map[string]registry.Implementation {
+	rules, _ := d.services.Defaults(registry.UserScope)
+	out := map[string]registry.Implementation{}
+	for _, r := range rules {
+		key := strings.ToLower(r.Interface)
+		if _, ok := out[key]; !ok {
+			out[key] = r.Implementation
+		}
+	}
+	return out
+}
+
+// show makes the catalog entry of the service registered at locs.
+func show(locs []*registry.Descriptor, rules map[string]registry.Implementation) shown {
+	sh := shown{desc: publicForm(locs), defaults: map[string]string{}}
+	b, _ := json.Marshal(sh.desc)
+	sh.size = len(b) + 1 // and a comma
+	for _, in := range sh.desc.Interfaces {
+		key := strings.ToLower(in.Name)
+		impl, ok := rules[key]
+		if _, done := sh.defaults[key]; done || !ok || !strings.EqualFold(impl.Service, sh.desc.Name) {
+			continue
+		}
+		v := sh.desc.Name + " " + impl.Version.String()
+		sh.defaults[key] = v
+		k, _ := json.Marshal(key)
+		w, _ := json.Marshal(v)
+		sh.size += len(k) + len(w) + 2 // a colon and a comma
+	}
+	return sh
+}
+
+// check refuses a service larger than one publication carries.
+func (sh shown) check() error {
+	if sh.size > maxPublished {
+		return tperr.New(tperr.InvalidArgument, "service %s is too large to publish: %d bytes of descriptor and defaults, at most %d",
+			sh.desc.Name, sh.size, maxPublished)
+	}
+	return nil
 }
 
 // publishedExport is the export that serves a service account publishes,
@@ -663,9 +722,17 @@ func (d *Daemon) publishedExport(account, service, impl, from string) (api.Expor
 	if len(e.Allow)+len(e.AllowRooms) == 0 {
 		return api.Export{}, false
 	}
+	locs := d.locations(service)
+	if len(locs) == 0 {
+		return api.Export{}, false
+	}
+	if err := show(locs, d.defaultRules()).check(); err != nil {
+		// Withdrawn from those it is published to (republish).
+		d.log.Info("a tube refused: the service is withdrawn", "service", service, "err", err)
+		return api.Export{}, false
+	}
 	// The location implementing impl; with none named, the first that a
 	// tube reaches and whose capabilities the contact holds.
-	locs := d.locations(service)
 	var desc *registry.Descriptor
 	var missing []string
 	for _, l := range locs {

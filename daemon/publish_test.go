@@ -845,11 +845,21 @@ func TestPublishedLocationsChosen(t *testing.T) {
 		publish(n)
 	}
 	// Each Fat is under the limit of one publication; together they are
-	// over that of one message.
+	// over that of one message. Tiny, after them, still fits.
 	for i := range 4 {
 		n := fmt.Sprint("Fat", i)
 		add(n, serve(n), ifaces("org.example.fat"+n+".Interface", 130, ""))
 		publish(n)
+	}
+	add("Tiny", serve("tiny"), ifaces("org.tiny.T", 1, ""))
+	publish("Tiny")
+	// A small descriptor whose defaults, each naming its long name, are
+	// more than one publication carries.
+	long := strings.Repeat("L", 255)
+	add(long, serve("long"), ifaces("org.long.I", 100, ""))
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: long, To: "bob"}); tperr.Name(err) != tperr.InvalidArgument ||
+		!strings.Contains(err.Error(), "too large to publish") {
+		t.Fatalf("publish a service too large with its defaults: %v", err)
 	}
 
 	if got := say(t, bob, "alice", "Vault", "hello"); got != "public:hello" {
@@ -886,8 +896,9 @@ func TestPublishedLocationsChosen(t *testing.T) {
 			fat++
 		}
 	}
-	if fat != 3 || len(by["Fat3"]) != 0 {
-		t.Fatalf("bob sees %d whole Fat services (Fat3: %d interfaces), want the first 3 and not Fat3", fat, len(by["Fat3"]))
+	if fat != 3 || len(by["Fat3"]) != 0 || len(by["Tiny"]) != 1 {
+		t.Fatalf("bob sees %d whole Fat services (Fat3: %d interfaces), Tiny %d times: want the first 3 Fats, not Fat3, and Tiny",
+			fat, len(by["Fat3"]), len(by["Tiny"]))
 	}
 
 	// Big grows past what one publication carries: bob is told it is
@@ -901,6 +912,10 @@ func TestPublishedLocationsChosen(t *testing.T) {
 	}
 	if by := browse(); len(by["Big"]) != 0 || len(by["Media"]) != 2 {
 		t.Fatalf("after Big grew, bob browses %v", by)
+	}
+	// Withdrawn, it is not reached by name either.
+	if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "Big"}); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("bob opens the withdrawn Big: %v", err)
 	}
 }
 
@@ -1069,5 +1084,47 @@ func TestRemovedWhilePublishing(t *testing.T) {
 	add("127.0.0.1:12")
 	if impls, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"}); err != nil || len(impls) != 0 {
 		t.Fatalf("bob browses %+v (%v): the newcomer was never published", impls, err)
+	}
+}
+
+// Alice answers at most MaxAnswering browses at once: while that many
+// catalogs are being made, further browses are dropped (and counted),
+// and once they are done she answers again.
+func TestBrowsesAnsweredAtOnceBounded(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := contacts(t)
+	release := make(chan struct{})
+	held := make(chan struct{}, 64)
+	daemon.SetBeforeCatalog(func() { held <- struct{}{}; <-release })
+	defer daemon.SetBeforeCatalog(nil)
+	bctx, cancel := context.WithCancel(ctx)
+	errs := make(chan error, 64)
+	const browses = 3 * daemon.MaxAnswering
+	for range browses {
+		go func() {
+			_, err := bob.C.Browse(bctx, "bob", api.BrowseRequest{Contact: "alice"})
+			errs <- err
+		}()
+	}
+	for range daemon.MaxAnswering {
+		<-held
+	}
+	ad := alice.Daemon.Daemon
+	for deadline := time.Now().Add(10 * time.Second); daemon.BrowsesDropped(ad) < browses-daemon.MaxAnswering; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d browses dropped, want %d", daemon.BrowsesDropped(ad), browses-daemon.MaxAnswering)
+		}
+	}
+	if len(held) != 0 {
+		t.Fatalf("%d catalogs past the bound", len(held)+daemon.MaxAnswering)
+	}
+	cancel()
+	close(release)
+	for range browses {
+		<-errs
+	}
+	daemon.SetBeforeCatalog(nil)
+	if _, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"}); err != nil {
+		t.Fatalf("a browse after the flood: %v", err)
 	}
 }

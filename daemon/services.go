@@ -129,6 +129,7 @@ func (d *Daemon) RemoveService(name, scope string) error {
 	if err := d.services.Remove(name, s); err != nil {
 		return serviceErr(err)
 	}
+	d.log.Info("service unregistered", "service", name, "scope", s)
 	d.syncActivations() // its units are gone when it returns
 	return nil
 }

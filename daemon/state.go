@@ -59,9 +59,14 @@ func openStore(dir string) (*store, error) {
 		}
 	}
 	name := filepath.Join(dir, "daemon.lock")
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	// O_NONBLOCK: a FIFO put there does not hang the open.
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("daemon: state directory: %w", err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, tperr.New(tperr.InvalidArgument, "%s is not a regular file: move it away", name)
 	}
 	for {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
@@ -70,7 +75,9 @@ func openStore(dir string) (*store, error) {
 		}
 	}
 	if err != nil {
-		holder, _ := os.ReadFile(name)
+		holder := make([]byte, 16)
+		n, _ := f.ReadAt(holder, 0)
+		holder = holder[:n]
 		f.Close()
 		if err == unix.EWOULDBLOCK {
 			return nil, tperr.New(tperr.NotAvailable, "the state directory %s is in use by another daemon (pid %s); stop it, or give this one --state of its own",
@@ -80,7 +87,7 @@ func openStore(dir string) (*store, error) {
 	}
 	f.Truncate(0)
 	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	for _, d := range []string{dir, filepath.Join(dir, "keys")} {
+	for _, d := range []string{dir, filepath.Join(dir, "keys"), filepath.Join(dir, "pins")} {
 		atomicfile.RemoveLeftovers(d)
 	}
 	return &store{dir: dir, lock: f}, nil

@@ -62,7 +62,7 @@ func Listen(path string) (net.Listener, error) {
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
-		return nil, fmt.Errorf("localapi: a daemon is already listening on %s", path)
+		return nil, tperr.New(tperr.NotAvailable, "a daemon is already listening on %s; stop it, or give this one --socket of its own", path)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("localapi: remove stale socket: %w", err)

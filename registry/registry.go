@@ -510,6 +510,10 @@ func (st *state) sanitize(scope Scope) {
 		}
 		where := fmt.Sprintf("service %q at %q", clip(d.Name), clip(d.Location()))
 		if err := Validate(d); err != nil {
+			var pe *ParseError
+			if errors.As(err, &pe) {
+				err = fmt.Errorf("%s (%s)", pe.Msg, pe.Rule)
+			}
 			st.dropped = append(st.dropped, where+": "+err.Error())
 			return true
 		}

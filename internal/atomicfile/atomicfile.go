@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // WriteFile writes data to path atomically with the given permissions: it
@@ -64,6 +65,11 @@ func RemoveLeftovers(dir string) error {
 		return err
 	}
 	for _, t := range tmps {
+		// WriteFile's names end in ".tmp" and CreateTemp's digits.
+		_, digits, _ := strings.Cut(filepath.Base(t)[1:], ".tmp")
+		if digits == "" || strings.Trim(digits, "0123456789") != "" {
+			continue
+		}
 		if fi, err := os.Lstat(t); err == nil && fi.Mode().IsRegular() {
 			os.Remove(t)
 		}
