@@ -150,7 +150,7 @@ func (d *Daemon) registryChanged(e registry.Event) {
 			p.changeMu.Lock()
 			switch e.Type {
 			case registry.ServiceRemoved:
-				d.withdrawRemoved(e.Service)
+				d.withdrawRemoved(e)
 			case registry.ServiceAdded:
 				d.republish(e.Service)
 			}
@@ -330,11 +330,12 @@ func (d *Daemon) sendWithdrawn(ctx context.Context, a *account, p api.Publicatio
 }
 
 // withdrawRemoved withdraws the publications of a service that left the
-// registry.
-func (d *Daemon) withdrawRemoved(service string) {
-	if len(d.locations(service)) > 0 {
-		// The same name remains in the other scope: its publications
-		// now show that one.
+// registry (e), whatever the registry holds now: a service registered
+// under the name since is not published by them. When the other scope
+// registered the name as this one left, its publications show that one.
+func (d *Daemon) withdrawRemoved(e registry.Event) {
+	service := e.Service
+	if e.Remains {
 		d.republish(service)
 		return
 	}

@@ -20,7 +20,9 @@ import (
 
 	"github.com/tubes-dev/tubes/api"
 	"github.com/tubes-dev/tubes/daemon"
+	"github.com/tubes-dev/tubes/internal/node"
 	"github.com/tubes-dev/tubes/internal/tubetest"
+	"github.com/tubes-dev/tubes/registry"
 	"github.com/tubes-dev/tubes/rendezvous"
 	"github.com/tubes-dev/tubes/tperr"
 )
@@ -1126,5 +1128,105 @@ func TestBrowsesAnsweredAtOnceBounded(t *testing.T) {
 	daemon.SetBeforeCatalog(nil)
 	if _, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"}); err != nil {
 		t.Fatalf("a browse after the flood: %v", err)
+	}
+}
+
+// A removal is taken in as what it was, however late: with alice's
+// publication changes held up (another publication on its way), vault is
+// removed and another service registered under its name; once the queue
+// moves, vault's publication is withdrawn, not carried over to the
+// newcomer, which bob neither browses nor reaches.
+func TestRemovalTakenInLate(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := contacts(t)
+	bobEv := tubetest.Record(t, bob.C, "bob")
+	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
+		t.Fatal(err)
+	}
+	add := func(name, iface string) {
+		t.Helper()
+		addr := tubetest.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c); io.WriteString(c, iface); c.Close() }).Addr().String()
+		xml := `<SFW version="1.1"><service><name>` + name + `</name><ipcaddress>` + addr +
+			`</ipcaddress><interface><name>` + iface + `</name><version>1.0</version></interface></service></SFW>`
+		if _, err := alice.C.AddService(ctx, xml, name+".xml", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("vault", "org.vault.Public")
+	add("other", "org.other.O")
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "vault", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	daemon.SetAfterPublishSent(func() {
+		daemon.SetAfterPublishSent(nil)
+		if err := alice.C.RemoveService(ctx, "vault", ""); err != nil {
+			t.Errorf("remove vault: %v", err)
+		}
+		add("vault", "org.vault.Secret")
+	})
+	defer daemon.SetAfterPublishSent(nil)
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "other", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	bobEv.MustWait("vault withdrawn", func(e api.Event) bool {
+		return e.Type == api.EventServiceRemoved && e.Service == "vault" && e.Scope == "remote"
+	})
+	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 1 || ps[0].Service != "other" {
+		t.Fatalf("publications %+v, want other's alone", ps)
+	}
+	impls, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"})
+	if err != nil || len(impls) != 1 || impls[0].Interface != "org.other.O" {
+		t.Fatalf("bob browses %+v (%v), want other's alone", impls, err)
+	}
+	if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "vault"}); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("bob opens the newcomer: %v", err)
+	}
+}
+
+// A system service replaced (removed, and another registered under its
+// name) by another daemon between two of alice's looks at the file is a
+// removal too: her publication of it is withdrawn.
+func TestSystemServiceReplacedBetweenPolls(t *testing.T) {
+	ctx := context.Background()
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	sys := filepath.Join(t.TempDir(), "system.json")
+	alice := tubetest.StartDaemonConfig(t, node.DaemonConfig{SystemServices: sys})
+	bob := tubetest.StartDaemon(t, "")
+	alice.Register(t, "alice", relay)
+	bob.Register(t, "bob", relay)
+	tubetest.Befriend(t, alice, "alice", bob, "bob")
+	bobEv := tubetest.Record(t, bob.C, "bob")
+	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
+		t.Fatal(err)
+	}
+	root, err := registry.Open(registry.Config{SystemFile: sys, CanWriteSystem: func() bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := func(loc, iface string) *registry.Descriptor {
+		d, err := registry.Parse("sys.xml", strings.NewReader(`<SFW version="1.1"><service><name>sys</name><ipcaddress>`+loc+
+			`</ipcaddress><interface><name>`+iface+`</name><version>1.0</version></interface></service></SFW>`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if err := root.Add(desc("127.0.0.1:11", "org.sys.One"), registry.SystemScope); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "sys", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Remove("sys", registry.SystemScope); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Add(desc("127.0.0.1:12", "org.sys.Two"), registry.SystemScope); err != nil {
+		t.Fatal(err)
+	}
+	bobEv.MustWait("sys withdrawn", func(e api.Event) bool {
+		return e.Type == api.EventServiceRemoved && e.Service == "sys" && e.Scope == "remote"
+	})
+	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 0 {
+		t.Fatalf("publications %+v after sys was replaced", ps)
 	}
 }

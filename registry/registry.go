@@ -144,6 +144,10 @@ type Event struct {
 	Type    string `json:"type"`
 	Service string `json:"service"`
 	Scope   Scope  `json:"scope"`
+	// Remains, on ServiceRemoved, says that the other scope registers
+	// the name too, as the removal leaves the registry: a user's lookups
+	// of it find that one now (or still).
+	Remains bool `json:"-"`
 }
 
 // Event types.
@@ -421,14 +425,23 @@ func (r *Registry) syncSystem() {
 	r.warnDropped(file, next)
 	old := r.st[SystemScope]
 	r.st[SystemScope] = next
-	next.eachName(func(ds []*Descriptor) {
-		if !reflect.DeepEqual(old.named(ds[0].Name), ds) {
-			r.cfg.Notify(Event{Type: ServiceAdded, Service: ds[0].Name, Scope: SystemScope})
+	// A service changes in place only by gaining locations (Add); any
+	// other difference is a removal, maybe followed by a registration
+	// under the name, and is told as both: what was published of the
+	// removed one must not pass to the newcomer.
+	kept := func(o, n []*Descriptor) bool {
+		return len(n) >= len(o) && reflect.DeepEqual(n[:len(o)], o)
+	}
+	old.eachName(func(ds []*Descriptor) {
+		if !kept(ds, next.named(ds[0].Name)) {
+			r.cfg.Notify(Event{Type: ServiceRemoved, Service: ds[0].Name, Scope: SystemScope,
+				Remains: len(r.st[UserScope].named(ds[0].Name)) > 0})
 		}
 	})
-	old.eachName(func(ds []*Descriptor) {
-		if len(next.named(ds[0].Name)) == 0 {
-			r.cfg.Notify(Event{Type: ServiceRemoved, Service: ds[0].Name, Scope: SystemScope})
+	next.eachName(func(ds []*Descriptor) {
+		o := old.named(ds[0].Name)
+		if !kept(o, ds) || len(ds) > len(o) {
+			r.cfg.Notify(Event{Type: ServiceAdded, Service: ds[0].Name, Scope: SystemScope})
 		}
 	})
 }
@@ -713,7 +726,11 @@ func (r *Registry) Remove(name string, scope Scope) error {
 	if err := r.commit(scope, next); err != nil {
 		return err
 	}
-	r.cfg.Notify(Event{Type: ServiceRemoved, Service: d.Name, Scope: scope})
+	other := SystemScope
+	if scope == SystemScope {
+		other = UserScope
+	}
+	r.cfg.Notify(Event{Type: ServiceRemoved, Service: d.Name, Scope: scope, Remains: len(r.st[other].named(d.Name)) > 0})
 	return nil
 }
 

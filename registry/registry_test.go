@@ -145,12 +145,12 @@ func TestScopes(t *testing.T) {
 	if !slices.Equal(names(got), []string{"Sys org.example.Edit 1.0"}) {
 		t.Fatalf("system scope: %q", names(got))
 	}
-	want := []Event{{ServiceAdded, "Sys", SystemScope}, {ServiceAdded, "Usr", UserScope}}
+	want := []Event{{Type: ServiceAdded, Service: "Sys", Scope: SystemScope}, {Type: ServiceAdded, Service: "Usr", Scope: UserScope}}
 	if !slices.Equal(*evs, want) {
 		t.Fatalf("events %+v", *evs)
 	}
 	mustRemove(t, r, "Usr", UserScope)
-	if (*evs)[2] != (Event{ServiceRemoved, "Usr", UserScope}) {
+	if (*evs)[2] != (Event{Type: ServiceRemoved, Service: "Usr", Scope: UserScope}) {
 		t.Fatalf("events %+v", *evs)
 	}
 	// The system scope is root's.
@@ -198,7 +198,7 @@ func TestServiceFromSeveralLocations(t *testing.T) {
 	mustAdd(t, r, desc("Media", "/plugins/audio", "org.media.Play 1.0", "org.media.Audio 2.0"), UserScope)
 	mustAdd(t, r, desc("Other", "/plugins/other", "org.media.Play 3.0"), UserScope)
 	mustAdd(t, r, desc("MEDIA", "/plugins/video", "org.media.Play 2.0", "org.media.Video 1.0"), UserScope)
-	if got := fmt.Sprint(*evs); got != "[{ServiceAdded Media user} {ServiceAdded Other user} {ServiceAdded MEDIA user}]" {
+	if got := fmt.Sprint(*evs); got != "[{ServiceAdded Media user false} {ServiceAdded Other user false} {ServiceAdded MEDIA user false}]" {
 		t.Fatalf("events %s", got)
 	}
 	at := func(impls []*Implementation) []string {

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -482,4 +483,38 @@ func TestSystemFileForOlderDaemons(t *testing.T) {
 			t.Fatalf("default %s: %s (%v)", key, raw, err)
 		}
 	}
+}
+
+// What another daemon did to the system scope is told as it must have
+// been: a location added is ServiceAdded; a service replaced (removed,
+// another registered under its name) is ServiceRemoved, then
+// ServiceAdded; Remains says the user scope still has the name.
+func TestSystemChangesTold(t *testing.T) {
+	dir := t.TempDir()
+	sys := filepath.Join(dir, "system.json")
+	root, _ := Open(Config{SystemFile: sys, CanWriteSystem: func() bool { return true }})
+	var evs []Event
+	r, _ := Open(Config{UserFile: filepath.Join(dir, "user.json"), SystemFile: sys, CanWriteSystem: func() bool { return false },
+		Notify: func(e Event) { evs = append(evs, e) }})
+	mustAdd(t, r, desc("shared", "/u", "u.x 1.0"), UserScope)
+	evs = nil
+	step := func(f func(), want string) {
+		t.Helper()
+		f()
+		r.Refresh()
+		if got := fmt.Sprint(evs); got != want {
+			t.Fatalf("events %s, want %s", got, want)
+		}
+		evs = nil
+	}
+	step(func() {
+		mustAdd(t, root, desc("svc", "/a", "i.x 1.0"), SystemScope)
+		mustAdd(t, root, desc("shared", "/s", "s.x 1.0"), SystemScope)
+	}, "[{ServiceAdded shared system false} {ServiceAdded svc system false}]")
+	step(func() { mustAdd(t, root, desc("svc", "/b", "i.x 2.0"), SystemScope) }, "[{ServiceAdded svc system false}]")
+	step(func() {
+		mustRemove(t, root, "svc", SystemScope)
+		mustAdd(t, root, desc("svc", "/a", "i.y 1.0"), SystemScope)
+		mustRemove(t, root, "shared", SystemScope)
+	}, "[{ServiceRemoved shared system true} {ServiceRemoved svc system false} {ServiceAdded svc system false}]")
 }
