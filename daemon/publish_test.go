@@ -613,10 +613,7 @@ func tcpListeners(t *testing.T) int {
 func TestServiceFromSeveralLocations(t *testing.T) {
 	ctx := context.Background()
 	alice, bob := contacts(t)
-	bobEv := tubetest.Record(t, bob.C, "bob")
-	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
-		t.Fatal(err)
-	}
+	bobEv := watchServices(t, bob, "bob")
 	ln := tubetest.ServeTCP(t, func(c net.Conn) {
 		defer c.Close()
 		b := make([]byte, 5)
@@ -807,10 +804,7 @@ func TestOnDemandSocketsDistinct(t *testing.T) {
 func TestPublishedLocationsChosen(t *testing.T) {
 	ctx := context.Background()
 	alice, bob := contacts(t)
-	bobEv := tubetest.Record(t, bob.C, "bob")
-	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
-		t.Fatal(err)
-	}
+	bobEv := watchServices(t, bob, "bob")
 	serve := func(prefix string) string {
 		return tubetest.ServeTCP(t, func(c net.Conn) {
 			defer c.Close()
@@ -927,10 +921,7 @@ func TestPublishedSystemServiceBehindUsers(t *testing.T) {
 	testenvRoot(t) // the system scope is root's
 	ctx := context.Background()
 	alice, bob := contacts(t)
-	bobEv := tubetest.Record(t, bob.C, "bob")
-	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
-		t.Fatal(err)
-	}
+	bobEv := watchServices(t, bob, "bob")
 	for scope, iface := range map[string]string{"system": "org.shadow.System", "": "org.shadow.User"} {
 		addr := tubetest.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c); io.WriteString(c, iface); c.Close() }).Addr().String()
 		xml := `<SFW version="1.1"><service><name>Shadow</name><ipcaddress>` + addr + `</ipcaddress><interface><name>` + iface +
@@ -1054,10 +1045,7 @@ func TestUserLocationComesFirst(t *testing.T) {
 func TestRemovedWhilePublishing(t *testing.T) {
 	ctx := context.Background()
 	alice, bob := contacts(t)
-	bobEv := tubetest.Record(t, bob.C, "bob")
-	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
-		t.Fatal(err)
-	}
+	bobEv := watchServices(t, bob, "bob")
 	add := func(addr string) {
 		t.Helper()
 		xml := `<SFW version="1.1"><service><name>racex</name><ipcaddress>` + addr +
@@ -1139,10 +1127,7 @@ func TestBrowsesAnsweredAtOnceBounded(t *testing.T) {
 func TestRemovalTakenInLate(t *testing.T) {
 	ctx := context.Background()
 	alice, bob := contacts(t)
-	bobEv := tubetest.Record(t, bob.C, "bob")
-	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
-		t.Fatal(err)
-	}
+	bobEv := watchServices(t, bob, "bob")
 	add := func(name, iface string) {
 		t.Helper()
 		addr := tubetest.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c); io.WriteString(c, iface); c.Close() }).Addr().String()
@@ -1195,10 +1180,7 @@ func TestSystemServiceReplacedBetweenPolls(t *testing.T) {
 	alice.Register(t, "alice", relay)
 	bob.Register(t, "bob", relay)
 	tubetest.Befriend(t, alice, "alice", bob, "bob")
-	bobEv := tubetest.Record(t, bob.C, "bob")
-	if err := bob.C.AddClientInterest(ctx, "bob", api.InterestServices); err != nil {
-		t.Fatal(err)
-	}
+	bobEv := watchServices(t, bob, "bob")
 	root, err := registry.Open(registry.Config{SystemFile: sys, CanWriteSystem: func() bool { return true }})
 	if err != nil {
 		t.Fatal(err)
@@ -1229,4 +1211,15 @@ func TestSystemServiceReplacedBetweenPolls(t *testing.T) {
 	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 0 {
 		t.Fatalf("publications %+v after sys was replaced", ps)
 	}
+}
+
+// watchServices records who's events, with the interest that brings
+// what contacts publish.
+func watchServices(t *testing.T, who *tubetest.Daemon, name string) *tubetest.Events {
+	t.Helper()
+	ev := tubetest.Record(t, who.C, name)
+	if err := who.C.AddClientInterest(context.Background(), name, api.InterestServices); err != nil {
+		t.Fatal(err)
+	}
+	return ev
 }
