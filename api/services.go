@@ -42,6 +42,10 @@ type Publication struct {
 	Service string `json:"service"`
 	To      string `json:"to,omitempty"`
 	Room    string `json:"room,omitempty"`
+	// Location is where the service was registered (its first location)
+	// when it was published, set by the daemon: the publication is of
+	// that service, not of another registered later under its name.
+	Location string `json:"location,omitempty"`
 }
 
 // BrowseRequest is the body of POST /v1/accounts/{name}/browse: what a

@@ -187,6 +187,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.openServices(); err != nil {
 		return nil, err
 	}
+	// What was published of services removed while the daemon was down
+	// goes; older publications learn their service's location.
+	d.prunePublications("")
 	saved, err := st.load()
 	if err != nil {
 		return nil, err

@@ -189,7 +189,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	if len(locs) == 0 {
 		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
 	}
-	p.Service = locs[0].Name
+	p.Service, p.Location = locs[0].Name, locs[0].Location()
 	body, err := d.publishedBody(locs)
 	if err != nil {
 		return p, err
@@ -202,10 +202,16 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	}
 	d.pubs.mu.Lock()
 	defer d.pubs.mu.Unlock()
+	old := d.pubs.pubs[a.name]
 	if !slices.Contains(d.pubs.pubs[a.name], p) {
+		// Published anew, to the same contact or room, it is this
+		// service's publication now.
+		d.pubs.pubs[a.name] = slices.DeleteFunc(slices.Clone(d.pubs.pubs[a.name]), func(q api.Publication) bool {
+			return strings.EqualFold(q.Service, p.Service) && q.To == p.To && q.Room == p.Room
+		})
 		d.pubs.pubs[a.name] = append(d.pubs.pubs[a.name], p)
 		if err := d.pubs.save(); err != nil {
-			d.pubs.pubs[a.name] = d.pubs.pubs[a.name][:len(d.pubs.pubs[a.name])-1]
+			d.pubs.pubs[a.name] = old
 			return p, err
 		}
 	}
@@ -271,16 +277,24 @@ func (d *Daemon) republish(service string) {
 		return
 	}
 	body, err := d.publishedBody(locs)
+	d.eachPublication(d.prunePublications(service), d.sendWithdrawn)
 	d.pubs.mu.Lock()
-	todo := map[string][]api.Publication{}
+	todo, shadowed := map[string][]api.Publication{}, map[string][]api.Publication{}
 	for acct, list := range d.pubs.pubs {
 		for _, p := range list {
-			if strings.EqualFold(p.Service, service) {
+			switch {
+			case !strings.EqualFold(p.Service, service):
+			case applies(p, locs):
 				todo[acct] = append(todo[acct], p)
+			default:
+				shadowed[acct] = append(shadowed[acct], p)
 			}
 		}
 	}
 	d.pubs.mu.Unlock()
+	// Publications of the name's other location (the system's, behind a
+	// user's of the name) show nothing while it is hidden.
+	d.eachPublication(shadowed, d.sendWithdrawn)
 	if err != nil {
 		// What contacts have of it would go on showing what is no longer
 		// so, and catalogs leave it out: withdrawn from them while it is
@@ -300,6 +314,68 @@ func (d *Daemon) republish(service string) {
 			a.log.Info("updated publication not delivered", "service", p.Service, "to", p.To, "room", p.Room, "err", err)
 		}
 	})
+}
+
+// applies says whether publication p is of the service registered at
+// locs (the name's, as lookups see it): the one it was published as.
+func applies(p api.Publication, locs []*registry.Descriptor) bool {
+	return len(locs) > 0 && strings.EqualFold(p.Location, locs[0].Location())
+}
+
+// prunePublications drops the publications of service (every one: "")
+// that no registered service is theirs any more: their location is
+// neither scope's first of the name (a service registered under it since
+// is not published by them). A publication from before locations were
+// kept takes the name's as it is now. What is dropped is logged, the
+// file saved, and returned (by account), for the caller to tell.
+func (d *Daemon) prunePublications(service string) map[string][]api.Publication {
+	firsts := map[string][]string{} // folded name → each scope's first location
+	lookup := func(name string) []string {
+		key := registry.FoldName(name)
+		if f, ok := firsts[key]; ok {
+			return f
+		}
+		var f []string
+		for _, scope := range []registry.Scope{registry.UserScope, registry.SystemScope} {
+			if ds, s, _ := d.services.Service(name, scope); len(ds) > 0 && s == scope {
+				f = append(f, ds[0].Location())
+			}
+		}
+		firsts[key] = f
+		return f
+	}
+	d.pubs.mu.Lock()
+	defer d.pubs.mu.Unlock()
+	changed := false
+	dropped := map[string][]api.Publication{}
+	for acct, list := range d.pubs.pubs {
+		keep := list[:0:0]
+		for _, p := range list {
+			if service != "" && !strings.EqualFold(p.Service, service) {
+				keep = append(keep, p)
+				continue
+			}
+			f := lookup(p.Service)
+			if p.Location == "" && len(f) > 0 {
+				p.Location, changed = f[0], true
+			}
+			if !slices.ContainsFunc(f, func(l string) bool { return strings.EqualFold(l, p.Location) }) {
+				d.log.Info("a publication dropped: its service is no longer registered", "account", acct, "service", p.Service,
+					"to", p.To, "room", p.Room)
+				changed = true
+				dropped[acct] = append(dropped[acct], p)
+				continue
+			}
+			keep = append(keep, p)
+		}
+		d.pubs.pubs[acct] = keep
+	}
+	if changed {
+		if err := d.pubs.save(); err != nil {
+			d.log.Error("publications not saved", "err", err)
+		}
+	}
+	return dropped
 }
 
 // eachPublication calls send for each of pubs (account → publications),
@@ -332,7 +408,8 @@ func (d *Daemon) sendWithdrawn(ctx context.Context, a *account, p api.Publicatio
 // withdrawRemoved withdraws the publications of a service that left the
 // registry (e), whatever the registry holds now: a service registered
 // under the name since is not published by them. When the other scope
-// registered the name as this one left, its publications show that one.
+// registers the name too, only the removed one's publications go (a
+// publication of the other's shows it again).
 func (d *Daemon) withdrawRemoved(e registry.Event) {
 	service := e.Service
 	if e.Remains {
@@ -597,13 +674,19 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 // as a contact, or to the room it asks in.
 func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	d.pubs.mu.Lock()
-	var names []string
+	var pubs []api.Publication
 	for _, p := range d.pubs.pubs[a.name] {
 		if (room == "" && p.To == from) || (room != "" && p.Room == room) {
-			names = append(names, p.Service)
+			pubs = append(pubs, p)
 		}
 	}
 	d.pubs.mu.Unlock()
+	var names []string
+	for _, p := range pubs {
+		if applies(p, d.locations(p.Service)) && !slices.Contains(names, p.Service) {
+			names = append(names, p.Service)
+		}
+	}
 	body := d.catalog(id, names)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -708,9 +791,10 @@ func (sh shown) check() error {
 // registered that it can reach.
 func (d *Daemon) publishedExport(account, service, impl, from string) (api.Export, bool) {
 	var e api.Export
+	locs := d.locations(service)
 	d.pubs.mu.Lock()
 	for _, p := range d.pubs.pubs[account] {
-		if !strings.EqualFold(p.Service, service) {
+		if !strings.EqualFold(p.Service, service) || !applies(p, locs) {
 			continue
 		}
 		if p.To != "" {
@@ -721,10 +805,6 @@ func (d *Daemon) publishedExport(account, service, impl, from string) (api.Expor
 	}
 	d.pubs.mu.Unlock()
 	if len(e.Allow)+len(e.AllowRooms) == 0 {
-		return api.Export{}, false
-	}
-	locs := d.locations(service)
-	if len(locs) == 0 {
 		return api.Export{}, false
 	}
 	if err := show(locs, d.defaultRules()).check(); err != nil {

@@ -915,14 +915,18 @@ func TestPublishedLocationsChosen(t *testing.T) {
 	}
 }
 
-// A user's service hides the system's of the same name; once the user's
-// is removed, its publications show the system's, and contacts are told.
-func TestPublishedSystemServiceBehindUsers(t *testing.T) {
+// A publication is of the service it was published as: a user's
+// service of the name hides a published system one (bob is told it is
+// withdrawn, and cannot reach it), which is published again once the
+// user's goes; a published user service removed takes its publication,
+// not handing it to the system's of the name.
+func TestPublicationKeepsItsService(t *testing.T) {
 	testenvRoot(t) // the system scope is root's
 	ctx := context.Background()
 	alice, bob := contacts(t)
 	bobEv := watchServices(t, bob, "bob")
-	for scope, iface := range map[string]string{"system": "org.shadow.System", "": "org.shadow.User"} {
+	add := func(scope, iface string) {
+		t.Helper()
 		addr := tubetest.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c); io.WriteString(c, iface); c.Close() }).Addr().String()
 		xml := `<SFW version="1.1"><service><name>Shadow</name><ipcaddress>` + addr + `</ipcaddress><interface><name>` + iface +
 			`</name><version>1.0</version></interface></service></SFW>`
@@ -930,28 +934,58 @@ func TestPublishedSystemServiceBehindUsers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	remote := func(typ string) func(api.Event) bool {
+		return func(e api.Event) bool { return e.Type == typ && e.Service == "Shadow" && e.Scope == "remote" }
+	}
+	add("system", "org.shadow.System")
 	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Shadow", To: "bob"}); err != nil {
 		t.Fatal(err)
 	}
-	published := func(e api.Event) bool {
-		return e.Type == api.EventServiceAdded && e.Service == "Shadow" && e.Scope == "remote"
+	bobEv.MustWait("Shadow published", remote(api.EventServiceAdded))
+	if got := say(t, bob, "alice", "Shadow", ""); got != "org.shadow.System" {
+		t.Fatalf("Shadow reached %q, want the system's", got)
 	}
-	bobEv.MustWait("Shadow published", published)
-	if got := say(t, bob, "alice", "Shadow", ""); got != "org.shadow.User" {
-		t.Fatalf("Shadow reached %q, want the user's", got)
-	}
+
 	mark := len(bobEv.All())
+	add("", "org.shadow.User")
+	if _, ok := bobEv.WaitFrom(mark, remote(api.EventServiceRemoved), 10*time.Second); !ok {
+		t.Fatal("bob was not told the system's Shadow is hidden")
+	}
+	if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "Shadow"}); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("bob opens the user's Shadow, never published: %v", err)
+	}
+	if impls, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"}); err != nil || len(impls) != 0 {
+		t.Fatalf("bob browses %+v (%v) while the published Shadow is hidden", impls, err)
+	}
+
+	mark = len(bobEv.All())
 	if err := alice.C.RemoveService(ctx, "Shadow", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := bobEv.WaitFrom(mark, published, 10*time.Second); !ok {
-		t.Fatal("bob was not told that Shadow is now the system's")
+	if _, ok := bobEv.WaitFrom(mark, remote(api.EventServiceAdded), 10*time.Second); !ok {
+		t.Fatal("bob was not told the system's Shadow is back")
 	}
 	if got := say(t, bob, "alice", "Shadow", ""); got != "org.shadow.System" {
 		t.Fatalf("Shadow reached %q after the user's went, want the system's", got)
 	}
-	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 1 {
-		t.Fatalf("publications %+v", ps)
+
+	// Published as the user's, it goes with the user's.
+	add("", "org.shadow.User")
+	if _, err := alice.C.Publish(ctx, "alice", api.Publication{Service: "Shadow", To: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	mark = len(bobEv.All())
+	if err := alice.C.RemoveService(ctx, "Shadow", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := bobEv.WaitFrom(mark, remote(api.EventServiceRemoved), 10*time.Second); !ok {
+		t.Fatal("bob was not told the user's Shadow went")
+	}
+	if ps, _ := alice.C.Publications(ctx, "alice"); len(ps) != 0 {
+		t.Fatalf("publications %+v, after the service they were of went", ps)
+	}
+	if _, err := bob.C.Open(ctx, "bob", api.OpenRequest{Contact: "alice", Service: "Shadow"}); tperr.Name(err) != tperr.PermissionDenied {
+		t.Fatalf("bob opens the system's Shadow, never published as it: %v", err)
 	}
 }
 
@@ -1222,4 +1256,30 @@ func watchServices(t *testing.T, who *tubetest.Daemon, name string) *tubetest.Ev
 		t.Fatal(err)
 	}
 	return ev
+}
+
+// Publications of services that went while the daemon was down are
+// dropped when it starts; one from before publications kept their
+// service's location takes the name's location as it is.
+func TestPublicationsPrunedAtStart(t *testing.T) {
+	ctx := context.Background()
+	relay := tubetest.Relay(t, rendezvous.Config{})
+	dir := t.TempDir()
+	d := tubetest.StartDaemon(t, dir)
+	d.Register(t, "alice", relay)
+	xml := `<SFW version="1.1"><service><name>kept</name><ipcaddress>127.0.0.1:11</ipcaddress>` +
+		`<interface><name>org.k.K</name><version>1.0</version></interface></service></SFW>`
+	if _, err := d.C.AddService(ctx, xml, "kept.xml", ""); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := os.WriteFile(filepath.Join(dir, "publications.json"),
+		[]byte(`{"alice":[{"service":"gone","to":"bob"},{"service":"kept","to":"bob"},{"service":"kept","to":"carol","location":"127.0.0.1:99"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d = tubetest.StartDaemon(t, dir)
+	ps, err := d.C.Publications(ctx, "alice")
+	if err != nil || len(ps) != 1 || ps[0] != (api.Publication{Service: "kept", To: "bob", Location: "127.0.0.1:11"}) {
+		t.Fatalf("publications after the start: %+v (%v)", ps, err)
+	}
 }
