@@ -281,8 +281,20 @@ func TestOwedOfferReachesPeerLater(t *testing.T) {
 	_, addr := w.offerRelayed(t, "echo", serve(t, echo))
 	roundTrip(t, "tcp", addr, "before")
 
+	if err := w.alice.d.C.AddClientInterest(bg, "alice", api.InterestPresence); err != nil {
+		t.Fatal(err)
+	}
+	mark := len(w.alice.ev.All())
 	if _, err := w.bob.d.C.Disconnect(bg, "bob"); err != nil {
 		t.Fatal(err)
+	}
+	// Away as the relay sees it, before alice makes her allocation again
+	// (an offer sent in the instant he goes is lost on the way: see
+	// TestStaleRelayedAddressAsksAgain).
+	if _, ok := w.alice.ev.WaitFrom(mark, func(e api.Event) bool {
+		return e.Type == api.EventPresenceChanged && e.Contact == "bob" && !*e.Online
+	}, 10*time.Second); !ok {
+		t.Fatal("alice never saw bob go")
 	}
 	rec.cut(0) // alice's allocation dies with its control connection
 	deadline := time.Now().Add(15 * time.Second)

@@ -346,7 +346,7 @@ func (m *Manager) relayCandidate(peer string, r relayRef) peerlink.Candidate {
 		if err != nil {
 			return nil, fmt.Errorf("cannot learn our address at the relay: %w", err)
 		}
-		if err := m.askPermit(ctx, peer, r.room, me.Addr()); err != nil {
+		if err := m.askPermit(ctx, peer, r.room, me.Addr(), r.info.Addr); err != nil {
 			return nil, err
 		}
 		var d net.Dialer
@@ -359,9 +359,9 @@ func (m *Manager) relayCandidate(peer string, r relayRef) peerlink.Candidate {
 	}}
 }
 
-// askPermit asks peer to permit ip on its allocation and waits for the
-// answer.
-func (m *Manager) askPermit(ctx context.Context, peer, room string, ip netip.Addr) error {
+// askPermit asks peer to permit ip on its allocation, whose relayed
+// address we have as relayed, and waits for the answer.
+func (m *Manager) askPermit(ctx context.Context, peer, room string, ip netip.Addr, relayed string) error {
 	id := newID()
 	ch := make(chan permittedMsg, 1)
 	key := peer + "|" + id
@@ -375,7 +375,7 @@ func (m *Manager) askPermit(ctx context.Context, peer, room string, ip netip.Add
 	}()
 	ctx, cancel := context.WithTimeout(ctx, permitTimeout)
 	defer cancel()
-	if _, err := m.send(ctx, peer, room, kindPermit, mustJSON(permitMsg{ID: id, IP: ip.String()})); err != nil {
+	if _, err := m.send(ctx, peer, room, kindPermit, mustJSON(permitMsg{ID: id, IP: ip.String(), Relay: relayed})); err != nil {
 		return err
 	}
 	select {
@@ -410,6 +410,24 @@ func (m *Manager) onPermit(from, room string, body []byte) error {
 			m.log.Warn("refused a relay permission request", "from", from, "why", ans.Message)
 		case c == nil:
 			ans.Error, ans.Message = tperr.NotAvailable, "the offerer has no relay allocation"
+		case p.Relay != "" && p.Relay != c.RelayedAddr().String():
+			// The asker has an address of an allocation that ended: it
+			// missed the offer with the new one (sent as it went offline,
+			// say), which it is owed and sent now.
+			ans.Error, ans.Message = tperr.NotAvailable, "the offerer's relayed address changed; its offer is sent again"
+			m.mu.Lock()
+			for _, t := range m.tubes {
+				if t.outgoing && t.relay != nil && ((t.room == "" && t.peer == from) || (t.room != "" && t.members[from])) {
+					m.owe(from, t.id)
+				}
+			}
+			m.mu.Unlock()
+			m.log.Info("a peer dialed an old relayed address; offers sent again", "peer", from, "dialed", p.Relay)
+			go func() {
+				ctx, cancel := context.WithTimeout(m.ctx, linkTimeout)
+				defer cancel()
+				m.resend(ctx, from)
+			}()
 		default:
 			if err := c.Permit(ctx, netip.MustParseAddr(p.IP)); err != nil {
 				// The peer learns that the TURN server refused, not its words.

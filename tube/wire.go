@@ -58,6 +58,10 @@ type relayInfo struct {
 type permitMsg struct {
 	ID string `json:"id"` // matches the answer to the question
 	IP string `json:"ip"`
+	// Relay is the relayed address the asker means to dial (older peers
+	// leave it out): one the offerer's allocation no longer has tells it
+	// that the asker missed an offer, which it sends again.
+	Relay string `json:"relay,omitempty"`
 }
 
 type permittedMsg struct {
@@ -223,6 +227,9 @@ func decodePermit(data []byte) (permitMsg, error) {
 	}
 	if ip, err := netip.ParseAddr(m.IP); err != nil || ip.Zone() != "" {
 		return m, tperr.New(tperr.InvalidArgument, "permission address %q is not an IP address", clip(m.IP))
+	}
+	if _, err := netip.ParseAddrPort(m.Relay); m.Relay != "" && err != nil {
+		return m, tperr.New(tperr.InvalidArgument, "relayed address %q is not HOST:PORT", clip(m.Relay))
 	}
 	return m, nil
 }

@@ -99,6 +99,7 @@ func FuzzDecode(f *testing.F) {
 		`{"op":"accepted","tube":"T1"}`,
 		`{"id":"T1","service":"vnc","relay":{"addr":"198.18.0.1:50000","server":"198.18.0.1:3478"}}`,
 		`{"id":"p1","ip":"198.18.0.3"}`,
+		`{"id":"p1","ip":"198.18.0.3","relay":"198.18.0.1:50000"}`,
 		`{"id":"p1","error":"im.telepathy1.Error.PermissionDenied","message":"no tube is offered to you"}`,
 	} {
 		f.Add([]byte(s))
