@@ -42,10 +42,11 @@ type Publication struct {
 	Service string `json:"service"`
 	To      string `json:"to,omitempty"`
 	Room    string `json:"room,omitempty"`
-	// Location is where the service was registered (its first location)
-	// when it was published, set by the daemon: the publication is of
-	// that service, not of another registered later under its name.
-	Location string `json:"location,omitempty"`
+	// Pin names the service as it was registered when published (a
+	// fingerprint of its scope and first descriptor): the publication is
+	// of that service, not of another registered later under its name.
+	// The daemon sets and keeps it; the local API leaves it out.
+	Pin string `json:"pin,omitempty"`
 }
 
 // BrowseRequest is the body of POST /v1/accounts/{name}/browse: what a

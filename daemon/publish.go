@@ -189,7 +189,8 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	if len(locs) == 0 {
 		return p, tperr.New(tperr.NotFound, "there is no registered service %s (tube services list)", p.Service)
 	}
-	p.Service, p.Location = locs[0].Name, locs[0].Location()
+	_, pin := d.served(p.Service)
+	p.Service, p.Pin = locs[0].Name, pin
 	body, err := d.publishedBody(locs)
 	if err != nil {
 		return p, err
@@ -216,6 +217,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 		}
 	}
 	d.log.Info("service published", "account", a.name, "service", p.Service, "to", p.To, "room", p.Room)
+	p.Pin = ""
 	return p, nil
 }
 
@@ -244,7 +246,9 @@ func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) 
 		return tperr.New(tperr.NotFound, "%s does not publish %s there (tube services publications)", a.name, p.Service)
 	}
 	q := list[i]
-	d.pubs.pubs[a.name] = slices.Delete(slices.Clone(list), i, i+1)
+	d.pubs.pubs[a.name] = slices.DeleteFunc(slices.Clone(list), func(q api.Publication) bool {
+		return strings.EqualFold(q.Service, p.Service) && q.To == p.To && q.Room == p.Room
+	})
 	err = d.pubs.save()
 	if err != nil {
 		d.pubs.pubs[a.name] = list
@@ -272,7 +276,7 @@ func (d *Daemon) publishedBody(locs []*registry.Descriptor) ([]byte, error) {
 // republish sends the publications of service again, as it is now: a
 // location added to it adds its implementations to what contacts see.
 func (d *Daemon) republish(service string) {
-	locs := d.locations(service)
+	locs, pin := d.served(service)
 	if len(locs) == 0 {
 		return
 	}
@@ -284,7 +288,7 @@ func (d *Daemon) republish(service string) {
 		for _, p := range list {
 			switch {
 			case !strings.EqualFold(p.Service, service):
-			case applies(p, locs):
+			case applies(p, pin):
 				todo[acct] = append(todo[acct], p)
 			default:
 				shadowed[acct] = append(shadowed[acct], p)
@@ -316,34 +320,47 @@ func (d *Daemon) republish(service string) {
 	})
 }
 
-// applies says whether publication p is of the service registered at
-// locs (the name's, as lookups see it): the one it was published as.
-func applies(p api.Publication, locs []*registry.Descriptor) bool {
-	return len(locs) > 0 && strings.EqualFold(p.Location, locs[0].Location())
+// served is the service name as lookups see it, with its pin (the
+// fingerprint publications of it carry): none when nothing is registered
+// under the name.
+func (d *Daemon) served(name string) ([]*registry.Descriptor, string) {
+	locs, scope, _ := d.services.Service(name, registry.UserScope)
+	if len(locs) == 0 {
+		return nil, ""
+	}
+	return locs, registry.Fingerprint(locs[0], scope)
 }
 
+// applies says whether publication p is of the service pinned pin (the
+// name's, as lookups see it): the one it was published as.
+func applies(p api.Publication, pin string) bool { return pin != "" && p.Pin == pin }
+
 // prunePublications drops the publications of service (every one: "")
-// that no registered service is theirs any more: their location is
-// neither scope's first of the name (a service registered under it since
-// is not published by them). A publication from before locations were
-// kept takes the name's as it is now. What is dropped is logged, the
-// file saved, and returned (by account), for the caller to tell.
+// that no registered service is theirs any more: their pin is neither
+// scope's registration of the name (a service registered under it since
+// is not published by them). At start it also drops what no publication
+// can be (neither a contact nor a room, or both; repeats), and one from
+// before pins takes the name's as it is now. While the system scope's
+// file cannot be read, nothing is dropped for want of its services. What
+// is dropped is logged, the file saved, and returned (by account), for
+// the caller to tell.
 func (d *Daemon) prunePublications(service string) map[string][]api.Publication {
-	firsts := map[string][]string{} // folded name → each scope's first location
+	pins := map[string][]string{} // folded name → each scope's registration
 	lookup := func(name string) []string {
 		key := registry.FoldName(name)
-		if f, ok := firsts[key]; ok {
+		if f, ok := pins[key]; ok {
 			return f
 		}
 		var f []string
 		for _, scope := range []registry.Scope{registry.UserScope, registry.SystemScope} {
 			if ds, s, _ := d.services.Service(name, scope); len(ds) > 0 && s == scope {
-				f = append(f, ds[0].Location())
+				f = append(f, registry.Fingerprint(ds[0], s))
 			}
 		}
-		firsts[key] = f
+		pins[key] = f
 		return f
 	}
+	systemKnown := d.services.SystemKnown()
 	d.pubs.mu.Lock()
 	defer d.pubs.mu.Unlock()
 	changed := false
@@ -356,12 +373,22 @@ func (d *Daemon) prunePublications(service string) map[string][]api.Publication 
 				continue
 			}
 			f := lookup(p.Service)
-			if p.Location == "" && len(f) > 0 {
-				p.Location, changed = f[0], true
+			if p.Pin == "" && len(f) > 0 {
+				p.Pin, changed = f[0], true
 			}
-			if !slices.ContainsFunc(f, func(l string) bool { return strings.EqualFold(l, p.Location) }) {
-				d.log.Info("a publication dropped: its service is no longer registered", "account", acct, "service", p.Service,
-					"to", p.To, "room", p.Room)
+			why := ""
+			switch {
+			case (p.To == "") == (p.Room == ""):
+				why = "it names neither a contact nor a room, or both"
+			case slices.ContainsFunc(keep, func(q api.Publication) bool {
+				return strings.EqualFold(q.Service, p.Service) && q.To == p.To && q.Room == p.Room
+			}):
+				why = "it repeats another"
+			case !slices.Contains(f, p.Pin) && systemKnown:
+				why = "its service is no longer registered"
+			}
+			if why != "" {
+				d.log.Info("a publication dropped", "why", why, "account", acct, "service", p.Service, "to", p.To, "room", p.Room)
 				changed = true
 				dropped[acct] = append(dropped[acct], p)
 				continue
@@ -450,7 +477,11 @@ func (d *Daemon) Publications(name string) ([]api.Publication, error) {
 	}
 	d.pubs.mu.Lock()
 	defer d.pubs.mu.Unlock()
-	return append([]api.Publication{}, d.pubs.pubs[a.name]...), nil
+	out := append([]api.Publication{}, d.pubs.pubs[a.name]...)
+	for i := range out {
+		out[i].Pin = "" // the daemon's own
+	}
+	return out, nil
 }
 
 // Browse asks a contact, or a room's members, what they publish to us,
@@ -681,13 +712,17 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 		}
 	}
 	d.pubs.mu.Unlock()
-	var names []string
+	// Each service looked up once: what is checked is what is shown.
+	var services [][]*registry.Descriptor
 	for _, p := range pubs {
-		if applies(p, d.locations(p.Service)) && !slices.Contains(names, p.Service) {
-			names = append(names, p.Service)
+		locs, pin := d.served(p.Service)
+		if applies(p, pin) && !slices.ContainsFunc(services, func(l []*registry.Descriptor) bool {
+			return strings.EqualFold(l[0].Name, locs[0].Name)
+		}) {
+			services = append(services, locs)
 		}
 	}
-	body := d.catalog(id, names)
+	body := d.catalog(id, services)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := a.conn()
@@ -699,21 +734,21 @@ func (d *Daemon) answerBrowse(a *account, from, room, id string) {
 	}
 }
 
-// catalog is the svc.catalog message answering browse id with the
-// services names: each as publicForm makes it, with our defaults among
+// catalog is the svc.catalog message answering browse id with
+// services (each a name's locations): each as publicForm makes it, with our defaults among
 // its interfaces, as many as one message carries. The rest are left out
 // and logged: a service too large to publish, or one that would make the
 // message too large (those after it may still fit).
-func (d *Daemon) catalog(id string, names []string) []byte {
+func (d *Daemon) catalog(id string, services [][]*registry.Descriptor) []byte {
 	rules := d.defaultRules()
 	msg := catalogMsg{ID: id, Services: []*registry.Descriptor{}, Defaults: map[string]string{}}
 	empty, _ := json.Marshal(msg)
 	total := len(empty)
-	for _, n := range names {
-		locs := d.locations(n)
-		if len(locs) == 0 || len(msg.Services) == maxCatalog {
-			continue
+	for _, locs := range services {
+		if len(msg.Services) == maxCatalog {
+			break
 		}
+		n := locs[0].Name
 		sh := show(locs, rules)
 		if err := sh.check(); err != nil {
 			d.log.Warn("a service left out of a catalog", "service", n, "err", err)
@@ -791,10 +826,10 @@ func (sh shown) check() error {
 // registered that it can reach.
 func (d *Daemon) publishedExport(account, service, impl, from string) (api.Export, bool) {
 	var e api.Export
-	locs := d.locations(service)
+	locs, pin := d.served(service)
 	d.pubs.mu.Lock()
 	for _, p := range d.pubs.pubs[account] {
-		if !strings.EqualFold(p.Service, service) || !applies(p, locs) {
+		if !strings.EqualFold(p.Service, service) || !applies(p, pin) {
 			continue
 		}
 		if p.To != "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -1259,27 +1260,64 @@ func watchServices(t *testing.T, who *tubetest.Daemon, name string) *tubetest.Ev
 }
 
 // Publications of services that went while the daemon was down are
-// dropped when it starts; one from before publications kept their
-// service's location takes the name's location as it is.
+// dropped when it starts, and so are those no publication can be (no
+// contact and no room; repeats); one from before publications were
+// pinned takes the name's service as it is. While the system scope's
+// file cannot be read, a publication of a system service is kept.
 func TestPublicationsPrunedAtStart(t *testing.T) {
 	ctx := context.Background()
 	relay := tubetest.Relay(t, rendezvous.Config{})
 	dir := t.TempDir()
+	sys := filepath.Join(dir, "system-services.json")
 	d := tubetest.StartDaemon(t, dir)
 	d.Register(t, "alice", relay)
-	xml := `<SFW version="1.1"><service><name>kept</name><ipcaddress>127.0.0.1:11</ipcaddress>` +
-		`<interface><name>org.k.K</name><version>1.0</version></interface></service></SFW>`
-	if _, err := d.C.AddService(ctx, xml, "kept.xml", ""); err != nil {
-		t.Fatal(err)
+	for _, svc := range []struct{ name, scope string }{{"kept", ""}, {"system", "system"}} {
+		xml := `<SFW version="1.1"><service><name>` + svc.name + `</name><ipcaddress>127.0.0.1:11</ipcaddress>` +
+			`<interface><name>org.k.K</name><version>1.0</version></interface></service></SFW>`
+		if svc.scope == "system" {
+			xml = strings.Replace(xml, "127.0.0.1:11", "127.0.0.1:12", 1)
+		}
+		if _, err := d.C.AddService(ctx, xml, svc.name+".xml", svc.scope); err != nil {
+			t.Fatal(err)
+		}
 	}
 	d.Close()
-	if err := os.WriteFile(filepath.Join(dir, "publications.json"),
-		[]byte(`{"alice":[{"service":"gone","to":"bob"},{"service":"kept","to":"bob"},{"service":"kept","to":"carol","location":"127.0.0.1:99"}]}`), 0o600); err != nil {
-		t.Fatal(err)
+	file := filepath.Join(dir, "publications.json")
+	write := func(pubs string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(pubs), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write(`{"alice":[{"service":"gone","to":"bob"},{"service":"kept","to":"bob"},{"service":"kept","to":"bob"},
+		{"service":"kept","to":"carol","pin":"sha256:00"},{"service":"kept"},{"service":"kept","to":"dave","room":"lab"}]}`)
 	d = tubetest.StartDaemon(t, dir)
 	ps, err := d.C.Publications(ctx, "alice")
-	if err != nil || len(ps) != 1 || ps[0] != (api.Publication{Service: "kept", To: "bob", Location: "127.0.0.1:11"}) {
+	if err != nil || len(ps) != 1 || ps[0] != (api.Publication{Service: "kept", To: "bob"}) {
 		t.Fatalf("publications after the start: %+v (%v)", ps, err)
+	}
+	var saved map[string][]api.Publication
+	b, _ := os.ReadFile(file)
+	if json.Unmarshal(b, &saved); len(saved["alice"]) != 1 || !strings.HasPrefix(saved["alice"][0].Pin, "sha256:") {
+		t.Fatalf("publications.json: %s", b)
+	}
+
+	// The system file unreadable at the start: its services' publications
+	// stay, for when it is read again.
+	pinned := saved["alice"][0]
+	d.Close()
+	sysPin := strings.Replace(pinned.Pin, "0", "1", 1) // not the user's
+	write(`{"alice":[{"service":"system","to":"bob","pin":"` + sysPin + `"}]}`)
+	good, _ := os.ReadFile(sys)
+	os.WriteFile(sys, []byte(`{garbage`), 0o644)
+	d = tubetest.StartDaemon(t, dir)
+	if ps, _ := d.C.Publications(ctx, "alice"); len(ps) != 1 || ps[0].Service != "system" {
+		t.Fatalf("publications with the system file unreadable: %+v", ps)
+	}
+	d.Close()
+	os.WriteFile(sys, good, 0o644)
+	d = tubetest.StartDaemon(t, dir)
+	if ps, _ := d.C.Publications(ctx, "alice"); len(ps) != 0 {
+		t.Fatalf("publications once the system file is read: %+v (the pin was not the system service's)", ps)
 	}
 }

@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -190,6 +192,7 @@ type Registry struct {
 	// same-size rewrite within one clock tick has the same times).
 	sysStamp fileStamp
 	sysFile  *os.File
+	sysKnown bool // the last read of the system file succeeded
 	// scratch holds Find's candidate lists, one per scope searched,
 	// reused so that a lookup allocates little more than its result.
 	scratch [2][]int32
@@ -221,6 +224,7 @@ func Open(cfg Config) (*Registry, error) {
 	r.st[UserScope] = st
 	r.warnDropped(cfg.UserFile, st)
 	sys, stamp, f, err := load(cfg.SystemFile, SystemScope)
+	r.sysKnown = err == nil
 	switch {
 	case err == nil:
 		r.st[SystemScope] = sys
@@ -414,6 +418,7 @@ func (r *Registry) syncSystem() {
 		return
 	}
 	next, stamp, f, err := load(file, SystemScope)
+	r.sysKnown = err == nil
 	if err != nil {
 		if f != nil { // read, and corrupt: not worth reading again
 			r.cfg.Warn(err.Error() + ": the system scope stays as it was until it is written again")
@@ -1027,6 +1032,26 @@ func (r *Registry) Services(scope Scope) ([]*Descriptor, error) {
 		}
 	}
 	return out, nil
+}
+
+// Fingerprint names a registration: the descriptor d (a service's first
+// location) as registered in scope. A service registered again, or
+// another under its name, has another unless it is the same descriptor in
+// the same scope.
+func Fingerprint(d *Descriptor, scope Scope) string {
+	b, _ := json.Marshal(d)
+	sum := sha256.Sum256(append([]byte(string(scope)+"\n"), b...))
+	return "sha256:" + hex.EncodeToString(sum[:16])
+}
+
+// SystemKnown says whether the system scope's file was read as it is (or
+// is not there): when it could not be read, the system scope the
+// registry shows is not what the file holds.
+func (r *Registry) SystemKnown() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.syncSystem()
+	return r.sysKnown
 }
 
 // Service returns the locations service name is registered at, one

@@ -708,3 +708,29 @@ func TestNamesFoldAsOne(t *testing.T) {
 		t.Fatalf("remove ſvc after svc: %v", err)
 	}
 }
+
+// A fingerprint names one registration: the same descriptor in the same
+// scope, and nothing else — not a location in another case, not an
+// ipcaddress with a filepath's text, not other interfaces at the same
+// location, not the other scope.
+func TestFingerprint(t *testing.T) {
+	base := desc("Svc", "/x/S.sock", "i.x 1.0")
+	same := desc("Svc", "/x/S.sock", "i.x 1.0")
+	if Fingerprint(base, UserScope) != Fingerprint(same, UserScope) {
+		t.Fatal("the same registration has two fingerprints")
+	}
+	asFile := desc("Svc", "", "i.x 1.0")
+	asFile.FilePath = "/x/S.sock"
+	for name, d := range map[string]*Descriptor{
+		"location in another case": desc("Svc", "/x/s.sock", "i.x 1.0"),
+		"a filepath's text":        asFile,
+		"other interfaces":         desc("Svc", "/x/S.sock", "i.y 1.0"),
+	} {
+		if Fingerprint(d, UserScope) == Fingerprint(base, UserScope) {
+			t.Errorf("%s: same fingerprint", name)
+		}
+	}
+	if Fingerprint(base, SystemScope) == Fingerprint(base, UserScope) {
+		t.Error("the other scope: same fingerprint")
+	}
+}
