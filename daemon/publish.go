@@ -198,9 +198,7 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 	if _, err := a.tubes.SendSigned(ctx, p.To, p.Room, kindPublished, body); err != nil {
 		return p, err
 	}
-	if afterPublishSent != nil {
-		afterPublishSent()
-	}
+	runHook(&afterPublishSent)
 	d.pubs.mu.Lock()
 	defer d.pubs.mu.Unlock()
 	old := d.pubs.pubs[a.name]
@@ -223,7 +221,14 @@ func (d *Daemon) Publish(ctx context.Context, name string, p api.Publication) (a
 
 // afterPublishSent, set by tests, runs between a publication's sending
 // and its record; beforeCatalog before a catalog is made.
-var afterPublishSent, beforeCatalog func()
+var afterPublishSent, beforeCatalog atomic.Pointer[func()]
+
+// runHook runs the test hook h holds, if any.
+func runHook(h *atomic.Pointer[func()]) {
+	if f := h.Load(); f != nil {
+		(*f)()
+	}
+}
 
 // Unpublish withdraws a publication.
 func (d *Daemon) Unpublish(ctx context.Context, name string, p api.Publication) error {
@@ -670,9 +675,7 @@ func (d *Daemon) onServiceMessage(a *account, m rendezvous.Message) error {
 		}
 		go func() {
 			defer func() { <-d.pubs.answering }()
-			if beforeCatalog != nil {
-				beforeCatalog()
-			}
+			runHook(&beforeCatalog)
 			d.answerBrowse(a, m.From, m.Room, b.ID)
 		}()
 	case kindCatalog:

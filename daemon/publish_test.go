@@ -1149,6 +1149,12 @@ func TestBrowsesAnsweredAtOnceBounded(t *testing.T) {
 		<-errs
 	}
 	daemon.SetBeforeCatalog(nil)
+	// Once the held catalogs are sent, alice answers again.
+	for deadline := time.Now().Add(10 * time.Second); daemon.Answering(ad) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d catalogs still being answered", daemon.Answering(ad))
+		}
+	}
 	if _, err := bob.C.Browse(ctx, "bob", api.BrowseRequest{Contact: "alice"}); err != nil {
 		t.Fatalf("a browse after the flood: %v", err)
 	}
