@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,8 +183,38 @@ func (u *Unit) command(fd *os.File) *exec.Cmd {
 	cmd.Env = append(append(os.Environ(), u.cfg.Env...), "LISTEN_FDS=1", "LISTEN_FDNAMES="+fdName(u.cfg.Name))
 	cmd.ExtraFiles = []*os.File{fd}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: the service ends with the daemon, even one killed
+	// (startCmd forks from a thread that lives as long as the process).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd
+}
+
+// spawnReq asks the spawner to start cmd.
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// spawner starts commands from one OS thread kept for the purpose: a
+// child's parent-death signal follows the thread that forked it, and Go
+// ends other threads when it no longer needs them, which would kill the
+// child with a daemon still running.
+var spawner = sync.OnceValue(func() chan spawnReq {
+	ch := make(chan spawnReq)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread stays
+		for r := range ch {
+			r.done <- r.cmd.Start()
+		}
+	}()
+	return ch
+})
+
+// startCmd starts cmd from the spawner's thread.
+func startCmd(cmd *exec.Cmd) error {
+	done := make(chan error, 1)
+	spawner() <- spawnReq{cmd, done}
+	return <-done
 }
 
 func (u *Unit) fail(format string, a ...any) error {
@@ -295,7 +326,7 @@ func (u *Unit) start(f *os.File) (*instance, error) {
 		return nil, u.fail("will not start %s: %v", u.cfg.Path, err)
 	}
 	cmd := u.command(f)
-	if err := cmd.Start(); err != nil {
+	if err := startCmd(cmd); err != nil {
 		return nil, u.fail("cannot start %s: %v", u.cfg.Path, err)
 	}
 	u.log.Info("on-demand service started", "pid", cmd.Process.Pid, "path", u.cfg.Path, "mode", u.cfg.Mode)

@@ -3,6 +3,9 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -376,6 +379,44 @@ func TestActivationsSorted(t *testing.T) {
 		}
 		if strings.Join(names, " ") != "Alpha Mid Zeta" {
 			t.Fatalf("activations listed %q, want Alpha Mid Zeta", names)
+		}
+	}
+}
+
+// A daemon killed (SIGKILL) takes the on-demand instances it started
+// with it: none is left running, orphaned, holding what it held.
+func TestKilledDaemonTakesItsInstances(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "daemon.sock")
+	p := start(t, nil, "daemon", "--state", dir, "--socket", sock, "--system-services", filepath.Join(dir, "system.json"))
+	p.waitLine("daemon: ")
+	env := []string{"TUBE_SOCKET=" + sock}
+	xml := filepath.Join(dir, "svc.xml")
+	os.WriteFile(xml, []byte(`<SFW version="1.1"><service><name>svc</name><filepath>`+tubetest.ActivatedScript(t, dir, "svc")+
+		`</filepath><interface><name>org.ex.S</name><version>1.0</version></interface></service></SFW>`), 0o644)
+	mustRun(t, env, "services", "add", xml)
+	var acts map[string]api.ActivationStatus
+	json.Unmarshal([]byte(mustRun(t, env, "services", "activations", "--json")), &acts)
+	c, err := net.Dial("unix", acts["svc"].Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "hi")
+	c.(*net.UnixConn).CloseWrite()
+	got, _ := io.ReadAll(c)
+	c.Close()
+	var pid int
+	if _, err := fmt.Sscanf(string(got), "activated %d", &pid); err != nil {
+		t.Fatalf("the service answered %q", got)
+	}
+	// Not p.kill, which waits for the daemon's output to end: an orphan
+	// holding it would hang the test rather than fail it.
+	p.cmd.Process.Kill()
+	for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the instance (pid %d) outlived its daemon", pid)
 		}
 	}
 }
