@@ -106,11 +106,11 @@ through any NAT, end-to-end encrypted.
 Servers:                 tube relay, tube daemon
 Accounts and connection: tube account, tube connect, tube disconnect, tube status
 Contacts and rooms:      tube contact, tube room, tube message
-Tubes:                   tube export, unexport, offer, accept, handle, open,
-                         tube tubes, connections, whois, close
+Tubes:                   tube export, unexport, exports, offer, accept, handle,
+                         open, tube tubes, connections, whois, close
 Services:                tube services add, remove, list, find, default,
-                         publish, unpublish, publications, browse, activations,
-                         grant, revoke, grants
+                         defaults, publish, unpublish, publications, browse,
+                         activations, grant, revoke, grants
 Try it:                  tube demo`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
