@@ -86,7 +86,7 @@ func (c *Client) roundTrip(ctx context.Context, req *stun.Message) (*stun.Messag
 	c.wmu.Unlock()
 	if err != nil {
 		c.shut(fmt.Errorf("turn: control connection lost: %w", err))
-		return nil, ErrClosed
+		return nil, c.closedErr()
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -97,7 +97,7 @@ func (c *Client) roundTrip(ctx context.Context, req *stun.Message) (*stun.Messag
 	case res := <-ch:
 		return res, nil
 	case <-c.done:
-		return nil, ErrClosed
+		return nil, c.closedErr()
 	case <-ctx.Done():
 		return nil, fmt.Errorf("turn: %s: no answer: %w", req.Type.Method, ctx.Err())
 	}
@@ -186,4 +186,15 @@ func Reflexive(ctx context.Context, server string) (netip.AddrPort, error) {
 		}
 		return addrPort(xa.IP, xa.Port), nil
 	}
+}
+
+// closedErr is ErrClosed with why the client closed, when it was not
+// closed by its user.
+func (c *Client) closedErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil && !errors.Is(c.err, ErrClosed) {
+		return fmt.Errorf("%w: %v", ErrClosed, c.err)
+	}
+	return ErrClosed
 }
