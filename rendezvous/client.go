@@ -87,18 +87,41 @@ func serverURL(s string) string {
 // than "no servers".
 type recordingDialer struct {
 	net.Dialer
-	mu  sync.Mutex
-	err error
+	mu      sync.Mutex
+	err     error
+	conn    net.Conn // the last dialed, for abort
+	aborted bool
 }
 
 func (d *recordingDialer) Dial(network, address string) (net.Conn, error) {
 	c, err := d.Dialer.Dial(network, address)
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if err != nil {
-		d.mu.Lock()
 		d.err = err
-		d.mu.Unlock()
+		return nil, err
 	}
-	return c, err
+	if d.aborted {
+		c.Close()
+		return nil, errors.New("rendezvous: the connection was given up")
+	}
+	d.conn = c
+	return c, nil
+}
+
+// abort closes what the dialer dialed and refuses further dials: a
+// connection given up (its context ended) stops at once rather than log
+// in after its caller has gone.
+func (d *recordingDialer) abort() {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.aborted = true
+	if d.conn != nil {
+		d.conn.Close()
+	}
 }
 
 // cause returns the dial error behind err, if any.
@@ -170,7 +193,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
 			c.log.Warn("relay reported an error", "err", err)
 		}),
 	)
-	nc, err := connectCtx(ctx, serverURL(cfg.Server), opts)
+	nc, err := connectCtx(ctx, serverURL(cfg.Server), opts, dialer)
 	if err != nil {
 		ce := classify(dialer.cause(err), cfg.Server)
 		if ce.Reason == connection.AuthenticationFailed {
@@ -192,8 +215,9 @@ func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
 	return c, nil
 }
 
-// connectCtx runs nats.Connect, giving up when ctx ends.
-func connectCtx(ctx context.Context, url string, opts []nats.Option) (*nats.Conn, error) {
+// connectCtx runs nats.Connect, giving up when ctx ends (and then
+// closing what dialer, if any, dialed for it).
+func connectCtx(ctx context.Context, url string, opts []nats.Option, dialer *recordingDialer) (*nats.Conn, error) {
 	type result struct {
 		nc  *nats.Conn
 		err error
@@ -207,6 +231,7 @@ func connectCtx(ctx context.Context, url string, opts []nats.Option) (*nats.Conn
 	case r := <-ch:
 		return r.nc, r.err
 	case <-ctx.Done():
+		dialer.abort()
 		go func() {
 			if r := <-ch; r.nc != nil {
 				r.nc.Close()

@@ -19,7 +19,7 @@ func DialAdmin(ctx context.Context, info AdminInfo) (*Admin, error) {
 	if info.CA != "" {
 		opts = append(opts, nats.RootCAs(info.CA))
 	}
-	nc, err := connectCtx(ctx, info.URL, opts)
+	nc, err := connectCtx(ctx, info.URL, opts, nil)
 	if err != nil {
 		return nil, fmt.Errorf("rendezvous: cannot reach the relay at %s: %w", redact(info.URL), err)
 	}

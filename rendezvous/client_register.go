@@ -55,7 +55,7 @@ func asGuest(ctx context.Context, cfg DialConfig, f func(nc *nats.Conn, nkey str
 	if err != nil {
 		return err
 	}
-	nc, err := connectCtx(ctx, serverURL(cfg.Server), opts)
+	nc, err := connectCtx(ctx, serverURL(cfg.Server), opts, dialer)
 	if err != nil {
 		return classify(dialer.cause(err), cfg.Server)
 	}
