@@ -766,19 +766,7 @@ func TestOnDemandSocketsDistinct(t *testing.T) {
 				t.Fatalf("%s and %s share the socket %q", name, other, st.Socket)
 			}
 			sockets[st.Socket] = name
-			c, err := net.Dial("unix", st.Socket)
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			io.WriteString(c, "hi")
-			c.(*net.UnixConn).CloseWrite()
-			got, _ := io.ReadAll(c)
-			c.Close()
-			var pid int
-			if _, err := fmt.Sscanf(string(got), "activated %d", &pid); err != nil {
-				t.Fatalf("%s answered %q", name, got)
-			}
+			pid := tubetest.AskActivated(t, st.Socket)
 			if st := statusOf(t, d, name); st.PID != pid {
 				t.Fatalf("%s's socket reached pid %d; its unit runs %d", name, pid, st.PID)
 			}

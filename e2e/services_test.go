@@ -3,9 +3,6 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -397,19 +394,7 @@ func TestKilledDaemonTakesItsInstances(t *testing.T) {
 	mustRun(t, env, "services", "add", xml)
 	var acts map[string]api.ActivationStatus
 	json.Unmarshal([]byte(mustRun(t, env, "services", "activations", "--json")), &acts)
-	c, err := net.Dial("unix", acts["svc"].Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	io.WriteString(c, "hi")
-	c.(*net.UnixConn).CloseWrite()
-	got, _ := io.ReadAll(c)
-	c.Close()
-	var pid int
-	if _, err := fmt.Sscanf(string(got), "activated %d", &pid); err != nil {
-		t.Fatalf("the service answered %q", got)
-	}
+	pid := tubetest.AskActivated(t, acts["svc"].Socket)
 	// Not p.kill, which waits for the daemon's output to end: an orphan
 	// holding it would hang the test rather than fail it.
 	p.cmd.Process.Kill()
